@@ -1,0 +1,188 @@
+"""The config schema: every key jaxdistill reads, its default, and its validation.
+
+Configs in ``configs/*.py`` start from `base_config()` and change what differs, so a
+typo in a config file or on the command line is caught here (with the closest known
+key) before anything is compiled or written. The keys named in the README and the
+issues are a public interface: extend them, never rename or drop one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from jaxdistill.errors import ConfigError, closest
+
+# Sub-trees whose keys belong to the user (module constructor arguments).
+FREE_FORM = ('teacher.kwargs', 'student.kwargs')
+MODES = ('train',)
+OPTIMIZERS = ('adamw', 'adam', 'sgd')
+SCHEDULES = ('cosine', 'constant', 'linear')
+
+
+def loss_entry(name: str, weight: Any = 1.0, **hyper: Any) -> ml_collections.ConfigDict:
+    """One entry of ``distill.losses``: ``{name, weight, ...hyper}``."""
+    return ml_collections.ConfigDict(dict(name=name, weight=weight, **hyper))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key with its default. Configs copy this and change what differs."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mode = 'train'
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.module = 'cnn'  # built-in name or 'pkg.mod:Class'
+    c.teacher.kwargs = ml_collections.ConfigDict()
+    c.teacher.checkpoint = ''  # empty: train the teacher first in WORKDIR/teacher
+    c.teacher.steps = -1  # steps when the teacher is trained here; -1: train.steps
+    c.teacher.logits_key = ''  # for modules returning dicts: which entry holds logits
+
+    c.student = ml_collections.ConfigDict()
+    c.student.module = 'mlp'
+    c.student.kwargs = ml_collections.ConfigDict()
+    c.student.logits_key = ''
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = 'digits'  # a TFDS name (prepared as ArrayRecord) or 'digits'
+    c.data.data_dir = ''  # empty: the TFDS default (~/tensorflow_datasets)
+    c.data.source = ''  # 'pkg.mod:fn' returning (train, test) random-access sources
+    c.data.train_split = 'train'
+    c.data.test_split = 'test'
+    c.data.image_key = 'image'
+    c.data.label_key = 'label'
+    c.data.batch_size = 128  # global, over all processes and devices
+    c.data.eval_batch_size = 256
+    c.data.augment = ''  # '' or 'flip_crop' (random horizontal flip + pad-4 crop)
+    c.data.mixup = 0.0  # Beta(a, a) mixup on device; teacher and student see the same mix
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000  # student (and baseline) steps
+    c.train.log_every = 50
+    c.train.eval_every = 0  # 0: evaluate at the end of each stage only
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 2
+    c.train.baseline = True  # also train the same student on labels alone
+
+    c.distill = ml_collections.ConfigDict()
+    # alpha * kd(T) + (1 - alpha) * CE, alpha weighting the distillation term.
+    c.distill.losses = (
+        loss_entry('kd', weight=0.9, temperature=4.0),
+        loss_entry('ce', weight=0.1),
+    )
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = 'adamw'
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = 'cosine'
+    c.optimizer.warmup_steps = 50
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.clip_norm = 1.0  # 0: no clipping
+    c.optimizer.momentum = 0.9  # sgd only
+    c.optimizer.nesterov = False  # sgd only
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: all devices not used by the other axes
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    return c
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f'{prefix}{k}'
+        if key in FREE_FORM:
+            out[key] = v
+        elif isinstance(v, (Mapping, ml_collections.ConfigDict)):
+            out.update(_flatten(v, key + '.'))
+        else:
+            out[key] = v
+    return out
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, tuple):
+        return isinstance(value, (tuple, list))
+    return True
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks keys and types against `base_config()`; raises a one-line ConfigError."""
+    schema = _flatten(base_config())
+    given = _flatten(config)
+    for key, value in given.items():
+        if key not in schema:
+            raise ConfigError(
+                f'unknown config key {key!r}: {closest(key, schema)} '
+                f'(every key is listed in jaxdistill/config.py)')
+        if not _type_ok(value, schema[key]):
+            raise ConfigError(
+                f'config key {key!r} must be {type(schema[key]).__name__}, got '
+                f'{value!r} ({type(value).__name__}): fix it in the config or with '
+                f'--config.{key}=...')
+    _check_choice(config, 'mode', MODES)
+    _check_choice(config, 'optimizer.name', OPTIMIZERS)
+    _check_choice(config, 'optimizer.schedule', SCHEDULES)
+    _check_choice(config, 'data.augment', ('', 'flip_crop'))
+    _positive(config, 'train.steps', config.train.steps)
+    _positive(config, 'data.batch_size', config.data.batch_size)
+    _positive(config, 'data.eval_batch_size', config.data.eval_batch_size)
+    _positive(config, 'optimizer.learning_rate', config.optimizer.learning_rate)
+    _positive(config, 'train.log_every', config.train.log_every)
+    _positive(config, 'train.checkpoint_every', config.train.checkpoint_every)
+    _positive(config, 'train.keep_checkpoints', config.train.keep_checkpoints)
+    if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.train.steps:
+        raise ConfigError(
+            f'optimizer.warmup_steps={config.optimizer.warmup_steps} must be in '
+            f'[0, train.steps={config.train.steps}): lower it')
+    if config.teacher.steps == 0 or config.teacher.steps < -1:
+        raise ConfigError(
+            f'teacher.steps={config.teacher.steps} must be positive, or -1 for train.steps')
+    if config.data.mixup < 0:
+        raise ConfigError(f'data.mixup={config.data.mixup} must be >= 0 (0 disables it)')
+    for axis in ('data', 'fsdp', 'tensor'):
+        size = config.mesh[axis]
+        if size == 0 or size < -1:
+            raise ConfigError(f'mesh.{axis}={size} must be positive or -1 (the rest)')
+    if not isinstance(config.distill.losses, (tuple, list)) or not config.distill.losses:
+        raise ConfigError(
+            'distill.losses must be a non-empty list of {name, weight, ...} entries, '
+            "e.g. --config.distill.losses=\"({'name': 'kd', 'weight': 1.0},)\"")
+
+
+def _check_choice(config, key: str, choices) -> None:
+    value = config
+    for part in key.split('.'):
+        value = value[part]
+    if value not in choices:
+        raise ConfigError(f'{key}={value!r} is not one of {list(choices)}: '
+                          f'{closest(str(value), choices)}')
+
+
+def _positive(config, key: str, value) -> None:
+    del config
+    if value <= 0:
+        raise ConfigError(f'{key}={value} must be positive')
+
+
+def teacher_steps(config: ml_collections.ConfigDict) -> int:
+    return config.train.steps if config.teacher.steps == -1 else config.teacher.steps
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A JSON-ready plain copy (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())

@@ -1,0 +1,68 @@
+"""Evaluation on the test split: accuracy, and how faithfully a student copies its teacher.
+
+Logits are computed on device; the metrics themselves are float64 numpy over the
+gathered logits, so they do not depend on the device layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from jaxdistill import mesh as mesh_lib
+from jaxdistill.adapter import Model
+
+
+def make_predict(model: Model, mesh: Mesh) -> Callable:
+    def predict(model_vars, images):
+        logits, _, _ = model.apply(model_vars['params'], model_vars['state'], images, train=False)
+        return logits.astype(np.float32)
+
+    return jax.jit(predict, out_shardings=mesh_lib.batch_sharding(mesh))
+
+
+def predict_all(predict: Callable, model_vars: dict[str, Any], batches: Iterable[dict],
+                mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``[N, C]`` and labels ``[N]`` for every real (unpadded) example, in order."""
+    logits, labels = [], []
+    for batch in batches:
+        mask = batch.pop('mask')
+        g = mesh_lib.to_global(mesh, {**batch, 'mask': mask})
+        out = predict(model_vars, g['image'])
+        out, lab, m = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                       for x in (out, g['label'], g['mask']))
+        logits.append(out[m])
+        labels.append(lab[m])
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, -1) == labels))
+
+
+def agreement(student_logits: np.ndarray, teacher_logits: np.ndarray) -> float:
+    """Fraction of examples where the student's top-1 class is the teacher's."""
+    return float(np.mean(np.argmax(student_logits, -1) == np.argmax(teacher_logits, -1)))
+
+
+def kl_to_teacher(student_logits: np.ndarray, teacher_logits: np.ndarray) -> float:
+    """Mean over examples of KL(p_teacher || p_student) at temperature 1, in nats."""
+    log_t, log_s = log_softmax(teacher_logits), log_softmax(student_logits)
+    return float(np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=-1)))
+
+
+def fidelity(student_logits, teacher_logits, labels) -> dict[str, float]:
+    return {'accuracy': accuracy(student_logits, labels),
+            'agreement': agreement(student_logits, teacher_logits),
+            'kl_to_teacher': kl_to_teacher(student_logits, teacher_logits)}

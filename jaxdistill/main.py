@@ -1,0 +1,54 @@
+"""Command line: ``python -m jaxdistill.main --config=configs/NAME.py[:preset] --workdir=DIR``.
+
+Override any key with ``--config.a.b=value``. Bad input (an unknown key, a wrong type,
+a missing file) is reported in one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxdistill.errors import JaxdistillError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'A configs/*.py file, optionally with a preset: configs/digits.py:smoke.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and reports.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _fail(message: str) -> None:
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing, with every failure (flags or the config file) reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(' '.join(str(e).split()))
+    except JaxdistillError as e:
+        _fail(str(e))
+    except (AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError) as e:
+        text = ' '.join(str(e).strip('\'"').replace('\\n', ' ').split()).replace("\\'", "'")
+        _fail(f'bad --config: {text}')
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f'unexpected arguments {argv[1:]}: every option is a --flag')
+    logging.set_verbosity(logging.ERROR)  # library chatter; our own output is print()
+    from jaxdistill import run  # after flag parsing, so --help stays fast
+
+    try:
+        run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except JaxdistillError as e:
+        _fail(str(e))
+
+
+if __name__ == '__main__':
+    app.run(main, flags_parser=parse_flags)

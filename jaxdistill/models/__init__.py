@@ -1,0 +1,17 @@
+"""Built-in Flax modules, addressable by name in `teacher.module` / `student.module`."""
+
+from jaxdistill.models.cnn import CNN
+from jaxdistill.models.mlp import MLP
+from jaxdistill.models.resnet import ResNet, ResNet18, ResNet20, ResNet50, ResNet56
+
+BUILTIN = {
+    'mlp': MLP,
+    'cnn': CNN,
+    'resnet': ResNet,
+    'resnet18': ResNet18,
+    'resnet20': ResNet20,
+    'resnet50': ResNet50,
+    'resnet56': ResNet56,
+}
+
+__all__ = ['BUILTIN', 'CNN', 'MLP', 'ResNet', 'ResNet18', 'ResNet20', 'ResNet50', 'ResNet56']

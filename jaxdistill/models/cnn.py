@@ -1,0 +1,34 @@
+"""A small convolutional network: a few conv blocks, global pooling, a dense head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class CNN(nn.Module):
+    """[Conv3x3 -> (BatchNorm) -> ReLU] per width, 2x2 max-pool between blocks."""
+
+    channels: Sequence[int] = (32, 64)
+    dense: int = 128
+    num_classes: int = 10
+    batch_norm: bool = False
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        x = x.astype(jnp.float32)
+        for i, width in enumerate(self.channels):
+            x = nn.Conv(width, (3, 3), name=f'conv{i}')(x)
+            if self.batch_norm:
+                x = nn.BatchNorm(use_running_average=not train, name=f'bn{i}')(x)
+            x = nn.relu(x)
+            if i < len(self.channels) - 1 and min(x.shape[1:3]) >= 2:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.relu(nn.Dense(self.dense, name='dense')(x))
+        if self.dropout:
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, name='head')(x)

@@ -1,0 +1,167 @@
+"""The training objective: a weighted sum of loss terms built from ``distill.losses``.
+
+Each entry is ``{name, weight, ...hyper}``; ``weight`` and ``temperature`` may be a
+number or a schedule ``{'schedule': 'constant'|'linear'|'cosine', 'start': a,
+'end': b, 'steps': n}`` (``steps`` defaults to the stage's length). ``ce`` is the
+label term; every other name is a function of `jaxdistill.losses`. Each term is logged
+as ``distill/<name>`` (unweighted, reduced) and the total as ``loss``.
+
+Everything is validated by `build` at config time, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdistill import losses
+from jaxdistill.errors import ConfigError
+
+Schedule = Callable[[jax.Array], jax.Array]
+LABEL_LOSSES = ('ce',)
+NEEDS_LABELS = ('dkd',)
+BATCH_LEVEL = ('dist',)
+SCHEDULED = ('weight', 'temperature')
+
+
+def _schedule(value: Any, total_steps: int, key: str) -> Schedule | float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f'{key}={value!r} must be a number or a schedule dict '
+                          "{'schedule': 'linear', 'start': 1.0, 'end': 0.0}")
+    value = dict(value)
+    kind = value.pop('schedule', 'constant')
+    start = float(value.pop('start', value.pop('value', 0.0)))
+    end = float(value.pop('end', start))
+    steps = int(value.pop('steps', total_steps))
+    if value:
+        raise ConfigError(f'{key}: unknown schedule keys {sorted(value)} '
+                          '(known: schedule, start, end, steps)')
+    if steps <= 0:
+        raise ConfigError(f'{key}.steps={steps} must be positive')
+    if kind == 'constant':
+        return start
+    if kind == 'linear':
+        return lambda step: start + (end - start) * jnp.clip(step / steps, 0.0, 1.0)
+    if kind == 'cosine':
+        return lambda step: end + (start - end) * 0.5 * (
+            1.0 + jnp.cos(math.pi * jnp.clip(step / steps, 0.0, 1.0)))
+    raise ConfigError(f"{key}.schedule={kind!r} must be 'constant', 'linear' or 'cosine'")
+
+
+def _at(value: Schedule | float, step: jax.Array) -> jax.Array:
+    return jnp.asarray(value(step) if callable(value) else value, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    name: str
+    weight: Schedule | float
+    temperature: Schedule | float | None
+    hyper: Mapping[str, Any]
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.name not in LABEL_LOSSES
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    terms: tuple[Term, ...]
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.needs_teacher for t in self.terms)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The terms as plain data, for provenance."""
+        out = []
+        for t in self.terms:
+            entry = {'name': t.name, 'weight': _describe(t.weight), **dict(t.hyper)}
+            if t.temperature is not None:
+                entry['temperature'] = _describe(t.temperature)
+            out.append(entry)
+        return out
+
+    def __call__(self, step: jax.Array, student_logits: jax.Array,
+                 teacher_logits: jax.Array | None, targets: jax.Array,
+                 mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Returns ``(loss, metrics)``: the mean over valid examples of the weighted sum.
+
+        ``targets`` are label probabilities ``[B, C]`` (one-hot, or mixed by mixup).
+        """
+        total = jnp.zeros((), jnp.float32)
+        metrics = {}
+        for term in self.terms:
+            value = self._term(term, step, student_logits, teacher_logits, targets, mask)
+            metrics[f'distill/{term.name}'] = value
+            total = total + _at(term.weight, step) * value
+        metrics['loss'] = total
+        return total, metrics
+
+    def _term(self, term, step, student_logits, teacher_logits, targets, mask):
+        if term.name == 'ce':
+            per_example = optax.softmax_cross_entropy(
+                student_logits.astype(jnp.float32), targets.astype(jnp.float32))
+            return losses.token_mean(per_example, mask)
+        kwargs = dict(term.hyper)
+        if term.temperature is not None:
+            kwargs['temperature'] = _at(term.temperature, step)
+        if term.name in NEEDS_LABELS:
+            kwargs['labels'] = jnp.argmax(targets, axis=-1)
+        fn = losses.get(term.name)
+        if term.name in BATCH_LEVEL:
+            return fn(student_logits, teacher_logits, **kwargs)
+        return losses.token_mean(fn(student_logits, teacher_logits, **kwargs), mask)
+
+
+def _describe(value):
+    return value if isinstance(value, float) else 'schedule'
+
+
+def build(entries: Sequence[Mapping[str, Any]], total_steps: int,
+          key: str = 'distill.losses') -> Objective:
+    """Validates ``entries`` and returns the `Objective` (no compilation happens here)."""
+    terms = []
+    for i, raw in enumerate(entries):
+        where = f'{key}[{i}]'
+        if not isinstance(raw, Mapping) and not hasattr(raw, 'to_dict'):
+            raise ConfigError(f'{where}={raw!r} must be a dict {{name, weight, ...}}')
+        entry = dict(raw.to_dict() if hasattr(raw, 'to_dict') else raw)
+        name = entry.pop('name', None)
+        if not isinstance(name, str):
+            raise ConfigError(f"{where} has no 'name': e.g. {{'name': 'kd', 'weight': 0.9}}")
+        weight = _schedule(entry.pop('weight', 1.0), total_steps, f'{where}.weight')
+        temperature = None
+        if name == 'ce':
+            if entry:
+                raise ConfigError(f"{where} ('ce') takes only a weight, got {sorted(entry)}")
+        else:
+            losses.get(name)  # unknown names raise with the known ones listed
+            if 'temperature' in entry:
+                temperature = _schedule(entry.pop('temperature'), total_steps,
+                                        f'{where}.temperature')
+                for t in _extremes(temperature, total_steps):
+                    losses.validate_hyper(name, temperature=t)
+            losses.validate_hyper(name, **entry)
+        terms.append(Term(name, weight, temperature, entry))
+    return Objective(tuple(terms))
+
+
+def _extremes(value, total_steps: int) -> list[float]:
+    if not callable(value):
+        return [value]
+    steps = jnp.linspace(0, total_steps, 11)
+    return [float(value(s)) for s in steps]
+
+
+def label_only() -> Objective:
+    """Plain cross-entropy: how the teacher and the baseline student train."""
+    return build([{'name': 'ce', 'weight': 1.0}], total_steps=1)

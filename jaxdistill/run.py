@@ -1,0 +1,249 @@
+"""The distillation job, top to bottom: check -> teacher -> baseline -> student -> report.
+
+`train_and_evaluate` first checks everything it can without writing (config, mesh,
+modules, data, teacher checkpoint, workdir), so bad input fails before the workdir
+is touched. Each stage resumes from its own checkpoints; a finished stage is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxdistill import config as config_lib
+from jaxdistill import data as data_lib
+from jaxdistill import evaluate as eval_lib
+from jaxdistill import mesh as mesh_lib
+from jaxdistill import modules, objective, report, train
+from jaxdistill.adapter import Model
+from jaxdistill.checkpoint import StageCheckpoints, find_stage_dir
+from jaxdistill.errors import ConfigError
+
+
+@dataclasses.dataclass
+class Plan:
+    """What the checks produced; nothing in the workdir exists yet."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Any
+    splits: data_lib.Splits
+    teacher: Model
+    student: Model
+    objective: objective.Objective
+    num_classes: int
+    sample: np.ndarray
+    teacher_dir: str  # where the teacher's checkpoints are (trained here or given)
+
+
+def check_workdir(workdir: str, config) -> str:
+    if not workdir:
+        raise ConfigError('--workdir is empty: give a directory for checkpoints and reports')
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f'--workdir={workdir} is a file: give a directory')
+    probe = workdir
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f'--workdir={workdir}: {probe} is not writable; choose a directory '
+                          'you can write to')
+    saved = os.path.join(workdir, 'config.json')
+    if os.path.exists(saved):
+        with open(saved) as f:
+            old = json.load(f)
+        new = config_lib.to_dict(config)
+        diff = _first_difference(old, new)
+        if diff:
+            raise ConfigError(
+                f'--workdir={workdir} holds a run with a different config ({diff}); '
+                'use a new --workdir, or rerun with the same config to resume')
+    return workdir
+
+
+def _first_difference(old, new, prefix: str = '') -> str | None:
+    harmless = {'train.log_every', 'train.eval_every'}
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            key = f'{prefix}{k}'
+            if key in harmless:
+                continue
+            if k not in old or k not in new:
+                return f'{key}: {old.get(k)!r} -> {new.get(k)!r}'
+            d = _first_difference(old[k], new[k], key + '.')
+            if d:
+                return d
+        return None
+    return None if old == new else f'{prefix.rstrip(".")}: {old!r} -> {new!r}'
+
+
+def _logits_dim(model: Model, sample: np.ndarray, key: str) -> int:
+    params_state = jax.eval_shape(model.init, jax.random.key(0), sample)
+    logits = jax.eval_shape(
+        lambda ps: model.apply(ps[0], ps[1], sample, train=False)[0], params_state)
+    if logits.ndim != 2:
+        raise ConfigError(f'{key} returns logits of shape {logits.shape}; expected '
+                          '[batch, classes]')
+    return logits.shape[-1]
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str) -> Plan:
+    """Every check that needs no write to the workdir; raises one-line errors."""
+    config_lib.validate(config)
+    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh_lib.check_batch(mesh, config.data.batch_size)
+    mesh_lib.check_batch(mesh, config.data.eval_batch_size, 'data.eval_batch_size')
+    teacher = Model(modules.resolve(config.teacher.module, config.teacher.kwargs,
+                                    key='teacher.module'),
+                    config.teacher.logits_key, 'teacher')
+    student = Model(modules.resolve(config.student.module, config.student.kwargs,
+                                    key='student.module'),
+                    config.student.logits_key, 'student')
+    obj = objective.build(config.distill.losses, config.train.steps)
+    teacher_dir = (find_stage_dir(config.teacher.checkpoint) if config.teacher.checkpoint
+                   else '')
+    workdir = check_workdir(workdir, config)
+    teacher_dir = teacher_dir or os.path.join(workdir, 'teacher')
+    splits = data_lib.load_splits(config.data)
+    example = data_lib.pipeline.to_example(splits.train[0], config.data.image_key,
+                                           config.data.label_key)
+    sample = example['image'][None]
+    t_dim = _logits_dim(teacher, sample, 'teacher.module')
+    s_dim = _logits_dim(student, sample, 'student.module')
+    if t_dim != s_dim:
+        raise ConfigError(f'teacher has {t_dim} outputs but student has {s_dim}: set '
+                          'teacher.kwargs.num_classes and student.kwargs.num_classes equal')
+    if splits.num_classes is not None and s_dim != splits.num_classes:
+        raise ConfigError(f'the models have {s_dim} outputs but {splits.name} has '
+                          f'{splits.num_classes} classes: set student.kwargs.num_classes='
+                          f'{splits.num_classes} (and the teacher\'s)')
+    return Plan(config, workdir, mesh, splits, teacher, student, obj, s_dim, sample,
+                teacher_dir)
+
+
+def _batches(p: Plan, seed: int):
+    return data_lib.train_dataset(
+        p.splits.train, global_batch=p.config.data.batch_size, seed=seed,
+        image_key=p.config.data.image_key, label_key=p.config.data.label_key,
+        augment=p.config.data.augment, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+
+def _test_batches(p: Plan):
+    return data_lib.eval_batches(
+        p.splits.test, global_batch=p.config.data.eval_batch_size,
+        image_key=p.config.data.image_key, label_key=p.config.data.label_key,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def load_teacher(p: Plan) -> dict[str, Any]:
+    """The teacher's params and state, restored into the mesh's shardings."""
+    abstract = jax.eval_shape(p.teacher.init, jax.random.key(0), p.sample)
+    shardings = mesh_lib.param_sharding(p.mesh, abstract)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            {'params': abstract[0], 'state': abstract[1]},
+                            {'params': shardings[0], 'state': shardings[1]})
+    ckpts = StageCheckpoints(p.teacher_dir, read_only=True)
+    restored = ckpts.restore(ckpts.latest_step(), abstract)
+    ckpts.close()
+    return restored.model
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    p = plan(config, workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(p.workdir, exist_ok=True)
+        report.write_json(os.path.join(p.workdir, 'config.json'), config_lib.to_dict(config))
+        print(f'jaxdistill: {p.splits.name} | teacher {config.teacher.module} -> student '
+              f'{config.student.module} | {jax.device_count()} {jax.devices()[0].platform} '
+              f'device(s), mesh {dict(p.mesh.shape)} | workdir {p.workdir}')
+    seed = config.seed
+    test = {}
+
+    if not config.teacher.checkpoint:
+        train.run_stage(train.Stage('teacher', p.teacher_dir, p.teacher, objective.label_only(),
+                                    config_lib.teacher_steps(config), seed + 1,
+                                    _batches(p, seed + 1)),
+                        config, p.mesh, p.sample, p.num_classes, is_main)
+    teacher_vars = load_teacher(p)
+    teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher_vars)
+    predict_t = eval_lib.make_predict(p.teacher, p.mesh)
+    t_logits, labels = eval_lib.predict_all(predict_t, teacher_vars, _test_batches(p), p.mesh)
+    predict_s = eval_lib.make_predict(p.student, p.mesh)
+
+    def evaluate_student(model_vars):
+        s_logits, _ = eval_lib.predict_all(predict_s, model_vars, _test_batches(p), p.mesh)
+        return eval_lib.fidelity(s_logits, t_logits, labels)
+
+    stages = []
+    if config.train.baseline:
+        stages.append(train.Stage('baseline', os.path.join(p.workdir, 'baseline'), p.student,
+                                  objective.label_only(), config.train.steps, seed,
+                                  _batches(p, seed), evaluate=evaluate_student))
+    stages.append(train.Stage('student', os.path.join(p.workdir, 'student'), p.student,
+                              p.objective, config.train.steps, seed, _batches(p, seed),
+                              teacher=p.teacher if p.objective.needs_teacher else None,
+                              teacher_model=teacher_vars if p.objective.needs_teacher else None,
+                              teacher_shardings=teacher_shardings,
+                              evaluate=evaluate_student))
+    histories = {}
+    for stage in stages:
+        result = train.run_stage(stage, config, p.mesh, p.sample, p.num_classes, is_main)
+        scores = evaluate_student(result.model)
+        test[stage.name] = {
+            **scores, 'params': train.count_params(result.model['params']),
+            'steps': stage.steps, 'train_loss': result.meta['train_loss'],
+            'steps_per_second': result.meta['steps_per_second'],
+            'params_sha256': train.params_sha256(result.model['params'])}
+        histories[stage.name] = result.meta['history']
+
+    teacher_meta = _teacher_meta(p)
+    if teacher_meta.get('history'):
+        histories = {'teacher': teacher_meta['history'], **histories}
+    teacher_sha = train.params_sha256(teacher_vars['params'])
+    results = {
+        'teacher': {'accuracy': eval_lib.accuracy(t_logits, labels),
+                    'params': train.count_params(teacher_vars['params']),
+                    'params_sha256': teacher_sha,
+                    'steps': teacher_meta.get('steps'),
+                    'steps_per_second': teacher_meta.get('steps_per_second')},
+        **test,
+        'provenance': {
+            'teacher_params_sha256': teacher_sha,
+            'teacher_checkpoint': p.teacher_dir,
+            'teacher_module': config.teacher.module,
+            'dataset': p.splits.name,
+            'losses': p.objective.describe(),
+            'seed': seed,
+        },
+        'test_examples': int(len(labels)),
+    }
+    if is_main:
+        _write_outputs(p.workdir, results, histories)
+    return results
+
+
+def _teacher_meta(p: Plan) -> dict[str, Any]:
+    ckpts = StageCheckpoints(p.teacher_dir, read_only=True)
+    try:
+        return ckpts.meta()
+    finally:
+        ckpts.close()
+
+
+def _write_outputs(workdir: str, results: dict[str, Any], histories) -> None:
+    png = 'learning_curves.png'
+    report.plot_curves(histories, os.path.join(workdir, png))
+    report.write_json(os.path.join(workdir, 'results.json'), results)
+    text = report.markdown(results, png)
+    report.write_atomic(os.path.join(workdir, 'report.md'), text)
+    table = [line for line in text.splitlines() if line.startswith('|')]
+    print('\n'.join(table))
+    print(f'wrote {workdir}/results.json, report.md, {png}')

@@ -1,0 +1,255 @@
+"""Training one model: state, optimizer, the jitted step, and the stage loop.
+
+The same functions train the teacher, the baseline (labels only) and the distilled
+student; they differ only in the `Objective` and whether a frozen teacher is passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from jaxdistill import mesh as mesh_lib
+from jaxdistill.adapter import Model
+from jaxdistill.checkpoint import StageCheckpoints
+from jaxdistill.metrics import MetricWriter, Progress
+from jaxdistill.objective import Objective
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return {'params': self.params, 'state': self.model_state}
+
+    @property
+    def train(self) -> dict[str, Any]:
+        return {'step': self.step, 'opt_state': self.opt_state}
+
+
+def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
+    """Linear warm-up to ``learning_rate``, then cosine / constant / linear to 0."""
+    lr, warmup = cfg.learning_rate, cfg.warmup_steps
+    rest = max(total_steps - warmup, 1)
+    after = {
+        'cosine': optax.cosine_decay_schedule(lr, rest),
+        'constant': optax.constant_schedule(lr),
+        'linear': optax.linear_schedule(lr, 0.0, rest),
+    }[cfg.schedule]
+    if not warmup:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(cfg, total_steps)
+    if cfg.name in ('adamw', 'adam'):
+        opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
+                          weight_decay=cfg.weight_decay if cfg.name == 'adamw' else 0.0)
+    else:
+        opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                          optax.sgd(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov))
+    if cfg.clip_norm:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    return opt
+
+
+def create_train_state(model: Model, optimizer: optax.GradientTransformation, rng: jax.Array,
+                       sample: jax.Array, mesh: Mesh) -> tuple[TrainState, Any]:
+    """Initialises straight into the target shardings (no full copy on one device)."""
+
+    def init(rng):
+        params, state = model.init(rng, sample)
+        return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params))
+
+    abstract = jax.eval_shape(init, rng)
+    shardings = mesh_lib.param_sharding(mesh, abstract)
+    return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def abstract_state(model: Model, optimizer, rng, sample, mesh) -> tuple[TrainState, Any]:
+    """Shapes, dtypes and shardings of the state, without computing it."""
+
+    def init(rng):
+        params, state = model.init(rng, sample)
+        return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params))
+
+    abstract = jax.eval_shape(init, rng)
+    shardings = mesh_lib.param_sharding(mesh, abstract)
+    with_sharding = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return with_sharding, shardings
+
+
+def _mixup(rng, images, targets, alpha: float):
+    """Beta(alpha, alpha) mixup with a permuted copy of the batch (teacher sees the same)."""
+    lam_rng, perm_rng = jax.random.split(rng)
+    lam = jax.random.beta(lam_rng, alpha, alpha)
+    perm = jax.random.permutation(perm_rng, images.shape[0])
+    return (lam * images + (1 - lam) * images[perm],
+            lam * targets + (1 - lam) * targets[perm])
+
+
+def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Mesh,
+                    state_shardings, num_classes: int, seed: int,
+                    teacher: Model | None = None, teacher_shardings=None,
+                    mixup: float = 0.0) -> Callable:
+    """Returns ``step(state, teacher_model, batch) -> (state, metrics)``, jitted once."""
+
+    def step_fn(state: TrainState, teacher_model, batch):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        mix_rng, dropout_rng = jax.random.split(rng)
+        images = batch['image']
+        targets = jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.float32)
+        if mixup > 0:
+            images, targets = _mixup(mix_rng, images, targets, mixup)
+        teacher_logits = None
+        if teacher is not None:
+            teacher_logits, _, _ = teacher.apply(teacher_model['params'], teacher_model['state'],
+                                                 images, train=False)
+            teacher_logits = jax.lax.stop_gradient(teacher_logits)
+
+        def loss_fn(params):
+            logits, new_state, _ = student.apply(params, state.model_state, images, train=True,
+                                                 rng=dropout_rng)
+            loss, metrics = objective(state.step, logits, teacher_logits, targets)
+            return loss, (new_state, metrics)
+
+        (_, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics['grad_norm'] = optax.global_norm(grads)
+        return state.replace(step=state.step + 1, params=params, model_state=new_state,
+                             opt_state=opt_state), metrics
+
+    replicated = mesh_lib.replicated(mesh)
+    teacher_shardings = teacher_shardings if teacher is not None else None
+    return jax.jit(step_fn,
+                   in_shardings=(state_shardings, teacher_shardings,
+                                 mesh_lib.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, replicated),
+                   donate_argnums=(0,))
+
+
+@dataclasses.dataclass
+class StageResult:
+    model: dict[str, Any]  # {'params', 'state'}
+    meta: dict[str, Any]  # steps, train_loss, steps_per_second, history, ...
+
+
+@dataclasses.dataclass
+class Stage:
+    """Everything one stage needs; `run_stage` trains it or resumes it from ``directory``."""
+
+    name: str
+    directory: str
+    model: Model
+    objective: Objective
+    steps: int
+    seed: int
+    batches: Any  # grain.MapDataset of this process's rows, indexed by step
+    teacher: Model | None = None
+    teacher_model: Any = None
+    teacher_shardings: Any = None
+    evaluate: Callable[[dict[str, Any]], dict[str, float]] | None = None
+
+
+def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array, num_classes: int,
+              is_main: bool = True) -> StageResult:
+    tcfg = config.train
+    optimizer = make_optimizer(config.optimizer, stage.steps)
+    rng = jax.random.key(stage.seed)
+    ckpts = StageCheckpoints(stage.directory, keep=tcfg.keep_checkpoints)
+    latest = ckpts.latest_step()
+    meta = {'stage': stage.name, 'steps': stage.steps, 'done': False, 'history': [],
+            'train_seconds': 0.0, 'timed_steps': 0}
+    if latest is not None:
+        abstract, shardings = abstract_state(stage.model, optimizer, rng, sample, mesh)
+        restored = ckpts.restore(latest, abstract.model, abstract.train)
+        meta = restored.meta
+        state = TrainState(restored.train['step'], restored.model['params'],
+                           restored.model['state'], restored.train['opt_state'])
+        if meta.get('done') and latest == stage.steps:
+            ckpts.close()
+            if is_main:
+                print(f'{stage.name:<9} done already ({stage.steps} steps, '
+                      f'loss {meta["train_loss"]:.4f}): skipped')
+            return StageResult(state.model, meta)
+    else:
+        state, shardings = create_train_state(stage.model, optimizer, rng, sample, mesh)
+    step_fn = make_train_step(stage.model, stage.objective, optimizer, mesh=mesh,
+                              state_shardings=shardings, num_classes=num_classes,
+                              seed=stage.seed, teacher=stage.teacher,
+                              teacher_shardings=stage.teacher_shardings,
+                              mixup=config.data.mixup)
+    writer = MetricWriter(stage.directory + '_metrics', enabled=is_main)
+    start = int(state.step)
+    progress = Progress(stage.name, stage.steps, start=start, enabled=is_main)
+    history = meta['history']
+    t_first = None
+    metrics = None
+    for step in range(start, stage.steps):
+        batch = mesh_lib.to_global(mesh, stage.batches[step])
+        state, metrics = step_fn(state, stage.teacher_model, batch)
+        done = step + 1
+        if t_first is None:  # exclude the first (compiling) step from the rate
+            jax.block_until_ready(metrics)
+            t_first, first_done = time.perf_counter(), done
+            progress.t0, progress.start = t_first, done
+        if done % tcfg.log_every == 0 or done == stage.steps:
+            scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            history.append({'step': done, **scalars})
+            writer.write(done, scalars)
+            progress.update(done, scalars['loss'])
+        if stage.evaluate and tcfg.eval_every and done % tcfg.eval_every == 0:
+            scores = stage.evaluate(state.model)
+            history.append({'step': done, **{f'eval/{k}': v for k, v in scores.items()}})
+            writer.write(done, {f'eval/{k}': v for k, v in scores.items()})
+        if done % tcfg.checkpoint_every == 0 or done == stage.steps:
+            jax.block_until_ready(state)
+            elapsed = time.perf_counter() - t_first
+            meta.update(train_seconds=meta['train_seconds'] + elapsed,
+                        timed_steps=meta['timed_steps'] + done - first_done,
+                        done=done == stage.steps, history=history)
+            t_first, first_done = time.perf_counter(), done
+            meta['train_loss'] = history[-1]['loss'] if history else float('nan')
+            meta['steps_per_second'] = (meta['timed_steps'] / meta['train_seconds']
+                                        if meta['train_seconds'] > 0 else 0.0)
+            ckpts.save(done, state.model, state.train, dict(meta))
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    progress.done(f'{meta.get("steps_per_second", 0.0):.1f} steps/s overall')
+    return StageResult(state.model, meta)
+
+
+def params_sha256(params: Any) -> str:
+    """SHA-256 over every leaf's path, dtype, shape and bytes, in sorted path order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+    for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
+        arr = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(f'{arr.dtype.str}{arr.shape}'.encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

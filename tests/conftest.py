@@ -1,0 +1,16 @@
+"""Every test sees 8 forced CPU devices and a private TFDS data dir."""
+
+import os
+
+# Before JAX initialises its backend: multi-device code is tested on 8 CPU devices.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+    """One TFDS data dir for the session, so `digits` is prepared once."""
+    return str(tmp_path_factory.mktemp('tfds'))

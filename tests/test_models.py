@@ -1,0 +1,40 @@
+"""jaxdistill/models: shapes, parameter counts and BatchNorm state of the built-ins."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxdistill import modules
+from jaxdistill.adapter import Model
+
+
+@pytest.mark.parametrize('name,kwargs,shape', [
+    ('mlp', dict(hidden=(16,), num_classes=10), (2, 8, 8, 1)),
+    ('cnn', dict(channels=(8, 16), num_classes=10, batch_norm=True), (2, 8, 8, 1)),
+    ('resnet20', dict(num_classes=10), (2, 32, 32, 3)),
+    ('resnet18', dict(num_classes=5, width=8), (2, 64, 64, 3)),
+    ('resnet50', dict(num_classes=5, width=8), (2, 64, 64, 3)),
+])
+def test_builtin_forward(name, kwargs, shape):
+    model = Model(modules.resolve(name, kwargs, key='student.module'))
+    x = jnp.ones(shape)
+    params, state = jax.jit(model.init)(jax.random.key(0), x)
+    apply = jax.jit(model.apply, static_argnames='train')
+    logits, new_state, _ = apply(params, state, x, train=True)
+    assert logits.shape == (2, kwargs['num_classes'])
+    assert logits.dtype == jnp.float32
+    if name != 'mlp' and name != 'cnn' or kwargs.get('batch_norm'):
+        assert 'batch_stats' in state
+        moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.any(a != b),
+                                             state['batch_stats'], new_state['batch_stats']))
+        assert any(bool(m) for m in moved), 'training must update BatchNorm statistics'
+    _, eval_state, _ = model.apply(params, state, x[:1], train=False)
+    assert eval_state is state, 'evaluation must leave the state untouched'
+
+
+def test_resnet50_parameter_count():
+    # torchvision's resnet50 has 25,557,032 parameters with 1000 classes.
+    model = Model(modules.resolve('resnet50', dict(num_classes=1000), key='teacher.module'))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 224, 224, 3)))[0]
+    n = sum(x.size for x in jax.tree.leaves(shapes))
+    assert n == 25_557_032
