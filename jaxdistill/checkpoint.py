@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from jaxdistill.errors import CheckpointError
 
+
 class StageCheckpoints:
     """The checkpoints of one trained model (``WORKDIR/teacher``, ``/baseline``, ...)."""
 

@@ -21,6 +21,7 @@ FREE_FORM = ('teacher.kwargs', 'student.kwargs')
 MODES = ('train',)
 OPTIMIZERS = ('adamw', 'adam', 'sgd')
 SCHEDULES = ('cosine', 'constant', 'linear')
+AUGMENTS = ('', 'crop', 'flip_crop', 'inception_crop')
 
 
 def loss_entry(name: str, weight: Any = 1.0, **hyper: Any) -> ml_collections.ConfigDict:
@@ -56,8 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.label_key = 'label'
     c.data.batch_size = 128  # global, over all processes and devices
     c.data.eval_batch_size = 256
-    c.data.augment = ''  # '' or 'flip_crop' (random horizontal flip + pad-4 crop)
+    # '', 'crop' (random shift by up to H/8 px), 'flip_crop' (+ horizontal flip, CIFAR),
+    # 'inception_crop' (random-resized crop to data.image_size + flip, ImageNet)
+    c.data.augment = ''
+    c.data.image_size = 0  # >0: resize (eval: shorter side to size*8/7, centre crop)
     c.data.mixup = 0.0  # Beta(a, a) mixup on device; teacher and student see the same mix
+    c.data.cache_mb = 1024.0  # decode a split once into memory when smaller than this
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # student (and baseline) steps
@@ -106,6 +111,11 @@ def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
     return out
 
 
+def flat_keys(config: ml_collections.ConfigDict) -> list[str]:
+    """Every dotted key of ``config`` (free-form sub-trees count as one key)."""
+    return list(_flatten(config))
+
+
 def _type_ok(value: Any, default: Any) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
@@ -137,7 +147,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, 'mode', MODES)
     _check_choice(config, 'optimizer.name', OPTIMIZERS)
     _check_choice(config, 'optimizer.schedule', SCHEDULES)
-    _check_choice(config, 'data.augment', ('', 'flip_crop'))
+    _check_choice(config, 'data.augment', AUGMENTS)
+    if config.data.augment == 'inception_crop' and config.data.image_size <= 0:
+        raise ConfigError("data.augment='inception_crop' needs data.image_size > 0 (e.g. 224)")
     _positive(config, 'train.steps', config.train.steps)
     _positive(config, 'data.batch_size', config.data.batch_size)
     _positive(config, 'data.eval_batch_size', config.data.eval_batch_size)
@@ -152,6 +164,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.teacher.steps == 0 or config.teacher.steps < -1:
         raise ConfigError(
             f'teacher.steps={config.teacher.steps} must be positive, or -1 for train.steps')
+    if config.data.cache_mb < 0:
+        raise ConfigError(f'data.cache_mb={config.data.cache_mb} must be >= 0 (0 disables it)')
     if config.data.mixup < 0:
         raise ConfigError(f'data.mixup={config.data.mixup} must be >= 0 (0 disables it)')
     for axis in ('data', 'fsdp', 'tensor'):

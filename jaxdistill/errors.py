@@ -26,7 +26,7 @@ class CheckpointError(JaxdistillError, ValueError):
     """A checkpoint is missing, damaged or does not match the module."""
 
 
-def closest(name: str, known: Iterable[str], n: int = 3) -> str:
+def closest(name: str, known: Iterable[str], n: int = 1) -> str:
     """Returns ``"did you mean 'x'?"`` text (or a list of the known names)."""
     known = sorted(set(known))
     matches = difflib.get_close_matches(name, known, n=n, cutoff=0.5)

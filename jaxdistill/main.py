@@ -34,8 +34,28 @@ def parse_flags(argv: list[str]) -> list[str]:
     except JaxdistillError as e:
         _fail(str(e))
     except (AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError) as e:
+        unknown = _unknown_override(argv)
+        if unknown:
+            _fail(unknown)
         text = ' '.join(str(e).strip('\'"').replace('\\n', ' ').split()).replace("\\'", "'")
         _fail(f'bad --config: {text}')
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+    """Names the first ``--config.a.b=v`` whose key is not in the schema, if any."""
+    from jaxdistill.config import FREE_FORM, base_config, flat_keys
+    from jaxdistill.errors import closest
+
+    known = flat_keys(base_config())
+    for arg in argv[1:]:
+        if not arg.startswith('--config.'):
+            continue
+        key = arg[len('--config.'):].split('=', 1)[0]
+        base = key.split('[', 1)[0]
+        if base in known or any(base.startswith(f + '.') for f in FREE_FORM):
+            continue
+        return f'unknown config key {key!r} in {arg}: {closest(key, known)}'
+    return None
 
 
 def main(argv: list[str]) -> None:

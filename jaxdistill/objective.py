@@ -60,7 +60,7 @@ def _at(value: Schedule | float, step: jax.Array) -> jax.Array:
     return jnp.asarray(value(step) if callable(value) else value, jnp.float32)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Term:
     name: str
     weight: Schedule | float
@@ -72,7 +72,7 @@ class Term:
         return self.name not in LABEL_LOSSES
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Objective:
     terms: tuple[Term, ...]
 

@@ -76,16 +76,20 @@ def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str) -> bool:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    has_eval = any('eval/accuracy' in h for hist in histories.values() for h in hist)
+    fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(10 if has_eval else 5.5, 3.6),
+                             squeeze=False)
+    axes = axes[0]
     for name, history in histories.items():
         loss = [(h['step'], h['loss']) for h in history if 'loss' in h]
         if loss:
             axes[0].plot(*zip(*loss), label=name)
         acc = [(h['step'], h['eval/accuracy']) for h in history if 'eval/accuracy' in h]
         if acc:
-            axes[1].plot(*zip(*acc), marker='o', label=name)
+            axes[1].plot(*zip(*acc), marker='o', markersize=3, label=name)
     axes[0].set(xlabel='step', ylabel='training loss (stage objective)', yscale='log')
-    axes[1].set(xlabel='step', ylabel='test accuracy')
+    if has_eval:
+        axes[1].set(xlabel='step', ylabel='test accuracy')
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

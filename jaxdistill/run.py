@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -51,9 +52,14 @@ def check_workdir(workdir: str, config) -> str:
     probe = workdir
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f'--workdir={workdir}: {probe} is not writable; choose a directory '
-                          'you can write to')
+    if not os.path.isdir(probe):
+        raise ConfigError(f'--workdir={workdir}: {probe} is a file, not a directory; choose '
+                          'another --workdir')
+    try:  # a real write test: permission bits do not tell root about read-only mounts
+        tempfile.TemporaryDirectory(dir=probe).cleanup()
+    except OSError as e:
+        raise ConfigError(f'--workdir={workdir}: cannot write in {probe} ({e.strerror}); '
+                          'choose a directory you can write to') from None
     saved = os.path.join(workdir, 'config.json')
     if os.path.exists(saved):
         with open(saved) as f:
@@ -93,10 +99,10 @@ def _logits_dim(model: Model, sample: np.ndarray, key: str) -> int:
     return logits.shape[-1]
 
 
-def plan(config: ml_collections.ConfigDict, workdir: str) -> Plan:
+def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     """Every check that needs no write to the workdir; raises one-line errors."""
     config_lib.validate(config)
-    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh = mesh_lib.make_mesh(config.mesh, devices)
     mesh_lib.check_batch(mesh, config.data.batch_size)
     mesh_lib.check_batch(mesh, config.data.eval_batch_size, 'data.eval_batch_size')
     teacher = Model(modules.resolve(config.teacher.module, config.teacher.kwargs,
@@ -113,6 +119,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> Plan:
     splits = data_lib.load_splits(config.data)
     example = data_lib.pipeline.to_example(splits.train[0], config.data.image_key,
                                            config.data.label_key)
+    if config.data.image_size:
+        example = data_lib.pipeline.center_crop(example, config.data.image_size)
     sample = example['image'][None]
     t_dim = _logits_dim(teacher, sample, 'teacher.module')
     s_dim = _logits_dim(student, sample, 'student.module')
@@ -131,7 +139,8 @@ def _batches(p: Plan, seed: int):
     return data_lib.train_dataset(
         p.splits.train, global_batch=p.config.data.batch_size, seed=seed,
         image_key=p.config.data.image_key, label_key=p.config.data.label_key,
-        augment=p.config.data.augment, process_index=jax.process_index(),
+        augment=p.config.data.augment, image_size=p.config.data.image_size,
+        process_index=jax.process_index(),
         process_count=jax.process_count())
 
 
@@ -139,7 +148,8 @@ def _test_batches(p: Plan):
     return data_lib.eval_batches(
         p.splits.test, global_batch=p.config.data.eval_batch_size,
         image_key=p.config.data.image_key, label_key=p.config.data.label_key,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        image_size=p.config.data.image_size, process_index=jax.process_index(),
+        process_count=jax.process_count())
 
 
 def load_teacher(p: Plan) -> dict[str, Any]:
@@ -155,26 +165,32 @@ def load_teacher(p: Plan) -> dict[str, Any]:
     return restored.model
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    p = plan(config, workdir)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices=None) -> dict[str, Any]:
+    """The whole job; ``devices`` (default: all) are the ones the mesh is built over."""
+    p = plan(config, workdir, devices)
     is_main = jax.process_index() == 0
     if is_main:
         os.makedirs(p.workdir, exist_ok=True)
         report.write_json(os.path.join(p.workdir, 'config.json'), config_lib.to_dict(config))
         print(f'jaxdistill: {p.splits.name} | teacher {config.teacher.module} -> student '
-              f'{config.student.module} | {jax.device_count()} {jax.devices()[0].platform} '
+              f'{config.student.module} | {p.mesh.size} {jax.devices()[0].platform} '
               f'device(s), mesh {dict(p.mesh.shape)} | workdir {p.workdir}')
     seed = config.seed
     test = {}
 
+    predict_t = eval_lib.make_predict(p.teacher, p.mesh)
     if not config.teacher.checkpoint:
+        def evaluate_teacher(model_vars):
+            logits, labels = eval_lib.predict_all(predict_t, model_vars, _test_batches(p), p.mesh)
+            return {'accuracy': eval_lib.accuracy(logits, labels)}
+
         train.run_stage(train.Stage('teacher', p.teacher_dir, p.teacher, objective.label_only(),
                                     config_lib.teacher_steps(config), seed + 1,
-                                    _batches(p, seed + 1)),
+                                    _batches(p, seed + 1), evaluate=evaluate_teacher),
                         config, p.mesh, p.sample, p.num_classes, is_main)
     teacher_vars = load_teacher(p)
     teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher_vars)
-    predict_t = eval_lib.make_predict(p.teacher, p.mesh)
     t_logits, labels = eval_lib.predict_all(predict_t, teacher_vars, _test_batches(p), p.mesh)
     predict_s = eval_lib.make_predict(p.student, p.mesh)
 

@@ -6,6 +6,7 @@ student; they differ only in the `Objective` and whether a frozen teacher is pas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from jax.sharding import Mesh
 from jaxdistill import mesh as mesh_lib
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints
+from jaxdistill.data.prefetch import prefetch
 from jaxdistill.metrics import MetricWriter, Progress
 from jaxdistill.objective import Objective
 
@@ -145,6 +147,26 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
                    donate_argnums=(0,))
 
 
+class _TrainClock:
+    """Seconds spent training since the last lap, excluding evaluation and saving."""
+
+    def start(self, step: int) -> None:
+        self.t0 = self._lap_t = time.perf_counter()
+        self._lap_step, self._paused = step, 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        yield
+        self._paused += time.perf_counter() - t
+
+    def lap(self, step: int) -> tuple[float, int]:
+        now = time.perf_counter()
+        out = (now - self._lap_t - self._paused, step - self._lap_step)
+        self._lap_t, self._lap_step, self._paused = now, step, 0.0
+        return out
+
+
 @dataclasses.dataclass
 class StageResult:
     model: dict[str, Any]  # {'params', 'state'}
@@ -200,36 +222,36 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array, num_classes: 
     start = int(state.step)
     progress = Progress(stage.name, stage.steps, start=start, enabled=is_main)
     history = meta['history']
-    t_first = None
-    metrics = None
-    for step in range(start, stage.steps):
-        batch = mesh_lib.to_global(mesh, stage.batches[step])
+    clock = _TrainClock()
+    batches = prefetch(lambda s: mesh_lib.to_global(mesh, stage.batches[s]), start, stage.steps)
+    for step, batch in zip(range(start, stage.steps), batches):
         state, metrics = step_fn(state, stage.teacher_model, batch)
         done = step + 1
-        if t_first is None:  # exclude the first (compiling) step from the rate
+        if step == start:  # the first step compiles: start the clocks after it
             jax.block_until_ready(metrics)
-            t_first, first_done = time.perf_counter(), done
-            progress.t0, progress.start = t_first, done
+            clock.start(done)
+            progress.t0, progress.start = clock.t0, done
         if done % tcfg.log_every == 0 or done == stage.steps:
             scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
             history.append({'step': done, **scalars})
             writer.write(done, scalars)
             progress.update(done, scalars['loss'])
         if stage.evaluate and tcfg.eval_every and done % tcfg.eval_every == 0:
-            scores = stage.evaluate(state.model)
-            history.append({'step': done, **{f'eval/{k}': v for k, v in scores.items()}})
-            writer.write(done, {f'eval/{k}': v for k, v in scores.items()})
+            with clock.paused():
+                scores = {f'eval/{k}': v for k, v in stage.evaluate(state.model).items()}
+            history.append({'step': done, **scores})
+            writer.write(done, scores)
         if done % tcfg.checkpoint_every == 0 or done == stage.steps:
             jax.block_until_ready(state)
-            elapsed = time.perf_counter() - t_first
-            meta.update(train_seconds=meta['train_seconds'] + elapsed,
-                        timed_steps=meta['timed_steps'] + done - first_done,
-                        done=done == stage.steps, history=history)
-            t_first, first_done = time.perf_counter(), done
-            meta['train_loss'] = history[-1]['loss'] if history else float('nan')
+            seconds, steps = clock.lap(done)
+            meta.update(train_seconds=meta['train_seconds'] + seconds,
+                        timed_steps=meta['timed_steps'] + steps,
+                        done=done == stage.steps, history=history,
+                        train_loss=next(h['loss'] for h in reversed(history) if 'loss' in h))
             meta['steps_per_second'] = (meta['timed_steps'] / meta['train_seconds']
                                         if meta['train_seconds'] > 0 else 0.0)
-            ckpts.save(done, state.model, state.train, dict(meta))
+            with clock.paused():
+                ckpts.save(done, state.model, state.train, dict(meta))
     ckpts.wait()
     ckpts.close()
     writer.close()

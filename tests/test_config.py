@@ -1,25 +1,17 @@
 """jaxdistill/config.py: the schema catches typos and wrong types before anything runs."""
 
-import importlib.util
-import os
-
 import ml_collections
 import pytest
 
 from jaxdistill import config as config_lib
 from jaxdistill.errors import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(__file__))
-
-
-def load_config(name: str, arg=None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from tests.helpers import load_config
 
 
-@pytest.mark.parametrize('name,arg', [('digits.py', None), ('digits.py', 'smoke')])
+@pytest.mark.parametrize('name,arg', [
+    ('digits.py', None), ('digits.py', 'smoke'), ('cifar10_resnet.py', None),
+    ('cifar10_resnet.py', 'smoke'), ('imagenet_resnet.py', None), ('imagenet_resnet.py', 'smoke'),
+])
 def test_shipped_configs_validate(name, arg):
     config_lib.validate(load_config(name, arg))
 

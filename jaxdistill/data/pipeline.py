@@ -18,7 +18,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from jaxdistill.errors import ConfigError, DataError, closest
+from jaxdistill.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,14 @@ def data_dir(cfg) -> str:
 
 
 def load_splits(cfg) -> Splits:
-    """Opens the train/test sources named by the ``data`` config block."""
+    """Opens the train/test sources named by the ``data`` config block (cached if small)."""
+    splits = _open_splits(cfg)
+    kw = dict(image_key=cfg.image_key, label_key=cfg.label_key, limit_mb=cfg.cache_mb)
+    return dataclasses.replace(splits, train=cache_in_memory(splits.train, **kw),
+                               test=cache_in_memory(splits.test, **kw))
+
+
+def _open_splits(cfg) -> Splits:
     if cfg.source:
         return _user_source(cfg)
     import tensorflow_datasets as tfds
@@ -124,34 +131,158 @@ def to_example(record: dict[str, Any], image_key: str, label_key: str) -> dict[s
     return {'image': image.astype(np.float32), 'label': np.asarray(record[label_key], np.int32)}
 
 
-def _flip_crop(example: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random horizontal flip and a random crop of the 4-pixel zero-padded image."""
+def _crop(example: dict[str, np.ndarray], rng: np.random.Generator,
+          flip: bool = False) -> dict[str, np.ndarray]:
+    """Random shift: a crop of the image zero-padded by H/8 pixels (4 for CIFAR's 32x32,
+    He et al. 2016), with a random horizontal flip if ``flip`` (not for digits!)."""
     image = example['image']
-    if rng.random() < 0.5:
+    if flip and rng.random() < 0.5:
         image = image[:, ::-1]
     h, w = image.shape[:2]
-    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
-    y, x = rng.integers(0, 9, size=2)
+    pad = max(1, h // 8)
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    y, x = rng.integers(0, 2 * pad + 1, size=2)
     return {**example, 'image': np.ascontiguousarray(padded[y:y + h, x:x + w])}
 
 
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an HWC float image in [0, 1] (Pillow, per channel)."""
+    from PIL import Image
+
+    h, w = size
+    channels = [np.asarray(Image.fromarray(image[..., c]).resize((w, h), Image.BILINEAR))
+                for c in range(image.shape[-1])]
+    return np.stack(channels, axis=-1).astype(np.float32)
+
+
+def _inception_crop(example: dict[str, np.ndarray], rng: np.random.Generator,
+                    size: int) -> dict[str, np.ndarray]:
+    """Random-resized crop (8-100 % area, aspect 3/4-4/3; Szegedy et al. 2015) + flip."""
+    image = example['image']
+    h, w = image.shape[:2]
+    for _ in range(10):
+        area = h * w * rng.uniform(0.08, 1.0)
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        ch, cw = int(round(np.sqrt(area / aspect))), int(round(np.sqrt(area * aspect)))
+        if 0 < ch <= h and 0 < cw <= w:
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            break
+    else:
+        ch, cw, y, x = h, w, 0, 0
+    crop = image[y:y + ch, x:x + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return {**example, 'image': _resize(np.ascontiguousarray(crop), (size, size))}
+
+
+def center_crop(example: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Evaluation view: shorter side to ``size * 8 / 7`` (256 for 224), centre ``size`` crop."""
+    image = example['image']
+    h, w = image.shape[:2]
+    scale = size * 8 / 7 / min(h, w)
+    nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
+    image = _resize(image, (nh, nw))
+    y, x = (nh - size) // 2, (nw - size) // 2
+    return {**example, 'image': image[y:y + size, x:x + size]}
+
+
+class ArraySource:
+    """A split decoded once into numpy arrays (``image``, ``label``): random access is free."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays['label'])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {k: v[i] for k, v in self.arrays.items()}
+
+    def take(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[ids] for k, v in self.arrays.items()}
+
+
+def _records(source: Sequence[Any], ids: Sequence[int]) -> list[Any]:
+    ids = [int(i) for i in ids]
+    if hasattr(source, '__getitems__'):
+        try:
+            return list(source.__getitems__(ids))
+        except TypeError:  # tfds.testing.mock_data's __getitems__ has the wrong signature
+            pass
+    return [source[i] for i in ids]
+
+
+def cache_in_memory(source: Sequence[Any], *, image_key: str, label_key: str,
+                    limit_mb: float) -> Sequence[Any]:
+    """Decodes a split once into arrays when it fits in ``limit_mb`` and shapes agree.
+
+    Decoding a TFDS record costs ~0.3 ms; a small split (digits, CIFAR) read once is then
+    batched by fancy indexing instead of per-record decoding every step.
+    """
+    n = len(source)
+    if limit_mb <= 0 or n == 0:
+        return source
+    first = to_example(source[0], image_key, label_key)
+    if n * first['image'].nbytes / 2**20 > limit_mb:
+        return source
+    examples = []
+    for start in range(0, n, 1024):
+        examples += [to_example(r, image_key, label_key)
+                     for r in _records(source, range(start, min(start + 1024, n)))]
+    if any(e['image'].shape != first['image'].shape for e in examples):
+        return source  # variable-sized images are resized per batch instead
+    return ArraySource({k: np.stack([e[k] for e in examples]) for k in ('image', 'label')})
+
+
+def _examples(source: Sequence[Any], ids: np.ndarray, image_key: str,
+              label_key: str) -> list[dict[str, np.ndarray]]:
+    if isinstance(source, ArraySource):
+        arrays = source.take(ids)
+        return [{k: v[j] for k, v in arrays.items()} for j in range(len(ids))]
+    return [to_example(r, image_key, label_key) for r in _records(source, ids)]
+
+
 def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, image_key: str,
-                  label_key: str, augment: str = '', process_index: int = 0,
+                  label_key: str, augment: str = '', image_size: int = 0, process_index: int = 0,
                   process_count: int = 1) -> grain.MapDataset:
-    """This process's training batches: ``ds[step]`` is its rows of global batch ``step``."""
+    """This process's training batches: ``ds[step]`` is its rows of global batch ``step``.
+
+    Grain shuffles example *indices* (a new permutation every epoch) and slices this
+    process's share; the records are fetched per batch. Augmentation draws from a
+    generator seeded by ``(seed, global row)``, so a row is augmented the same way
+    whatever the number of processes.
+    """
     if global_batch % process_count:
         raise ConfigError(f'data.batch_size={global_batch} is not divisible by the '
                           f'{process_count} processes: use a multiple of {process_count}')
-    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-    ds = ds[process_index::process_count]
-    ds = ds.map(lambda r: to_example(r, image_key, label_key))
-    if augment == 'flip_crop':
-        ds = ds.random_map(_flip_crop, seed=seed + 1)
-    return ds.batch(global_batch // process_count, drop_remainder=True)
+    local = global_batch // process_count
+    ids = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+    ids = ids[process_index::process_count].batch(local, drop_remainder=True)
+
+    def fetch(step: int, batch_ids: np.ndarray) -> dict[str, np.ndarray]:
+        batch_ids = np.asarray(batch_ids)
+        if isinstance(source, ArraySource) and not (augment or image_size):
+            return source.take(batch_ids)
+        examples = _examples(source, batch_ids, image_key, label_key)
+        out = []
+        for j, example in enumerate(examples):
+            row = step * global_batch + j * process_count + process_index
+            rng = np.random.default_rng([seed, row])
+            if augment in ('crop', 'flip_crop'):
+                example = _crop(example, rng, flip=augment == 'flip_crop')
+            elif augment == 'inception_crop':
+                example = _inception_crop(example, rng, image_size)
+            elif image_size:
+                example = center_crop(example, image_size)
+            out.append(example)
+        return {k: np.stack([e[k] for e in out]) for k in ('image', 'label')}
+
+    return ids.map_with_index(fetch)
 
 
 def eval_batches(source: Sequence[Any], *, global_batch: int, image_key: str, label_key: str,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                 image_size: int = 0, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """The whole split once, in order, padded to full batches; ``mask`` marks real rows."""
     n = len(source)
     local = global_batch // process_count
@@ -159,7 +290,10 @@ def eval_batches(source: Sequence[Any], *, global_batch: int, image_key: str, la
         rows = []
         for j in range(local):
             i = start + j * process_count + process_index
-            rows.append((to_example(source[min(i, n - 1)], image_key, label_key), i < n))
+            example = _examples(source, np.array([min(i, n - 1)]), image_key, label_key)[0]
+            if image_size:
+                example = center_crop(example, image_size)
+            rows.append((example, i < n))
         batch = {k: np.stack([r[0][k] for r in rows]) for k in ('image', 'label')}
         batch['mask'] = np.array([r[1] for r in rows])
         yield batch

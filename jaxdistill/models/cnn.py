@@ -16,6 +16,7 @@ class CNN(nn.Module):
     num_classes: int = 10
     batch_norm: bool = False
     dropout: float = 0.0
+    pool: str = 'mean'  # 'mean': global average pool; 'flatten': keep spatial layout
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -27,7 +28,7 @@ class CNN(nn.Module):
             x = nn.relu(x)
             if i < len(self.channels) - 1 and min(x.shape[1:3]) >= 2:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = jnp.mean(x, axis=(1, 2))
+        x = jnp.mean(x, axis=(1, 2)) if self.pool == 'mean' else x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense, name='dense')(x))
         if self.dropout:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)

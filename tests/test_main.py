@@ -1,0 +1,130 @@
+"""The CLI end to end, in real subprocesses: outputs, resume, and one-line errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+REQUIRED = {
+    'teacher': ['accuracy', 'params'],
+    'baseline': ['accuracy', 'agreement', 'kl_to_teacher'],
+    'student': ['accuracy', 'agreement', 'kl_to_teacher', 'params', 'train_loss', 'steps',
+                'steps_per_second', 'params_sha256'],
+    'provenance': ['teacher_params_sha256', 'teacher_checkpoint', 'dataset', 'losses'],
+}
+
+
+def cli(workdir, *overrides, data_dir, config='configs/digits.py:smoke'):
+    cmd = [sys.executable, '-m', 'jaxdistill.main', f'--config={config}',
+           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory, data_dir):
+    workdir = str(tmp_path_factory.mktemp('cli') / 'run')
+    proc = cli(workdir, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc
+
+
+def results(workdir):
+    with open(os.path.join(workdir, 'results.json')) as f:
+        return json.load(f)
+
+
+def test_outputs(smoke_run):
+    workdir, proc = smoke_run
+    r = results(workdir)
+    for section, keys in REQUIRED.items():
+        for key in keys:
+            assert key in r[section], f'results.json lacks {section}.{key}'
+    assert r['student']['steps'] == 20 and len(r['student']['params_sha256']) == 64
+    assert 0.0 <= r['student']['agreement'] <= 1.0 and r['student']['kl_to_teacher'] >= 0.0
+    assert r['provenance']['losses'][0]['name'] == 'kd'
+    assert r['provenance']['teacher_checkpoint'] == os.path.join(workdir, 'teacher')
+    for name in ('config.json', 'report.md', 'learning_curves.png'):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    for stage in ('teacher', 'baseline', 'student'):
+        assert '20' in os.listdir(os.path.join(workdir, stage)), stage
+        events = os.listdir(os.path.join(workdir, f'{stage}_metrics', 'events'))
+        assert any(e.startswith('events.out.tfevents') for e in events), stage
+    report = open(os.path.join(workdir, 'report.md')).read()
+    assert '| student |' in report and 'learning_curves.png' in report
+    stage_lines = [line for line in proc.stdout.splitlines() if ' step ' in line]
+    assert [line.split()[0] for line in stage_lines] == ['teacher', 'baseline', 'student']
+    with open(os.path.join(workdir, 'config.json')) as f:
+        assert json.load(f)['train']['steps'] == 20
+
+
+def test_rerun_skips_finished_stages(smoke_run, data_dir):
+    workdir, _ = smoke_run
+    before = results(workdir)
+    proc = cli(workdir, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count('skipped') == 3
+    assert results(workdir)['student']['params_sha256'] == before['student']['params_sha256']
+
+
+def test_resume_from_a_middle_checkpoint_is_exact(smoke_run, data_dir, tmp_path):
+    workdir, _ = smoke_run
+    copy = str(tmp_path / 'copy')
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(os.path.join(copy, 'student', '20'))  # as if killed after step 10
+    os.remove(os.path.join(copy, 'results.json'))
+    proc = cli(copy, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'student   step     20/20' in proc.stdout
+    assert (results(copy)['student']['params_sha256'] ==
+            results(workdir)['student']['params_sha256'])
+
+
+def test_other_config_on_same_workdir_is_refused(smoke_run, data_dir):
+    workdir, _ = smoke_run
+    before = sorted(os.listdir(workdir))
+    proc = cli(workdir, '--config.seed=5', data_dir=data_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f'error: --workdir={workdir} holds a run with a different '
+                                   'config (seed: 0 -> 5); use a new --workdir, or rerun with '
+                                   'the same config to resume')
+    assert sorted(os.listdir(workdir)) == before
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (['--config.train.stpes=3'], "unknown config key 'train.stpes' in --config.train.stpes=3: "
+                                 "did you mean 'train.steps'?"),
+    (['--config.train.steps=abc'], '--config.train.steps=abc'),
+    (['--config.teacher.checkpoint=/nonexistent/run'], "teacher.checkpoint='/nonexistent/run'"),
+    (['--config.data.name=digitz'], "data.name='digitz' is not a TFDS dataset"),
+    (['--config.student.module=nope.mod:Net'], "student.module='nope.mod:Net': importing"),
+    (['--config.data.batch_size=30'], 'data.batch_size=30 is not divisible by the 8'),
+    (['--config.distill.losses[0].name=kdd'], "unknown loss 'kdd'"),
+    (['--config.student.kwargs.num_classes=7'], 'teacher has 10 outputs but student has 7'),
+])
+def test_bad_input_is_one_line(tmp_path, data_dir, overrides, message):
+    workdir = tmp_path / 'never'
+    proc = cli(str(workdir), *overrides, data_dir=data_dir)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr[-2000:]
+    assert message in lines[0]
+    assert not workdir.exists(), 'nothing may be written for bad input'
+
+
+def test_unwritable_workdir(tmp_path, data_dir):
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    proc = cli(str(blocker / 'run'), data_dir=data_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith('error: --workdir=') and 'not a directory' in proc.stderr
+
+
+def test_unknown_preset(tmp_path, data_dir):
+    proc = cli(str(tmp_path / 'w'), data_dir=data_dir, config='configs/digits.py:fast')
+    assert proc.returncode == 2 and "unknown preset 'fast'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
