@@ -28,7 +28,8 @@ teacher is first trained here with the same optimizer on labels.
     python -m jaxdistill.main --config=configs/cifar10_resnet.py \\
         --workdir=gs://BUCKET/cifar10_r56_r20 --config.data.data_dir=gs://BUCKET/tfds
 
-Presets: ``:smoke`` shrinks batch and steps for a one-step test on mock data.
+Presets: ``:smoke`` shrinks depth, batch and steps (same modules, blocks, objective,
+augmentation and mixup) for a test on mock data.
 """
 
 from jaxdistill.config import base_config, loss_entry
@@ -59,7 +60,9 @@ def get_config(arg: str | None = None):
     c.optimizer.warmup_steps = 1500
     c.optimizer.clip_norm = 1.0
     c.optimizer.schedule = 'cosine'
-    if arg == 'smoke':
+    if arg == 'smoke':  # same modules, blocks and objective; depth and sizes for a CPU
+        c.teacher.kwargs.stage_sizes = (1, 1, 1)
+        c.student.kwargs.stage_sizes = (1, 1, 1)
         c.data.batch_size = 8
         c.data.eval_batch_size = 8
         c.train.steps = 2

@@ -22,7 +22,8 @@ Run on a TPU VM (see launch/ and docs/scaling.md), teacher from a checkpoint:
         --workdir=gs://BUCKET/i1k_r152x2_r50 --config.data.data_dir=gs://BUCKET/tfds \\
         --config.teacher.checkpoint=gs://BUCKET/teacher_r152x2
 
-Presets: ``:smoke`` shrinks batch, image size and steps for a one-step test on mock data.
+Presets: ``:smoke`` shrinks depth, width, batch, image size and steps (same modules,
+blocks, objective, augmentation and mixup) for a test on mock data.
 """
 
 from jaxdistill.config import base_config, loss_entry
@@ -58,7 +59,9 @@ def get_config(arg: str | None = None):
     c.optimizer.warmup_steps = 5000
     c.optimizer.clip_norm = 1.0
     c.optimizer.schedule = 'cosine'
-    if arg == 'smoke':
+    if arg == 'smoke':  # same modules, blocks and objective; depth, width, sizes for a CPU
+        c.teacher.kwargs.update(stage_sizes=(1, 1, 1, 1), width=8)
+        c.student.kwargs.update(stage_sizes=(1, 1, 1, 1), width=8)
         c.data.batch_size = 8
         c.data.eval_batch_size = 8
         c.data.image_size = 32

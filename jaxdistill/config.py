@@ -18,7 +18,7 @@ from jaxdistill.errors import ConfigError, closest
 
 # Sub-trees whose keys belong to the user (module constructor arguments).
 FREE_FORM = ('teacher.kwargs', 'student.kwargs')
-MODES = ('train',)
+MODES = ('train', 'list_features')
 OPTIMIZERS = ('adamw', 'adam', 'sgd')
 SCHEDULES = ('cosine', 'constant', 'linear')
 AUGMENTS = ('', 'crop', 'flip_crop', 'inception_crop')
@@ -33,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Every key with its default. Configs copy this and change what differs."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.mode = 'train'
+    c.mode = 'train'  # 'train', or 'list_features': print every tappable layer and exit
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.module = 'cnn'  # built-in name or 'pkg.mod:Class'

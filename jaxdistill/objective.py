@@ -26,7 +26,9 @@ from jaxdistill.errors import ConfigError
 Schedule = Callable[[jax.Array], jax.Array]
 LABEL_LOSSES = ('ce',)
 NEEDS_LABELS = ('dkd',)
-BATCH_LEVEL = ('dist',)
+BATCH_LEVEL = ('dist', 'rkd')
+FEATURE_LOSSES = ('feature_mse', 'feature_cosine', 'attention_transfer', 'rkd')
+PROJECTED = ('feature_mse', 'feature_cosine')  # a learned projection when widths differ
 SCHEDULED = ('weight', 'temperature')
 
 
@@ -66,6 +68,8 @@ class Term:
     weight: Schedule | float
     temperature: Schedule | float | None
     hyper: Mapping[str, Any]
+    taps: tuple[str, str] | None = None  # (student layer, teacher layer) of feature losses
+    key: str = ''  # where the term came from, for error messages and projector names
 
     @property
     def needs_teacher(self) -> bool:
@@ -80,6 +84,21 @@ class Objective:
     def needs_teacher(self) -> bool:
         return any(t.needs_teacher for t in self.terms)
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """``distill/<name>`` per term; repeated names get the entry index appended."""
+        names = [t.name for t in self.terms]
+        return tuple(f'distill/{n}' if names.count(n) == 1 else f'distill/{n}_{i}'
+                     for i, n in enumerate(names))
+
+    @property
+    def student_taps(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.taps[0] for t in self.terms if t.taps))
+
+    @property
+    def teacher_taps(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.taps[1] for t in self.terms if t.taps))
+
     def describe(self) -> list[dict[str, Any]]:
         """The terms as plain data, for provenance."""
         out = []
@@ -87,24 +106,69 @@ class Objective:
             entry = {'name': t.name, 'weight': _describe(t.weight), **dict(t.hyper)}
             if t.temperature is not None:
                 entry['temperature'] = _describe(t.temperature)
+            if t.taps:
+                entry['student'], entry['teacher'] = t.taps
             out.append(entry)
+        return out
+
+    def projections(self, student_shapes: Mapping[str, tuple[int, ...]],
+                    teacher_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, int]]:
+        """Checks the tapped shapes; returns ``{term key: (d_student, d_teacher)}`` for the
+        learned projections that feature losses need where widths differ."""
+        out = {}
+        for t in self.terms:
+            if not t.taps:
+                continue
+            s_shape, t_shape = student_shapes[t.taps[0]], teacher_shapes[t.taps[1]]
+            if t.name == 'rkd':
+                continue  # relations between examples: any widths
+            if s_shape[:-1] != t_shape[:-1]:
+                raise ConfigError(
+                    f'{t.key}: student layer {t.taps[0]!r} {list(s_shape)} and teacher layer '
+                    f'{t.taps[1]!r} {list(t_shape)} differ in more than the feature (last) '
+                    'axis: pair layers with the same spatial / sequence size')
+            if t.name in PROJECTED and s_shape[-1] != t_shape[-1]:
+                out[t.key] = (s_shape[-1], t_shape[-1])
         return out
 
     def __call__(self, step: jax.Array, student_logits: jax.Array,
                  teacher_logits: jax.Array | None, targets: jax.Array,
-                 mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 mask: jax.Array | None = None, *,
+                 student_features: Mapping[str, jax.Array] | None = None,
+                 teacher_features: Mapping[str, jax.Array] | None = None,
+                 projections: Mapping[str, jax.Array] | None = None,
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns ``(loss, metrics)``: the mean over valid examples of the weighted sum.
 
-        ``targets`` are label probabilities ``[B, C]`` (one-hot, or mixed by mixup).
+        ``targets`` are label probabilities ``[B, C]`` (one-hot, or mixed by mixup);
+        feature terms read the tapped ``*_features`` and learned ``projections``.
         """
         total = jnp.zeros((), jnp.float32)
         metrics = {}
-        for term in self.terms:
-            value = self._term(term, step, student_logits, teacher_logits, targets, mask)
-            metrics[f'distill/{term.name}'] = value
+        for term, metric in zip(self.terms, self.metric_names):
+            if term.taps:
+                value = self._feature_term(term, student_features, teacher_features,
+                                           projections or {}, mask)
+            else:
+                value = self._term(term, step, student_logits, teacher_logits, targets, mask)
+            metrics[metric] = value
             total = total + _at(term.weight, step) * value
         metrics['loss'] = total
         return total, metrics
+
+    def _feature_term(self, term, student_features, teacher_features, projections, mask):
+        fn = losses.get(term.name)
+        h_s = student_features[term.taps[0]]
+        h_t = jax.lax.stop_gradient(teacher_features[term.taps[1]])
+        kwargs = dict(term.hyper)
+        if term.key in projections:
+            kwargs['projection'] = projections[term.key]
+        if term.name in BATCH_LEVEL:
+            return fn(h_s.reshape(h_s.shape[0], -1), h_t.reshape(h_t.shape[0], -1), **kwargs)
+        per_example = fn(h_s, h_t, **kwargs)
+        if mask is not None:
+            mask = mask.reshape(mask.shape + (1,) * (per_example.ndim - mask.ndim))
+        return losses.token_mean(per_example, mask)
 
     def _term(self, term, step, student_logits, teacher_logits, targets, mask):
         if term.name == 'ce':
@@ -140,6 +204,14 @@ def build(entries: Sequence[Mapping[str, Any]], total_steps: int,
             raise ConfigError(f"{where} has no 'name': e.g. {{'name': 'kd', 'weight': 0.9}}")
         weight = _schedule(entry.pop('weight', 1.0), total_steps, f'{where}.weight')
         temperature = None
+        taps = None
+        if name in FEATURE_LOSSES:
+            taps = (entry.pop('student', None), entry.pop('teacher', None))
+            if not all(isinstance(t, str) and t for t in taps):
+                raise ConfigError(
+                    f"{where} ({name!r}) needs the layers to compare: 'student' and 'teacher' "
+                    "module paths, e.g. {'name': 'feature_mse', 'student': 'conv0', "
+                    "'teacher': 'conv1'} (--config.mode=list_features lists them)")
         if name == 'ce':
             if entry:
                 raise ConfigError(f"{where} ('ce') takes only a weight, got {sorted(entry)}")
@@ -151,7 +223,7 @@ def build(entries: Sequence[Mapping[str, Any]], total_steps: int,
                 for t in _extremes(temperature, total_steps):
                     losses.validate_hyper(name, temperature=t)
             losses.validate_hyper(name, **entry)
-        terms.append(Term(name, weight, temperature, entry))
+        terms.append(Term(name, weight, temperature, entry, taps, where))
     return Objective(tuple(terms))
 
 

@@ -24,7 +24,7 @@ from jaxdistill import mesh as mesh_lib
 from jaxdistill import modules, objective, report, train
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints, find_stage_dir
-from jaxdistill.errors import ConfigError
+from jaxdistill.errors import ConfigError, closest
 
 
 @dataclasses.dataclass
@@ -41,6 +41,7 @@ class Plan:
     num_classes: int
     sample: np.ndarray
     teacher_dir: str  # where the teacher's checkpoints are (trained here or given)
+    projections: dict[str, tuple[int, int]]  # learned projections of feature losses
 
 
 def check_workdir(workdir: str, config) -> str:
@@ -131,8 +132,33 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
         raise ConfigError(f'the models have {s_dim} outputs but {splits.name} has '
                           f'{splits.num_classes} classes: set student.kwargs.num_classes='
                           f'{splits.num_classes} (and the teacher\'s)')
+    projections = _check_feature_taps(obj, student, teacher, sample)
     return Plan(config, workdir, mesh, splits, teacher, student, obj, s_dim, sample,
-                teacher_dir)
+                teacher_dir, projections)
+
+
+def _check_feature_taps(obj: objective.Objective, student: Model, teacher: Model,
+                        sample: np.ndarray) -> dict[str, tuple[int, int]]:
+    """Every layer named by a feature loss exists; returns the projections to learn."""
+    if not obj.student_taps:
+        return {}
+    shapes = {'student': student.feature_shapes(sample), 'teacher': teacher.feature_shapes(sample)}
+    for term in obj.terms:
+        for side, name in zip(('student', 'teacher'), term.taps or ()):
+            if name not in shapes[side]:
+                raise ConfigError(
+                    f'{term.key}.{side}={name!r}: the {side} has no such layer; '
+                    f'{closest(name, shapes[side])} (--config.mode=list_features lists '
+                    'every layer with its shape)')
+    return obj.projections(shapes['student'], shapes['teacher'])
+
+
+def list_features(p: Plan) -> None:
+    """``--config.mode=list_features``: every tappable layer of both models, with shapes."""
+    for side, model in (('teacher', p.teacher), ('student', p.student)):
+        print(f'{side} ({p.config[side].module}): layer -> output shape for one example')
+        for name, shape in sorted(model.feature_shapes(p.sample).items()):
+            print(f'  {name:<40} {list(shape[1:])}')
 
 
 def _batches(p: Plan, seed: int):
@@ -169,6 +195,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None) -> dict[str, Any]:
     """The whole job; ``devices`` (default: all) are the ones the mesh is built over."""
     p = plan(config, workdir, devices)
+    if config.mode == 'list_features':
+        list_features(p)
+        return {}
     is_main = jax.process_index() == 0
     if is_main:
         os.makedirs(p.workdir, exist_ok=True)
@@ -208,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               teacher=p.teacher if p.objective.needs_teacher else None,
                               teacher_model=teacher_vars if p.objective.needs_teacher else None,
                               teacher_shardings=teacher_shardings,
-                              evaluate=evaluate_student))
+                              evaluate=evaluate_student, projections=p.projections))
     histories = {}
     for stage in stages:
         result = train.run_stage(stage, config, p.mesh, p.sample, p.num_classes, is_main)

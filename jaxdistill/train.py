@@ -30,9 +30,10 @@ from jaxdistill.objective import Objective
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: Any
-    model_state: Any
-    opt_state: Any
+    params: Any  # the module's parameters: what is evaluated, hashed and exported
+    model_state: Any  # mutable collections, e.g. BatchNorm statistics
+    opt_state: Any  # over (params, aux)
+    aux: Any  # trained with the student, not part of it: feature-loss projections
 
     @property
     def model(self) -> dict[str, Any]:
@@ -40,7 +41,7 @@ class TrainState:
 
     @property
     def train(self) -> dict[str, Any]:
-        return {'step': self.step, 'opt_state': self.opt_state}
+        return {'step': self.step, 'opt_state': self.opt_state, 'aux': self.aux}
 
 
 def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -70,26 +71,35 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     return opt
 
 
-def create_train_state(model: Model, optimizer: optax.GradientTransformation, rng: jax.Array,
-                       sample: jax.Array, mesh: Mesh) -> tuple[TrainState, Any]:
-    """Initialises straight into the target shardings (no full copy on one device)."""
-
+def _init_fn(model: Model, optimizer, sample, projections: dict[str, tuple[int, int]]):
     def init(rng):
-        params, state = model.init(rng, sample)
-        return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params))
+        model_rng, aux_rng = jax.random.split(rng)
+        params, state = model.init(model_rng, sample)
+        init_proj = jax.nn.initializers.lecun_normal()
+        aux = {key: init_proj(jax.random.fold_in(aux_rng, i), shape, jnp.float32)
+               for i, (key, shape) in enumerate(sorted(projections.items()))}
+        return TrainState(jnp.zeros((), jnp.int32), params, state,
+                          optimizer.init((params, aux)), aux)
 
+    return init
+
+
+def create_train_state(model: Model, optimizer: optax.GradientTransformation, rng: jax.Array,
+                       sample: jax.Array, mesh: Mesh,
+                       projections: dict[str, tuple[int, int]] | None = None
+                       ) -> tuple[TrainState, Any]:
+    """Initialises straight into the target shardings (no full copy on one device)."""
+    init = _init_fn(model, optimizer, sample, projections or {})
     abstract = jax.eval_shape(init, rng)
     shardings = mesh_lib.param_sharding(mesh, abstract)
     return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
-def abstract_state(model: Model, optimizer, rng, sample, mesh) -> tuple[TrainState, Any]:
+def abstract_state(model: Model, optimizer, rng, sample, mesh,
+                   projections: dict[str, tuple[int, int]] | None = None
+                   ) -> tuple[TrainState, Any]:
     """Shapes, dtypes and shardings of the state, without computing it."""
-
-    def init(rng):
-        params, state = model.init(rng, sample)
-        return TrainState(jnp.zeros((), jnp.int32), params, state, optimizer.init(params))
-
+    init = _init_fn(model, optimizer, sample, projections or {})
     abstract = jax.eval_shape(init, rng)
     shardings = mesh_lib.param_sharding(mesh, abstract)
     with_sharding = jax.tree.map(
@@ -119,24 +129,31 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
         targets = jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.float32)
         if mixup > 0:
             images, targets = _mixup(mix_rng, images, targets, mixup)
-        teacher_logits = None
+        teacher_logits, teacher_features = None, {}
         if teacher is not None:
-            teacher_logits, _, _ = teacher.apply(teacher_model['params'], teacher_model['state'],
-                                                 images, train=False)
-            teacher_logits = jax.lax.stop_gradient(teacher_logits)
+            teacher_logits, _, teacher_features = teacher.apply(
+                teacher_model['params'], teacher_model['state'], images, train=False,
+                taps=objective.teacher_taps)
+            teacher_logits, teacher_features = jax.lax.stop_gradient(
+                (teacher_logits, teacher_features))
 
-        def loss_fn(params):
-            logits, new_state, _ = student.apply(params, state.model_state, images, train=True,
-                                                 rng=dropout_rng)
-            loss, metrics = objective(state.step, logits, teacher_logits, targets)
+        def loss_fn(trained):
+            params, aux = trained
+            logits, new_state, features = student.apply(
+                params, state.model_state, images, train=True, rng=dropout_rng,
+                taps=objective.student_taps)
+            loss, metrics = objective(state.step, logits, teacher_logits, targets,
+                                      student_features=features,
+                                      teacher_features=teacher_features, projections=aux)
             return loss, (new_state, metrics)
 
-        (_, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        trained = (state.params, state.aux)
+        (_, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+        updates, opt_state = optimizer.update(grads, state.opt_state, trained)
+        params, aux = optax.apply_updates(trained, updates)
         metrics['grad_norm'] = optax.global_norm(grads)
         return state.replace(step=state.step + 1, params=params, model_state=new_state,
-                             opt_state=opt_state), metrics
+                             opt_state=opt_state, aux=aux), metrics
 
     replicated = mesh_lib.replicated(mesh)
     teacher_shardings = teacher_shardings if teacher is not None else None
@@ -188,6 +205,7 @@ class Stage:
     teacher_model: Any = None
     teacher_shardings: Any = None
     evaluate: Callable[[dict[str, Any]], dict[str, float]] | None = None
+    projections: dict[str, tuple[int, int]] | None = None  # feature-loss projector shapes
 
 
 def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array, num_classes: int,
@@ -200,11 +218,13 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array, num_classes: 
     meta = {'stage': stage.name, 'steps': stage.steps, 'done': False, 'history': [],
             'train_seconds': 0.0, 'timed_steps': 0}
     if latest is not None:
-        abstract, shardings = abstract_state(stage.model, optimizer, rng, sample, mesh)
+        abstract, shardings = abstract_state(stage.model, optimizer, rng, sample, mesh,
+                                             stage.projections)
         restored = ckpts.restore(latest, abstract.model, abstract.train)
         meta = restored.meta
         state = TrainState(restored.train['step'], restored.model['params'],
-                           restored.model['state'], restored.train['opt_state'])
+                           restored.model['state'], restored.train['opt_state'],
+                           restored.train['aux'])
         if meta.get('done') and latest == stage.steps:
             ckpts.close()
             if is_main:
@@ -212,7 +232,8 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array, num_classes: 
                       f'loss {meta["train_loss"]:.4f}): skipped')
             return StageResult(state.model, meta)
     else:
-        state, shardings = create_train_state(stage.model, optimizer, rng, sample, mesh)
+        state, shardings = create_train_state(stage.model, optimizer, rng, sample, mesh,
+                                              stage.projections)
     step_fn = make_train_step(stage.model, stage.objective, optimizer, mesh=mesh,
                               state_shardings=shardings, num_classes=num_classes,
                               seed=stage.seed, teacher=stage.teacher,

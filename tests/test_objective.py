@@ -86,3 +86,42 @@ def test_scheduled_temperature_is_traced():
 def test_bad_entries(entries, match):
     with pytest.raises(ConfigError, match=match):
         objective.build(entries, total_steps=10)
+
+
+def test_feature_terms_need_layers_and_project_widths():
+    with pytest.raises(ConfigError, match=r"\[0\] \('feature_mse'\) needs the layers"):
+        objective.build([{'name': 'feature_mse', 'student': 'conv0'}], 1)
+    obj = objective.build([{'name': 'feature_mse', 'student': 'a', 'teacher': 'b'},
+                           {'name': 'attention_transfer', 'student': 'a', 'teacher': 'c'},
+                           {'name': 'rkd', 'student': 'e', 'teacher': 'f'}], 1)
+    assert obj.student_taps == ('a', 'e') and obj.teacher_taps == ('b', 'c', 'f')
+    proj = obj.projections({'a': (1, 4, 4, 8), 'e': (1, 16)},
+                           {'b': (1, 4, 4, 32), 'c': (1, 4, 4, 3), 'f': (1, 64)})
+    assert proj == {'distill.losses[0]': (8, 32)}
+    with pytest.raises(ConfigError, match=r"layer 'a' \[1, 4, 4, 8\] and teacher layer 'b' "
+                                          r'\[1, 2, 2, 8\] differ'):
+        obj.projections({'a': (1, 4, 4, 8), 'e': (1, 16)},
+                        {'b': (1, 2, 2, 8), 'c': (1, 4, 4, 3), 'f': (1, 64)})
+
+
+def test_feature_mse_term_uses_projection_and_freezes_teacher():
+    rng = np.random.default_rng(0)
+    hs, ht = rng.normal(size=(3, 4, 2)), rng.normal(size=(3, 4, 5))
+    proj = rng.normal(size=(2, 5))
+    obj = objective.build([{'name': 'feature_mse', 'student': 's', 'teacher': 't'}], 1)
+
+    def loss(hs, ht, proj):
+        return obj(0, None, None, None, student_features={'s': hs},
+                   teacher_features={'t': ht}, projections={'distill.losses[0]': proj})[0]
+
+    args = [jnp.asarray(a, jnp.float32) for a in (hs, ht, proj)]
+    np.testing.assert_allclose(loss(*args), np.mean((hs @ proj - ht) ** 2), rtol=1e-5)
+    g_hs, g_ht, g_proj = jax.grad(loss, argnums=(0, 1, 2))(*args)
+    assert float(jnp.abs(g_ht).sum()) == 0.0, 'no gradient may reach the teacher'
+    assert float(jnp.abs(g_hs).sum()) > 0 and float(jnp.abs(g_proj).sum()) > 0
+
+
+def test_repeated_terms_get_distinct_metric_names():
+    obj = objective.build([{'name': 'kd'}, {'name': 'ce'}, {'name': 'kd', 'temperature': 2.0}],
+                          1)
+    assert obj.metric_names == ('distill/kd_0', 'distill/ce', 'distill/kd_2')

@@ -1,10 +1,12 @@
 """Built-in Flax modules, addressable by name in `teacher.module` / `student.module`."""
 
+from jaxdistill.models.bert import BertEncoder
 from jaxdistill.models.cnn import CNN
 from jaxdistill.models.mlp import MLP
 from jaxdistill.models.resnet import ResNet, ResNet18, ResNet20, ResNet50, ResNet56
 
 BUILTIN = {
+    'bert': BertEncoder,
     'mlp': MLP,
     'cnn': CNN,
     'resnet': ResNet,
@@ -14,4 +16,5 @@ BUILTIN = {
     'resnet56': ResNet56,
 }
 
-__all__ = ['BUILTIN', 'CNN', 'MLP', 'ResNet', 'ResNet18', 'ResNet20', 'ResNet50', 'ResNet56']
+__all__ = ['BUILTIN', 'BertEncoder', 'CNN', 'MLP', 'ResNet', 'ResNet18', 'ResNet20', 'ResNet50',
+           'ResNet56']
