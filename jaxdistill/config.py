@@ -61,7 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
     # 'inception_crop' (random-resized crop to data.image_size + flip, ImageNet)
     c.data.augment = ''
     c.data.image_size = 0  # >0: resize (eval: shorter side to size*8/7, centre crop)
-    c.data.mixup = 0.0  # Beta(a, a) mixup on device; teacher and student see the same mix
+    # Beta(a, a) mixup on device for the baseline and student stages (a teacher trained here
+    # trains without it); the teacher scores the same mixed images the student sees.
+    c.data.mixup = 0.0
     c.data.cache_mb = 1024.0  # decode a split once into memory when smaller than this
 
     c.train = ml_collections.ConfigDict()

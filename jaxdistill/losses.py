@@ -7,7 +7,7 @@ Every logit loss has the signature::
 and returns one value per example (per token): the input shape without ``axis``. Reduction is
 the caller's, explicit and documented (see :func:`token_mean`). Inputs are upcast to at least
 float32 before any arithmetic (bf16/fp16 logits give float32 losses; float64 stays float64), so
-a bf16 teacher against an fp32 student cannot produce a negative divergence by rounding.
+a bf16 teacher and an fp32 student are compared in one precision.
 
 Masks (``where``), the same convention for every logit loss:
 
@@ -21,10 +21,10 @@ Masks (``where``), the same convention for every logit loss:
 
 Do not mask with ``-inf`` logits; pass ``where`` instead (``-inf`` makes ``0 * inf`` terms).
 
-Definitions and reference values: ``/work/shared/LOSSES.md``; the table with conventions and
-papers: ``docs/losses.md``. The combined objective ``alpha * distill + (1 - alpha) * ce`` is the
-train loop's: here ``alpha`` always weights the *distillation* term (Tunix/NeMo convention;
-torchdistill uses the opposite).
+The table of losses, with formulas, papers and conventions: ``docs/losses.md``; the reference
+values they are checked against: ``tests/test_losses.py``. The combined objective
+``alpha * distill + (1 - alpha) * ce`` is the train loop's: ``alpha`` always weights the
+*distillation* term (Tunix/NeMo convention; torchdistill uses the opposite).
 """
 
 from __future__ import annotations
@@ -142,6 +142,18 @@ def _masked_sum(terms: Array, axis: int, mask: Array | None) -> Array:
     return jnp.sum(terms, axis=axis)
 
 
+def _masked_mean(x: Array, axis: int | None, mask: Array | None) -> Array:
+    """Mean over the valid entries along ``axis`` (all axes for None); 0 where none is valid."""
+    if mask is None:
+        return jnp.mean(x, axis=axis)
+    return _masked_sum(x, axis, mask) / jnp.maximum(jnp.sum(mask, axis=axis), 1)
+
+
+def _zero_empty_rows(out: Array, mask: Array | None, axis: int) -> Array:
+    """Exactly 0 (value and gradient) for rows without a valid entry: padding tokens."""
+    return out if mask is None else jnp.where(jnp.any(mask, axis=axis), out, 0.0)
+
+
 def _is_concrete(value: Any) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
@@ -149,23 +161,17 @@ def _is_concrete(value: Any) -> bool:
 def _log_mix(logp_a: Array, logp_b: Array, w: ArrayLike) -> Array:
     """``log(w * a + (1 - w) * b)`` from log-probabilities: mixes probabilities, not logits.
 
-    Factored around the larger of the two, ``log a + log1p((1 - w) * expm1(log b - log a))``:
-    stable for any gap, and exactly ``log a`` when ``a == b`` (identical inputs give 0, not a
-    rounding residue). A traced ``w`` of exactly 0 or 1 is selected with a double ``where``
-    so neither value nor gradient sees ``log1p(-1)``.
+    ``logaddexp`` (stable, cheap, and it takes ``w`` of 0 or 1 traced). Where ``a == b`` the
+    value is snapped to exactly ``log a`` (through ``stop_gradient``, so gradients stay those of
+    ``logaddexp``): identical inputs give exactly 0 rather than a rounding residue of ~1e-7.
     """
     if _is_concrete(w) and w == 0:
         return logp_b
     if _is_concrete(w) and w == 1:
         return logp_a
     w = jnp.asarray(w, logp_a.dtype)
-    ends = (w == 0) | (w == 1)
-    w_safe = jnp.where(ends, 0.5, w)
-    d = logp_b - logp_a
-    from_a = logp_a + jnp.log1p((1 - w_safe) * jnp.expm1(jnp.minimum(d, 0.0)))
-    from_b = logp_b + jnp.log1p(w_safe * jnp.expm1(jnp.minimum(-d, 0.0)))
-    mix = jnp.where(d <= 0, from_a, from_b)
-    return jnp.where(w == 0, logp_b, jnp.where(w == 1, logp_a, mix))
+    mix = jnp.logaddexp(jnp.log(w) + logp_a, jnp.log1p(-w) + logp_b)
+    return mix + jax.lax.stop_gradient(jnp.where(logp_a == logp_b, logp_a - mix, 0.0))
 
 
 # ------------------------------------------------------------------ per-entry divergence terms
@@ -186,16 +192,15 @@ def _reverse_kl_terms(logp_s, p_s, logp_t, p_t, *, temperature):
 
 
 def _jsd_terms(logp_s, p_s, logp_t, p_t, *, temperature, beta=0.5):
-    fkl = _forward_kl_terms(logp_s, p_s, logp_t, p_t, temperature=temperature)
-    rkl = _reverse_kl_terms(logp_s, p_s, logp_t, p_t, temperature=temperature)
-    if _is_concrete(beta) and beta == 0:
-        return fkl
-    if _is_concrete(beta) and beta == 1:
-        return rkl
+    kls = (logp_s, p_s, logp_t, p_t)
+    if _is_concrete(beta) and beta in (0, 1):  # TRL's end points: the KLs, not 0
+        return (_reverse_kl_terms if beta else _forward_kl_terms)(*kls, temperature=temperature)
     log_m = _log_mix(logp_t, logp_s, beta)
     mix = beta * p_t * (logp_t - log_m) + (1 - beta) * p_s * (logp_s - log_m)
     if _is_concrete(beta):
         return mix
+    fkl = _forward_kl_terms(*kls, temperature=temperature)
+    rkl = _reverse_kl_terms(*kls, temperature=temperature)
     return jnp.where(beta == 0, fkl, jnp.where(beta == 1, rkl, mix))
 
 
@@ -338,8 +343,8 @@ def jsd(
       JSD_\beta = \beta \, KL(p_t \| m) + (1 - \beta) \, KL(p_s \| m),
       \quad m = \beta p_t + (1 - \beta) p_s
 
-    The mixture is of *probabilities* (``log m = log(beta p_t + (1 - beta) p_s)`` computed
-    stably from the log-probabilities), never a mixture of log-probabilities. As in TRL's
+    The mixture is of *probabilities*: ``log m = logaddexp(log beta + log p_t,
+    log(1 - beta) + log p_s)``, never a mixture of log-probabilities. As in TRL's
     ``generalized_jsd_loss``, the end points are special-cased: ``beta == 0`` gives
     :math:`KL(p_t \| p_s)` (forward KL) and ``beta == 1`` gives :math:`KL(p_s \| p_t)` (reverse
     KL), although the formula itself tends to 0 there. Symmetric in its arguments only at
@@ -441,11 +446,7 @@ def logit_mse(
     zs, zt = upcast(student_logits), upcast(teacher_logits)
     axis = _check_pair(zs, zt, axis)
     mask = _mask(where, zs.shape, axis)
-    sq = ((zs - zt) / temperature) ** 2
-    if mask is None:
-        return jnp.mean(sq, axis=axis)
-    count = jnp.sum(mask, axis=axis)
-    return _masked_sum(sq, axis, mask) / jnp.maximum(count, 1)
+    return _masked_mean(((zs - zt) / temperature) ** 2, axis, mask)
 
 
 # ------------------------------------------------------------------------------------ DKD
@@ -501,23 +502,25 @@ def dkd_parts(
     target = _one_hot_mask(labels, zs.shape, axis) & valid
     others = valid & ~target
 
-    def binary_and_rest(z):
+    def decouple(z):
+        """Target and rest log-masses, and the log-softmax over the non-target classes."""
         logp, p = _log_softmax(z / temperature, axis, mask)
         logp_y = jnp.sum(jnp.where(target, logp, 0.0), axis=axis)
         p_y = jnp.sum(jnp.where(target, p, 0.0), axis=axis)
         # log(1 - p_y) as a logsumexp over the other classes: stays finite when p_y -> 1.
-        log_rest = jnp.squeeze(_logsumexp(logp, axis, others), axis)
+        log_rest = _logsumexp(logp, axis, others)
         rest = jnp.sum(jnp.where(others, p, 0.0), axis=axis)
-        return (logp_y, p_y, log_rest, rest), _log_softmax(z / temperature, axis, others)
+        # Renormalising p over the non-target classes is the softmax with the target removed.
+        log_hat = jnp.where(others, logp - log_rest, 0.0)
+        log_rest = jnp.squeeze(log_rest, axis)
+        return logp_y, p_y, log_rest, rest, log_hat, jnp.where(others, jnp.exp(log_hat), 0.0)
 
-    (logp_sy, _, log_s_rest, _), (nlogp_s, _) = binary_and_rest(zs)
-    (logp_ty, p_ty, log_t_rest, t_rest), (nlogp_t, np_t) = binary_and_rest(zt)
+    logp_sy, _, log_s_rest, _, log_hat_s, _ = decouple(zs)
+    logp_ty, p_ty, log_t_rest, t_rest, log_hat_t, p_hat_t = decouple(zt)
     t2 = temperature**2
     tckd = t2 * (p_ty * (logp_ty - logp_sy) + t_rest * (log_t_rest - log_s_rest))
-    nckd = t2 * _masked_sum(np_t * (nlogp_t - nlogp_s), axis, others)
-    row_valid = jnp.any(valid, axis=axis)
-    tckd = jnp.where(row_valid, tckd, 0.0)
-    nckd = jnp.where(row_valid, nckd, 0.0)
+    nckd = t2 * _masked_sum(p_hat_t * (log_hat_t - log_hat_s), axis, others)
+    tckd, nckd = _zero_empty_rows(tckd, mask, axis), _zero_empty_rows(nckd, mask, axis)
     return {'tckd': tckd, 'nckd': nckd, 'total': alpha * tckd + beta * nckd}
 
 
@@ -533,15 +536,6 @@ def dkd(
     beta: float = 8.0,
 ) -> Array:
     r"""Decoupled KD :math:`\alpha \, TCKD + \beta \, NCKD` per example; see :func:`dkd_parts`.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jaxdistill import losses
-      >>> jnp.set_printoptions(precision=4)
-      >>> zs = jnp.array([[0.5, -1.0, 2.0, 0.0], [1.5, 0.2, -0.3, 0.9]])
-      >>> zt = jnp.array([[1.0, -0.5, 1.5, 0.3], [-0.2, 2.2, 0.1, 0.4]])
-      >>> print(losses.dkd(zs, zt, labels=jnp.array([2, 1]), temperature=4.0))
-      [0.1312 3.6223]
 
     References:
       Zhao et al., Decoupled Knowledge Distillation, CVPR 2022.
@@ -564,10 +558,6 @@ def _pearson(a: Array, b: Array, mask: Array, axis: int) -> Array:
     a = jnp.where(mask, a - jnp.sum(jnp.where(mask, a, 0.0), axis, keepdims=True) / n, 0.0)
     b = jnp.where(mask, b - jnp.sum(jnp.where(mask, b, 0.0), axis, keepdims=True) / n, 0.0)
     return jnp.sum(a * b, axis=axis) / (_safe_norm(a, axis) * _safe_norm(b, axis) + _DIST_EPS)
-
-
-def _masked_mean(x: Array, mask: Array) -> Array:
-    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def dist_parts(
@@ -608,8 +598,8 @@ def dist_parts(
     zs, zt, mask = (jnp.moveaxis(x, axis, -1).reshape(-1, vocab) for x in (zs, zt, mask))
     _, p_s = _log_softmax(zs / temperature, -1, mask)
     _, p_t = _log_softmax(zt / temperature, -1, mask)
-    inter = _masked_mean(1.0 - _pearson(p_s, p_t, mask, -1), jnp.any(mask, axis=-1))
-    intra = _masked_mean(1.0 - _pearson(p_s, p_t, mask, 0), jnp.any(mask, axis=0))
+    inter = _masked_mean(1.0 - _pearson(p_s, p_t, mask, -1), None, jnp.any(mask, axis=-1))
+    intra = _masked_mean(1.0 - _pearson(p_s, p_t, mask, 0), None, jnp.any(mask, axis=0))
     total = temperature**2 * (beta * inter + gamma * intra)
     return {'inter': inter, 'intra': intra, 'total': total}
 
@@ -675,9 +665,8 @@ def topk_kl(
       Per-token loss, ``student_logits.shape`` without ``axis``.
 
     References:
-      Shum et al., `FIRST: Teach A Reliable Large Language Model Through Efficient
-      Trustworthy Distillation <https://arxiv.org/abs/2408.12168>`_, 2024 (top-k teacher
-      caching); Hinton et al., 2015.
+      Hinton et al., 2015 (see :func:`kd`); the sparse form is what cached or API teachers
+      provide (top-k log-probabilities per token).
     """
     _check_values('topk_kl', dict(temperature=temperature, mode=mode))
     zs = upcast(student_logits)
@@ -707,9 +696,7 @@ def topk_kl(
         r_t = jnp.clip(1.0 - jnp.sum(p_t, axis=-1), 0.0, 1.0)
         safe_r_t = jnp.where(r_t > 0, r_t, 1.0)
         out = out + jnp.where(r_t > 0, r_t * (jnp.log(safe_r_t) - log_r_s), 0.0)
-    if mask is not None:
-        out = jnp.where(jnp.any(mask, axis=-1), out, 0.0)
-    return out
+    return _zero_empty_rows(out, mask, -1)
 
 
 # ---------------------------------------------------------------------------- cross-entropy
@@ -744,10 +731,7 @@ def softmax_cross_entropy(
     mask = _mask(where, z.shape, axis)
     logp, _ = _log_softmax(z, axis, mask)
     target = _one_hot_mask(labels, z.shape, axis)
-    nll = -_masked_sum(jnp.where(target, logp, 0.0), axis, mask)
-    if mask is not None:
-        nll = jnp.where(jnp.any(mask, axis=axis), nll, 0.0)
-    return nll
+    return _zero_empty_rows(-_masked_sum(jnp.where(target, logp, 0.0), axis, mask), mask, axis)
 
 
 ce = softmax_cross_entropy
@@ -809,10 +793,7 @@ def feature_mse(
     """
     h_s, h_t, mask, axis = _features(student_features, teacher_features, projection, where,
                                      axis)
-    sq = (h_s - h_t) ** 2
-    if mask is None:
-        return jnp.mean(sq, axis=axis)
-    return _masked_sum(sq, axis, mask) / jnp.maximum(jnp.sum(mask, axis=axis), 1)
+    return _masked_mean((h_s - h_t) ** 2, axis, mask)
 
 
 def feature_cosine(
@@ -840,10 +821,7 @@ def feature_cosine(
         h_s, h_t = jnp.where(mask, h_s, 0.0), jnp.where(mask, h_t, 0.0)
     dot = jnp.sum(h_s * h_t, axis=axis)
     cos = dot / jnp.maximum(_safe_norm(h_s, axis) * _safe_norm(h_t, axis), eps)
-    out = 1.0 - cos
-    if mask is not None:
-        out = jnp.where(jnp.any(mask, axis=axis), out, 0.0)
-    return out
+    return _zero_empty_rows(1.0 - cos, mask, axis)
 
 
 def attention_transfer(
@@ -878,15 +856,18 @@ def attention_transfer(
     _check_values('attention_transfer', dict(p=p))
     h_s, h_t = upcast(student_features), upcast(teacher_features)
 
-    def attention(h):
+    def without_channels(h):
         c = _axis(channel_axis, h.ndim)
         if c == 0:
             raise ConfigError('channel_axis=0 is the batch axis: pass the channel axis')
+        return c, h.shape[:c] + h.shape[c + 1:]
+
+    def attention(h):
+        c, _ = without_channels(h)
         a = jnp.mean(jnp.abs(h) ** p, axis=c).reshape(h.shape[0], -1)
         return a / jnp.maximum(_safe_norm(a, -1), _TINY)[:, None]
 
-    spatial_s = tuple(np.delete(h_s.shape, _axis(channel_axis, h_s.ndim)))
-    spatial_t = tuple(np.delete(h_t.shape, _axis(channel_axis, h_t.ndim)))
+    (_, spatial_s), (_, spatial_t) = without_channels(h_s), without_channels(h_t)
     if spatial_s != spatial_t:
         raise ConfigError(f'student map {spatial_s} != teacher map {spatial_t} (without '
                           'channels): resize or pool one side to the same batch/spatial shape')
@@ -944,13 +925,13 @@ def rkd(
     def relations(x):
         diff = x[None, :, :] - x[:, None, :]  # diff[i, j] = x_j - x_i
         d = _safe_norm(diff, -1)
-        d = d / jnp.maximum(_masked_mean(d, pairs), _TINY)
+        d = d / jnp.maximum(_masked_mean(d, None, pairs), _TINY)
         e = diff / jnp.maximum(_safe_norm(diff, -1), _TINY)[..., None]
         return d, jnp.einsum('ijd,ikd->ijk', e, e)
 
     (d_s, a_s), (d_t, a_t) = relations(x_s), relations(x_t)
-    loss_d = _masked_mean(optax.losses.huber_loss(d_s, d_t), pairs)
-    loss_a = _masked_mean(optax.losses.huber_loss(a_s, a_t), triplets)
+    loss_d = _masked_mean(optax.losses.huber_loss(d_s, d_t), None, pairs)
+    loss_a = _masked_mean(optax.losses.huber_loss(a_s, a_t), None, triplets)
     return distance_weight * loss_d + angle_weight * loss_a
 
 
@@ -1108,9 +1089,18 @@ def validate_hyper(name: str, **hyper: Any) -> None:
       ...
       jaxdistill.errors.ConfigError: beta=1.5 is invalid for loss 'jsd': beta must be in [0, 1]; use a weight between 0 and 1
     """  # noqa: E501
+    check_hyper(name, **hyper)
+    _check_values(name, hyper, strict=True)
+
+
+def check_hyper(name: str, **hyper: Any) -> None:
+    """:func:`validate_hyper` for call time: traced values (schedules under jit) pass unchecked.
+
+    Names are always checked; values only where they are Python numbers or strings.
+    """
     known = hyper_names(name)
     for key in hyper:
         if key not in known:
             raise ConfigError(f'loss {name!r} has no hyper-parameter {key!r}: '
                               f'{closest(key, known)} (hyper-parameters: {", ".join(known)})')
-    _check_values(name, hyper, strict=True)
+    _check_values(name, hyper)

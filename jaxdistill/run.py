@@ -231,13 +231,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.train.baseline:
         stages.append(train.Stage('baseline', os.path.join(p.workdir, 'baseline'), p.student,
                                   objective.label_only(), config.train.steps, seed,
-                                  _batches(p, seed), evaluate=evaluate_student))
+                                  _batches(p, seed), evaluate=evaluate_student,
+                                  mixup=config.data.mixup))
     stages.append(train.Stage('student', os.path.join(p.workdir, 'student'), p.student,
                               p.objective, config.train.steps, seed, _batches(p, seed),
                               teacher=p.teacher if p.objective.needs_teacher else None,
                               teacher_model=teacher_vars if p.objective.needs_teacher else None,
                               teacher_shardings=teacher_shardings,
-                              evaluate=evaluate_student, projections=p.projections))
+                              evaluate=evaluate_student, projections=p.projections,
+                              mixup=config.data.mixup))
     histories = {}
     for stage in stages:
         result = train.run_stage(stage, config, p.mesh, p.sample, p.num_classes, is_main)

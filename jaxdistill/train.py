@@ -206,6 +206,7 @@ class Stage:
     teacher_shardings: Any = None
     evaluate: Callable[[dict[str, Any]], dict[str, float]] | None = None
     projections: dict[str, tuple[int, int]] | None = None  # feature-loss projector shapes
+    mixup: float = 0.0  # Beta(a, a) mixup of this stage's batches (0: none)
 
 
 def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array, num_classes: int,
@@ -238,7 +239,7 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array, num_classes: 
                               state_shardings=shardings, num_classes=num_classes,
                               seed=stage.seed, teacher=stage.teacher,
                               teacher_shardings=stage.teacher_shardings,
-                              mixup=config.data.mixup)
+                              mixup=stage.mixup)
     writer = MetricWriter(stage.directory + '_metrics', enabled=is_main)
     start = int(state.step)
     progress = Progress(stage.name, stage.steps, start=start, enabled=is_main)
