@@ -76,8 +76,12 @@ def _axis(axis: int, ndim: int) -> int:
     return int(axis) % ndim
 
 
-def _check_pair(student: Array, teacher: Array, axis: int) -> int:
-    """Validates the student/teacher logit shapes; returns the normalised class axis."""
+def check_logits(student: Array, teacher: Array, axis: int = -1) -> int:
+    """Checks that student and teacher logits match; returns the normalised class axis.
+
+    Raises ConfigError for different ranks, a different vocabulary (see
+    :func:`check_same_vocab`) or different example/token shapes.
+    """
     if student.ndim != teacher.ndim:
         raise ConfigError(f'student_logits shape {student.shape} and teacher_logits shape '
                           f'{teacher.shape} differ in rank: pass logits for the same tokens')
@@ -238,7 +242,7 @@ vocabulary sharded across devices.
 def _divergence(name, student_logits, teacher_logits, temperature, where, axis, **hyper):
     _check_values(name, dict(temperature=temperature, **hyper))
     zs, zt = upcast(student_logits), upcast(teacher_logits)
-    axis = _check_pair(zs, zt, axis)
+    axis = check_logits(zs, zt, axis)
     mask = _mask(where, zs.shape, axis)
     logp_s, p_s = _log_softmax(zs / temperature, axis, mask)
     logp_t, p_t = _log_softmax(zt / temperature, axis, mask)
@@ -444,7 +448,7 @@ def logit_mse(
     """
     _check_values('logit_mse', dict(temperature=temperature))
     zs, zt = upcast(student_logits), upcast(teacher_logits)
-    axis = _check_pair(zs, zt, axis)
+    axis = check_logits(zs, zt, axis)
     mask = _mask(where, zs.shape, axis)
     return _masked_mean(((zs - zt) / temperature) ** 2, axis, mask)
 
@@ -496,7 +500,7 @@ def dkd_parts(
     """
     _check_values('dkd', dict(temperature=temperature, alpha=alpha, beta=beta))
     zs, zt = upcast(student_logits), upcast(teacher_logits)
-    axis = _check_pair(zs, zt, axis)
+    axis = check_logits(zs, zt, axis)
     mask = _mask(where, zs.shape, axis)
     valid = jnp.ones(zs.shape, bool) if mask is None else mask
     target = _one_hot_mask(labels, zs.shape, axis) & valid
@@ -591,7 +595,7 @@ def dist_parts(
     """
     _check_values('dist', dict(temperature=temperature, beta=beta, gamma=gamma))
     zs, zt = upcast(student_logits), upcast(teacher_logits)
-    axis = _check_pair(zs, zt, axis)
+    axis = check_logits(zs, zt, axis)
     mask = _mask(where, zs.shape, axis)
     mask = jnp.ones(zs.shape, bool) if mask is None else mask
     vocab = zs.shape[axis]

@@ -112,10 +112,7 @@ def chunked_token_loss(
     """
     _check_config(loss, temperature, reduction, hyper)
     zs, zt = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
-    losses.check_same_vocab(zs.shape[-1], zt.shape[-1])
-    if zs.shape != zt.shape:
-        raise ConfigError(f'student_logits shape {zs.shape} != teacher_logits shape '
-                          f'{zt.shape}: pass logits for the same tokens')
+    losses.check_logits(zs, zt)
     token_shape, vocab = zs.shape[:-1], zs.shape[-1]
     mask = _token_mask(where, token_shape).reshape(-1)
     fn = losses.get(loss)
@@ -242,10 +239,7 @@ def vocab_sharded_loss(
     """
     _check_config(loss, temperature, reduction, hyper)
     zs, zt = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
-    losses.check_same_vocab(zs.shape[-1], zt.shape[-1])
-    if zs.shape != zt.shape:
-        raise ConfigError(f'student_logits shape {zs.shape} != teacher_logits shape '
-                          f'{zt.shape}: pass logits for the same tokens')
+    losses.check_logits(zs, zt)
     if vocab_axis not in mesh.shape:
         raise ConfigError(f'vocab_axis={vocab_axis!r} is not a mesh axis: use one of '
                           f'{tuple(mesh.shape)}')
