@@ -69,6 +69,15 @@ def param_sharding(mesh: Mesh, abstract_tree):
     return jax.tree.map(lambda _: replicated(mesh), abstract_tree)
 
 
+def sharded_abstract(mesh: Mesh, abstract_tree):
+    """``(tree of ShapeDtypeStruct carrying target shardings, tree of shardings)``: what
+    ``jit(out_shardings=...)`` and Orbax restores into those shardings need."""
+    shardings = param_sharding(mesh, abstract_tree)
+    with_sharding = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+    return with_sharding, shardings
+
+
 def to_global(mesh: Mesh, local_batch: dict) -> dict:
     """This process's rows -> one global array per key, split over the batch axes."""
     sharding = batch_sharding(mesh)

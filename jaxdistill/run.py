@@ -180,11 +180,8 @@ def _test_batches(p: Plan):
 
 def load_teacher(p: Plan) -> dict[str, Any]:
     """The teacher's params and state, restored into the mesh's shardings."""
-    abstract = jax.eval_shape(p.teacher.init, jax.random.key(0), p.sample)
-    shardings = mesh_lib.param_sharding(p.mesh, abstract)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            {'params': abstract[0], 'state': abstract[1]},
-                            {'params': shardings[0], 'state': shardings[1]})
+    params, state = jax.eval_shape(p.teacher.init, jax.random.key(0), p.sample)
+    abstract, _ = mesh_lib.sharded_abstract(p.mesh, {'params': params, 'state': state})
     ckpts = StageCheckpoints(p.teacher_dir, read_only=True)
     restored = ckpts.restore(ckpts.latest_step(), abstract)
     ckpts.close()

@@ -90,8 +90,7 @@ def create_train_state(model: Model, optimizer: optax.GradientTransformation, rn
                        ) -> tuple[TrainState, Any]:
     """Initialises straight into the target shardings (no full copy on one device)."""
     init = _init_fn(model, optimizer, sample, projections or {})
-    abstract = jax.eval_shape(init, rng)
-    shardings = mesh_lib.param_sharding(mesh, abstract)
+    _, shardings = mesh_lib.sharded_abstract(mesh, jax.eval_shape(init, rng))
     return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
@@ -100,11 +99,7 @@ def abstract_state(model: Model, optimizer, rng, sample, mesh,
                    ) -> tuple[TrainState, Any]:
     """Shapes, dtypes and shardings of the state, without computing it."""
     init = _init_fn(model, optimizer, sample, projections or {})
-    abstract = jax.eval_shape(init, rng)
-    shardings = mesh_lib.param_sharding(mesh, abstract)
-    with_sharding = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return with_sharding, shardings
+    return mesh_lib.sharded_abstract(mesh, jax.eval_shape(init, rng))
 
 
 def _mixup(rng, images, targets, alpha: float):
