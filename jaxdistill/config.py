@@ -65,6 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
     # trains without it); the teacher scores the same mixed images the student sees.
     c.data.mixup = 0.0
     c.data.cache_mb = 1024.0  # decode a split once into memory when smaller than this
+    # The fraction of the train split whose labels the students (baseline and distilled)
+    # may use, drawn per seed. The baseline trains on those examples alone; the distilled
+    # student sees every train image, label losses reading only the labelled rows (the
+    # rest is an unlabelled transfer set the teacher scores). A teacher trained here
+    # uses every label: it stands for a model trained on more data than you have.
+    c.data.labelled_fraction = 1.0
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # student (and baseline) steps
@@ -168,6 +174,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f'teacher.steps={config.teacher.steps} must be positive, or -1 for train.steps')
     if config.data.cache_mb < 0:
         raise ConfigError(f'data.cache_mb={config.data.cache_mb} must be >= 0 (0 disables it)')
+    if not 0 < config.data.labelled_fraction <= 1:
+        raise ConfigError(f'data.labelled_fraction={config.data.labelled_fraction} must be in '
+                          '(0, 1]: 1 uses every label')
     if config.data.mixup < 0:
         raise ConfigError(f'data.mixup={config.data.mixup} must be >= 0 (0 disables it)')
     for axis in ('data', 'fsdp', 'tensor'):

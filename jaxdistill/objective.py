@@ -134,6 +134,7 @@ class Objective:
     def __call__(self, step: jax.Array, student_logits: jax.Array,
                  teacher_logits: jax.Array | None, targets: jax.Array,
                  mask: jax.Array | None = None, *,
+                 label_mask: jax.Array | None = None,
                  student_features: Mapping[str, jax.Array] | None = None,
                  teacher_features: Mapping[str, jax.Array] | None = None,
                  projections: Mapping[str, jax.Array] | None = None,
@@ -142,6 +143,8 @@ class Objective:
 
         ``targets`` are label probabilities ``[B, C]`` (one-hot, or mixed by mixup);
         feature terms read the tapped ``*_features`` and learned ``projections``.
+        ``label_mask`` marks the rows whose labels may be used: terms that read labels
+        (``ce``, ``dkd``) average over those rows only, the others over every valid row.
         """
         total = jnp.zeros((), jnp.float32)
         metrics = {}
@@ -150,7 +153,10 @@ class Objective:
                 value = self._feature_term(term, student_features, teacher_features,
                                            projections or {}, mask)
             else:
-                value = self._term(term, step, student_logits, teacher_logits, targets, mask)
+                rows = mask
+                if label_mask is not None and term.name in LABEL_LOSSES + NEEDS_LABELS:
+                    rows = label_mask if mask is None else mask & label_mask
+                value = self._term(term, step, student_logits, teacher_logits, targets, rows)
             metrics[metric] = value
             total = total + _at(term.weight, step) * value
         metrics['loss'] = total

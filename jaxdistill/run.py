@@ -161,13 +161,29 @@ def list_features(p: Plan) -> None:
             print(f'  {name:<40} {list(shape[1:])}')
 
 
-def _batches(p: Plan, seed: int):
+def labelled_ids(p: Plan) -> np.ndarray | None:
+    """The train examples whose labels the students may use (None: all of them)."""
+    fraction = p.config.data.labelled_fraction
+    if fraction >= 1:
+        return None
+    return data_lib.labelled_subset(len(p.splits.train), fraction, p.config.seed)
+
+
+def _batches(p: Plan, seed: int, rows: str = 'all'):
+    """Training batches over every train example with every label (``rows='all'``: the
+    teacher), over the labelled examples alone (``'labelled'``: the baseline), or over
+    every example with the labelled ones flagged (``'transfer'``: the distilled student)."""
+    ids, source, flagged = labelled_ids(p), p.splits.train, None
+    if ids is not None and rows == 'labelled':
+        source = data_lib.subset(source, ids)
+    elif ids is not None and rows == 'transfer':
+        flagged = ids
     return data_lib.train_dataset(
-        p.splits.train, global_batch=p.config.data.batch_size, seed=seed,
+        source, global_batch=p.config.data.batch_size, seed=seed,
         image_key=p.config.data.image_key, label_key=p.config.data.label_key,
         augment=p.config.data.augment, image_size=p.config.data.image_size,
         process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), labelled=flagged)
 
 
 def _test_batches(p: Plan):
@@ -228,10 +244,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.train.baseline:
         stages.append(train.Stage('baseline', os.path.join(p.workdir, 'baseline'), p.student,
                                   objective.label_only(), config.train.steps, seed,
-                                  _batches(p, seed), evaluate=evaluate_student,
+                                  _batches(p, seed, 'labelled'), evaluate=evaluate_student,
                                   mixup=config.data.mixup))
     stages.append(train.Stage('student', os.path.join(p.workdir, 'student'), p.student,
-                              p.objective, config.train.steps, seed, _batches(p, seed),
+                              p.objective, config.train.steps, seed,
+                              _batches(p, seed, 'transfer'),
                               teacher=p.teacher if p.objective.needs_teacher else None,
                               teacher_model=teacher_vars if p.objective.needs_teacher else None,
                               teacher_shardings=teacher_shardings,
@@ -266,6 +283,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             'dataset': p.splits.name,
             'losses': p.objective.describe(),
             'seed': seed,
+            'train_examples': len(p.splits.train),
+            'labelled_examples': len(p.splits.train) if labelled_ids(p) is None
+            else len(labelled_ids(p)),
         },
         'test_examples': int(len(labels)),
     }

@@ -102,13 +102,18 @@ def abstract_state(model: Model, optimizer, rng, sample, mesh,
     return mesh_lib.sharded_abstract(mesh, jax.eval_shape(init, rng))
 
 
-def _mixup(rng, images, targets, alpha: float):
-    """Beta(alpha, alpha) mixup with a permuted copy of the batch (teacher sees the same)."""
+def _mixup(rng, images, targets, labelled, alpha: float):
+    """Beta(alpha, alpha) mixup with a permuted copy of the batch (teacher sees the same).
+
+    A mixed row's label is known only when both of its rows are labelled.
+    """
     lam_rng, perm_rng = jax.random.split(rng)
     lam = jax.random.beta(lam_rng, alpha, alpha)
     perm = jax.random.permutation(perm_rng, images.shape[0])
+    if labelled is not None:
+        labelled = labelled & labelled[perm]
     return (lam * images + (1 - lam) * images[perm],
-            lam * targets + (1 - lam) * targets[perm])
+            lam * targets + (1 - lam) * targets[perm], labelled)
 
 
 def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Mesh,
@@ -122,8 +127,9 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
         mix_rng, dropout_rng = jax.random.split(rng)
         images = batch['image']
         targets = jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.float32)
+        labelled = batch.get('labelled')  # transfer-set rows: no label losses on them
         if mixup > 0:
-            images, targets = _mixup(mix_rng, images, targets, mixup)
+            images, targets, labelled = _mixup(mix_rng, images, targets, labelled, mixup)
         teacher_logits, teacher_features = None, {}
         if teacher is not None:
             teacher_logits, _, teacher_features = teacher.apply(
@@ -138,7 +144,7 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
                 params, state.model_state, images, train=True, rng=dropout_rng,
                 taps=objective.student_taps)
             loss, metrics = objective(state.step, logits, teacher_logits, targets,
-                                      student_features=features,
+                                      label_mask=labelled, student_features=features,
                                       teacher_features=teacher_features, projections=aux)
             return loss, (new_state, metrics)
 

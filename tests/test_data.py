@@ -132,3 +132,35 @@ def test_bad_data(tmp_path, data_dir, kw, error, match):
 
 def test_config_dict_type():
     assert isinstance(data_cfg(''), ml_collections.ConfigDict)
+
+
+def test_labelled_subset_is_a_seeded_fraction(digits):
+    a = data_lib.labelled_subset(1437, 0.1, seed=0)
+    assert len(a) == 144 and len(set(a)) == 144 and np.all(np.diff(a) > 0)
+    np.testing.assert_array_equal(a, data_lib.labelled_subset(1437, 0.1, seed=0))
+    assert not np.array_equal(a, data_lib.labelled_subset(1437, 0.1, seed=1))
+    np.testing.assert_array_equal(data_lib.labelled_subset(5, 1.0, 0), np.arange(5))
+    assert len(data_lib.labelled_subset(5, 0.01, 0)) == 1
+
+
+@pytest.mark.parametrize('in_memory', [True, False])
+def test_baseline_rows_and_transfer_flags(digits, in_memory, data_dir):
+    """The baseline's batches hold only labelled examples; the student's flag exactly those."""
+    train = digits.train if in_memory else data_lib.load_splits(
+        data_cfg(data_dir, cache_mb=0.0)).train
+    ids = data_lib.labelled_subset(len(train), 0.25, seed=3)
+    key = lambda image: image.tobytes()  # noqa: E731
+    labelled = {key(train[int(i)]['image']) for i in ids}
+    kw = dict(global_batch=64, seed=2, image_key='image', label_key='label')
+    only = data_lib.train_dataset(data_lib.subset(train, ids), **kw)
+    for step in (0, 9):
+        assert all(key(x) in labelled for x in only[step]['image'])
+    flagged = data_lib.train_dataset(train, labelled=ids, **kw)
+    seen = 0
+    for step in range(0, 40, 7):
+        batch = flagged[step]
+        assert batch['labelled'].dtype == bool
+        want = np.array([key(x) in labelled for x in batch['image']])
+        np.testing.assert_array_equal(batch['labelled'], want)
+        seen += want.sum()
+    assert 0.1 < seen / (6 * 64) < 0.4  # about a quarter of the rows are labelled

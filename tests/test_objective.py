@@ -125,3 +125,21 @@ def test_repeated_terms_get_distinct_metric_names():
     obj = objective.build([{'name': 'kd'}, {'name': 'ce'}, {'name': 'kd', 'temperature': 2.0}],
                           1)
     assert obj.metric_names == ('distill/kd_0', 'distill/ce', 'distill/kd_2')
+
+
+def test_label_mask_limits_label_terms_only():
+    """ce (and dkd) average over labelled rows; teacher terms over every valid row."""
+    rng = np.random.default_rng(2)
+    zs, zt = rng.normal(size=(2, 8, 5)).astype(np.float32)
+    targets = jax.nn.one_hot(rng.integers(0, 5, 8), 5)
+    labelled = np.array([1, 0, 0, 1, 1, 0, 0, 1], bool)
+    obj = objective.build([{'name': 'kd', 'temperature': 2.0}, {'name': 'ce'},
+                           {'name': 'dkd', 'temperature': 2.0}], 1)
+    _, m = obj(0, zs, zt, targets, label_mask=labelled)
+    _, whole = obj(0, zs, zt, targets)
+    _, sliced = obj(0, zs[labelled], zt[labelled], targets[labelled])
+    np.testing.assert_allclose(m['distill/kd'], whole['distill/kd'], rtol=1e-6)
+    np.testing.assert_allclose(m['distill/ce'], sliced['distill/ce'], rtol=1e-6)
+    np.testing.assert_allclose(m['distill/dkd'], sliced['distill/dkd'], rtol=1e-6)
+    _, none = obj(0, zs, zt, targets, label_mask=np.zeros(8, bool))
+    assert float(none['distill/ce']) == 0.0  # no labelled row: no label signal, not NaN

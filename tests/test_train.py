@@ -93,3 +93,21 @@ def test_optimizers_step():
         updates, _ = opt.update(grads, opt.init(params), params)
         new = optax.apply_updates(params, updates)
         assert jnp.all(jnp.abs(new['w']) < jnp.abs(params['w'])), name
+
+
+def test_limited_labels_baseline_and_transfer_student(runs, data_dir, tmp_path):
+    """data.labelled_fraction: the teacher is reused, the baseline sees only the labelled
+    quarter, the student every image (ce on the labelled rows, kd on all), with mixup."""
+    workdir, full = runs[1]
+    c = smoke(data_dir)
+    c.teacher.checkpoint = workdir
+    c.data.labelled_fraction = 0.25
+    c.data.mixup = 1.0
+    result = run.train_and_evaluate(c, str(tmp_path / 'quarter'), devices=jax.devices()[:1])
+    prov = result['provenance']
+    assert (prov['train_examples'], prov['labelled_examples']) == (1437, 359)
+    assert prov['teacher_params_sha256'] == full['provenance']['teacher_params_sha256']
+    for stage in ('baseline', 'student'):
+        assert result[stage]['params_sha256'] != full[stage]['params_sha256']
+        assert np.isfinite(result[stage]['train_loss'])
+    assert full['provenance']['labelled_examples'] == 1437

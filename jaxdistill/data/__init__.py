@@ -1,6 +1,9 @@
 """Data: TFDS sources read with Grain, sharded per process, deterministic per seed."""
 
-from jaxdistill.data import digits  # noqa: F401 - registers the `digits` TFDS builder
-from jaxdistill.data.pipeline import Splits, eval_batches, load_splits, train_dataset
+# Imported to register the `digits` TFDS builder
+from jaxdistill.data import digits  # noqa: F401
+from jaxdistill.data.pipeline import (Splits, eval_batches, labelled_subset, load_splits, subset,
+                                      train_dataset)
 
-__all__ = ['Splits', 'eval_batches', 'load_splits', 'train_dataset']
+__all__ = ['Splits', 'eval_batches', 'labelled_subset', 'load_splits', 'subset',
+           'train_dataset']

@@ -242,15 +242,50 @@ def _examples(source: Sequence[Any], ids: np.ndarray, image_key: str,
     return [to_example(r, image_key, label_key) for r in _records(source, ids)]
 
 
+def labelled_subset(num_examples: int, fraction: float, seed: int) -> np.ndarray:
+    """The sorted indices of the ``fraction`` of a split whose labels the students may use.
+
+    A seeded uniform draw over indices (no record is read, so it scales to any split);
+    at least one example. ``fraction=1`` keeps every index.
+    """
+    if fraction >= 1.0:
+        return np.arange(num_examples)
+    count = max(1, int(round(fraction * num_examples)))
+    order = np.random.default_rng([seed, 0x1abe1]).permutation(num_examples)
+    return np.sort(order[:count])
+
+
+class Subset:
+    """Random access to ``source[ids[i]]``: a split restricted to some of its examples."""
+
+    def __init__(self, source: Sequence[Any], ids: np.ndarray):
+        self.source, self.ids = source, np.asarray(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.source[int(self.ids[i])]
+
+
+def subset(source: Sequence[Any], ids: np.ndarray) -> Sequence[Any]:
+    """``source`` restricted to ``ids``; in-memory splits stay in-memory arrays."""
+    if isinstance(source, ArraySource):
+        return ArraySource(source.take(np.asarray(ids)))
+    return Subset(source, ids)
+
+
 def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, image_key: str,
                   label_key: str, augment: str = '', image_size: int = 0, process_index: int = 0,
-                  process_count: int = 1) -> grain.MapDataset:
+                  process_count: int = 1, labelled: np.ndarray | None = None) -> grain.MapDataset:
     """This process's training batches: ``ds[step]`` is its rows of global batch ``step``.
 
     Grain shuffles example *indices* (a new permutation every epoch) and slices this
     process's share; the records are fetched per batch. Augmentation draws from a
     generator seeded by ``(seed, global row)``, so a row is augmented the same way
-    whatever the number of processes.
+    whatever the number of processes. ``labelled`` (sorted indices into ``source``) adds
+    a boolean ``labelled`` column: the rows whose labels a label loss may read; the
+    others are images the teacher scores (a transfer set).
     """
     if global_batch % process_count:
         raise ConfigError(f'data.batch_size={global_batch} is not divisible by the '
@@ -259,8 +294,19 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, image_
     ids = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
     ids = ids[process_index::process_count].batch(local, drop_remainder=True)
 
+    is_labelled = None
+    if labelled is not None:
+        is_labelled = np.zeros(len(source), bool)
+        is_labelled[labelled] = True
+
     def fetch(step: int, batch_ids: np.ndarray) -> dict[str, np.ndarray]:
         batch_ids = np.asarray(batch_ids)
+        batch = _fetch(step, batch_ids)
+        if is_labelled is not None:
+            batch['labelled'] = is_labelled[batch_ids]
+        return batch
+
+    def _fetch(step: int, batch_ids: np.ndarray) -> dict[str, np.ndarray]:
         if isinstance(source, ArraySource) and not (augment or image_size):
             return source.take(batch_ids)
         examples = _examples(source, batch_ids, image_key, label_key)
