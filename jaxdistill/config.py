@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 
 from jaxdistill.errors import ConfigError, closest
+from jaxdistill.tasks import TASKS
 
 # Sub-trees whose keys belong to the user (module constructor arguments).
 FREE_FORM = ('teacher.kwargs', 'student.kwargs')
@@ -34,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mode = 'train'  # 'train', or 'list_features': print every tappable layer and exit
+    c.task = 'classification'  # what is distilled: 'classification' or 'lm' (jaxdistill/tasks)
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.module = 'cnn'  # built-in name or 'pkg.mod:Class'
@@ -153,6 +155,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f'{value!r} ({type(value).__name__}): fix it in the config or with '
                 f'--config.{key}=...')
     _check_choice(config, 'mode', MODES)
+    _check_choice(config, 'task', TASKS)
     _check_choice(config, 'optimizer.name', OPTIMIZERS)
     _check_choice(config, 'optimizer.schedule', SCHEDULES)
     _check_choice(config, 'data.augment', AUGMENTS)

@@ -141,7 +141,8 @@ class Objective:
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns ``(loss, metrics)``: the mean over valid examples of the weighted sum.
 
-        ``targets`` are label probabilities ``[B, C]`` (one-hot, or mixed by mixup);
+        ``targets`` are label probabilities ``[B, C]`` (one-hot, or mixed by mixup) or
+        integer labels with one axis fewer than the logits (``[B]``, tokens ``[B, T]``);
         feature terms read the tapped ``*_features`` and learned ``projections``.
         ``label_mask`` marks the rows whose labels may be used: terms that read labels
         (``ce``, ``dkd``) average over those rows only, the others over every valid row.
@@ -177,15 +178,19 @@ class Objective:
         return losses.token_mean(per_example, mask)
 
     def _term(self, term, step, student_logits, teacher_logits, targets, mask):
+        integer_labels = targets.ndim == student_logits.ndim - 1
         if term.name == 'ce':
-            per_example = optax.softmax_cross_entropy(
-                student_logits.astype(jnp.float32), targets.astype(jnp.float32))
+            if integer_labels:  # tokens: no [B, T, V] one-hot
+                per_example = losses.softmax_cross_entropy(student_logits, targets)
+            else:
+                per_example = optax.softmax_cross_entropy(
+                    student_logits.astype(jnp.float32), targets.astype(jnp.float32))
             return losses.token_mean(per_example, mask)
         kwargs = dict(term.hyper)
         if term.temperature is not None:
             kwargs['temperature'] = _at(term.temperature, step)
         if term.name in NEEDS_LABELS:
-            kwargs['labels'] = jnp.argmax(targets, axis=-1)
+            kwargs['labels'] = targets if integer_labels else jnp.argmax(targets, axis=-1)
         fn = losses.get(term.name)
         if term.name in BATCH_LEVEL:
             return fn(student_logits, teacher_logits, **kwargs)

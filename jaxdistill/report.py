@@ -54,9 +54,13 @@ def markdown(results: dict[str, Any], curves_png: str | None) -> str:
     if 'baseline' in results:
         gain = results['student']['accuracy'] - results['baseline']['accuracy']
         agree = results['student']['agreement'] - results['baseline']['agreement']
+        n, labelled = p.get('train_examples'), p.get('labelled_examples')
+        same = ('same batches' if n is None or labelled == n else
+                f'both may read the labels of the same {labelled:,} of {n:,} train examples; '
+                'the baseline trains on those alone, the distilled student on every image')
         lines += [f'Distillation changed test accuracy by {100 * gain:+.2f} points and agreement '
                   f'with the teacher by {100 * agree:+.2f} points over the label-only baseline '
-                  '(same student, same initialisation, same batches).', '']
+                  f'(same student, same initialisation, {same}).', '']
     lines += [
         '## Provenance', '',
         f"- teacher parameters SHA-256: `{p['teacher_params_sha256']}`",

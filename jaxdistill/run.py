@@ -18,10 +18,8 @@ import ml_collections
 import numpy as np
 
 from jaxdistill import config as config_lib
-from jaxdistill import data as data_lib
-from jaxdistill import evaluate as eval_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, report, train
+from jaxdistill import modules, objective, report, tasks, train
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints, find_stage_dir
 from jaxdistill.errors import ConfigError, closest
@@ -34,11 +32,10 @@ class Plan:
     config: ml_collections.ConfigDict
     workdir: str
     mesh: Any
-    splits: data_lib.Splits
+    task: Any  # a `jaxdistill.tasks` task: data, step inputs, evaluation
     teacher: Model
     student: Model
     objective: objective.Objective
-    num_classes: int
     sample: np.ndarray
     teacher_dir: str  # where the teacher's checkpoints are (trained here or given)
     projections: dict[str, tuple[int, int]]  # learned projections of feature losses
@@ -90,16 +87,6 @@ def _first_difference(old, new, prefix: str = '') -> str | None:
     return None if old == new else f'{prefix.rstrip(".")}: {old!r} -> {new!r}'
 
 
-def _logits_dim(model: Model, sample: np.ndarray, key: str) -> int:
-    params_state = jax.eval_shape(model.init, jax.random.key(0), sample)
-    logits = jax.eval_shape(
-        lambda ps: model.apply(ps[0], ps[1], sample, train=False)[0], params_state)
-    if logits.ndim != 2:
-        raise ConfigError(f'{key} returns logits of shape {logits.shape}; expected '
-                          '[batch, classes]')
-    return logits.shape[-1]
-
-
 def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     """Every check that needs no write to the workdir; raises one-line errors."""
     config_lib.validate(config)
@@ -117,24 +104,12 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
                    else '')
     workdir = check_workdir(workdir, config)
     teacher_dir = teacher_dir or os.path.join(workdir, 'teacher')
-    splits = data_lib.load_splits(config.data)
-    example = data_lib.pipeline.to_example(splits.train[0], config.data.image_key,
-                                           config.data.label_key)
-    if config.data.image_size:
-        example = data_lib.pipeline.center_crop(example, config.data.image_size)
-    sample = example['image'][None]
-    t_dim = _logits_dim(teacher, sample, 'teacher.module')
-    s_dim = _logits_dim(student, sample, 'student.module')
-    if t_dim != s_dim:
-        raise ConfigError(f'teacher has {t_dim} outputs but student has {s_dim}: set '
-                          'teacher.kwargs.num_classes and student.kwargs.num_classes equal')
-    if splits.num_classes is not None and s_dim != splits.num_classes:
-        raise ConfigError(f'the models have {s_dim} outputs but {splits.name} has '
-                          f'{splits.num_classes} classes: set student.kwargs.num_classes='
-                          f'{splits.num_classes} (and the teacher\'s)')
+    task = tasks.build(config)
+    task.check_models(teacher, student)
+    sample = task.sample
     projections = _check_feature_taps(obj, student, teacher, sample)
-    return Plan(config, workdir, mesh, splits, teacher, student, obj, s_dim, sample,
-                teacher_dir, projections)
+    return Plan(config, workdir, mesh, task, teacher, student, obj, sample, teacher_dir,
+                projections)
 
 
 def _check_feature_taps(obj: objective.Objective, student: Model, teacher: Model,
@@ -161,39 +136,6 @@ def list_features(p: Plan) -> None:
             print(f'  {name:<40} {list(shape[1:])}')
 
 
-def labelled_ids(p: Plan) -> np.ndarray | None:
-    """The train examples whose labels the students may use (None: all of them)."""
-    fraction = p.config.data.labelled_fraction
-    if fraction >= 1:
-        return None
-    return data_lib.labelled_subset(len(p.splits.train), fraction, p.config.seed)
-
-
-def _batches(p: Plan, seed: int, rows: str = 'all'):
-    """Training batches over every train example with every label (``rows='all'``: the
-    teacher), over the labelled examples alone (``'labelled'``: the baseline), or over
-    every example with the labelled ones flagged (``'transfer'``: the distilled student)."""
-    ids, source, flagged = labelled_ids(p), p.splits.train, None
-    if ids is not None and rows == 'labelled':
-        source = data_lib.subset(source, ids)
-    elif ids is not None and rows == 'transfer':
-        flagged = ids
-    return data_lib.train_dataset(
-        source, global_batch=p.config.data.batch_size, seed=seed,
-        image_key=p.config.data.image_key, label_key=p.config.data.label_key,
-        augment=p.config.data.augment, image_size=p.config.data.image_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(), labelled=flagged)
-
-
-def _test_batches(p: Plan):
-    return data_lib.eval_batches(
-        p.splits.test, global_batch=p.config.data.eval_batch_size,
-        image_key=p.config.data.image_key, label_key=p.config.data.label_key,
-        image_size=p.config.data.image_size, process_index=jax.process_index(),
-        process_count=jax.process_count())
-
-
 def load_teacher(p: Plan) -> dict[str, Any]:
     """The teacher's params and state, restored into the mesh's shardings."""
     params, state = jax.eval_shape(p.teacher.init, jax.random.key(0), p.sample)
@@ -215,83 +157,91 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if is_main:
         os.makedirs(p.workdir, exist_ok=True)
         report.write_json(os.path.join(p.workdir, 'config.json'), config_lib.to_dict(config))
-        print(f'jaxdistill: {p.splits.name} | teacher {config.teacher.module} -> student '
+        print(f'jaxdistill: {p.task.dataset} | teacher {config.teacher.module} -> student '
               f'{config.student.module} | {p.mesh.size} {jax.devices()[0].platform} '
               f'device(s), mesh {dict(p.mesh.shape)} | workdir {p.workdir}')
-    seed = config.seed
-    test = {}
-
-    predict_t = eval_lib.make_predict(p.teacher, p.mesh)
     if not config.teacher.checkpoint:
-        def evaluate_teacher(model_vars):
-            logits, labels = eval_lib.predict_all(predict_t, model_vars, _test_batches(p), p.mesh)
-            return {'accuracy': eval_lib.accuracy(logits, labels)}
-
-        train.run_stage(train.Stage('teacher', p.teacher_dir, p.teacher, objective.label_only(),
-                                    config_lib.teacher_steps(config), seed + 1,
-                                    _batches(p, seed + 1), evaluate=evaluate_teacher),
-                        config, p.mesh, p.sample, p.num_classes, is_main)
+        train_teacher(p, is_main)
     teacher_vars = load_teacher(p)
-    teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher_vars)
-    t_logits, labels = eval_lib.predict_all(predict_t, teacher_vars, _test_batches(p), p.mesh)
-    predict_s = eval_lib.make_predict(p.student, p.mesh)
+    evaluator = p.task.evaluator(p.mesh, p.teacher, teacher_vars, p.student)
+    scores, histories = train_students(p, teacher_vars, evaluator, is_main)
+    results = assemble_results(p, teacher_vars, evaluator, scores)
+    teacher_history = results['teacher'].pop('history', None)
+    if teacher_history:
+        histories = {'teacher': teacher_history, **histories}
+    if is_main:
+        _write_outputs(p.workdir, results, histories)
+    return results
 
-    def evaluate_student(model_vars):
-        s_logits, _ = eval_lib.predict_all(predict_s, model_vars, _test_batches(p), p.mesh)
-        return eval_lib.fidelity(s_logits, t_logits, labels)
 
+def train_teacher(p: Plan, is_main: bool) -> None:
+    """Trains the teacher in ``WORKDIR/teacher`` on every label (resumes / skips if done)."""
+    config = p.config
+    stage = train.Stage('teacher', p.teacher_dir, p.teacher, objective.label_only(),
+                        config_lib.teacher_steps(config), config.seed + 1,
+                        p.task.train_batches(config.seed + 1),
+                        evaluate=p.task.scorer(p.teacher, p.mesh),
+                        prepare=p.task.prepare_fn())
+    train.run_stage(stage, config, p.mesh, p.sample, is_main)
+
+
+def train_students(p: Plan, teacher_vars, evaluator, is_main: bool):
+    """The label-only baseline (if asked for) and the distilled student."""
+    config, seed = p.config, p.config.seed
+    mixup = config.data.mixup
+    needs_teacher = p.objective.needs_teacher
     stages = []
     if config.train.baseline:
         stages.append(train.Stage('baseline', os.path.join(p.workdir, 'baseline'), p.student,
                                   objective.label_only(), config.train.steps, seed,
-                                  _batches(p, seed, 'labelled'), evaluate=evaluate_student,
-                                  mixup=config.data.mixup))
+                                  p.task.train_batches(seed, 'labelled'), evaluate=evaluator,
+                                  prepare=p.task.prepare_fn(mixup)))
     stages.append(train.Stage('student', os.path.join(p.workdir, 'student'), p.student,
                               p.objective, config.train.steps, seed,
-                              _batches(p, seed, 'transfer'),
-                              teacher=p.teacher if p.objective.needs_teacher else None,
-                              teacher_model=teacher_vars if p.objective.needs_teacher else None,
-                              teacher_shardings=teacher_shardings,
-                              evaluate=evaluate_student, projections=p.projections,
-                              mixup=config.data.mixup))
-    histories = {}
+                              p.task.train_batches(seed, 'transfer'),
+                              teacher=p.teacher if needs_teacher else None,
+                              teacher_model=teacher_vars if needs_teacher else None,
+                              teacher_shardings=jax.tree.map(lambda x: x.sharding,
+                                                             teacher_vars),
+                              evaluate=evaluator, projections=p.projections,
+                              prepare=p.task.prepare_fn(mixup)))
+    scores, histories = {}, {}
     for stage in stages:
-        result = train.run_stage(stage, config, p.mesh, p.sample, p.num_classes, is_main)
-        scores = evaluate_student(result.model)
-        test[stage.name] = {
-            **scores, 'params': train.count_params(result.model['params']),
+        result = train.run_stage(stage, config, p.mesh, p.sample, is_main)
+        scores[stage.name] = {
+            **evaluator(result.model), 'params': train.count_params(result.model['params']),
             'steps': stage.steps, 'train_loss': result.meta['train_loss'],
             'steps_per_second': result.meta['steps_per_second'],
             'params_sha256': train.params_sha256(result.model['params'])}
         histories[stage.name] = result.meta['history']
+    return scores, histories
 
+
+def assemble_results(p: Plan, teacher_vars, evaluator, scores) -> dict[str, Any]:
+    """results.json: every public key (see the Quickstart issue) plus provenance."""
+    config = p.config
     teacher_meta = _teacher_meta(p)
-    if teacher_meta.get('history'):
-        histories = {'teacher': teacher_meta['history'], **histories}
     teacher_sha = train.params_sha256(teacher_vars['params'])
-    results = {
-        'teacher': {'accuracy': eval_lib.accuracy(t_logits, labels),
+    provenance = p.task.provenance()
+    return {
+        'teacher': {**evaluator.teacher_scores(),
                     'params': train.count_params(teacher_vars['params']),
                     'params_sha256': teacher_sha,
                     'steps': teacher_meta.get('steps'),
-                    'steps_per_second': teacher_meta.get('steps_per_second')},
-        **test,
+                    'steps_per_second': teacher_meta.get('steps_per_second'),
+                    'history': teacher_meta.get('history')},
+        **scores,
         'provenance': {
             'teacher_params_sha256': teacher_sha,
             'teacher_checkpoint': p.teacher_dir,
             'teacher_module': config.teacher.module,
-            'dataset': p.splits.name,
             'losses': p.objective.describe(),
-            'seed': seed,
-            'train_examples': len(p.splits.train),
-            'labelled_examples': len(p.splits.train) if labelled_ids(p) is None
-            else len(labelled_ids(p)),
+            'seed': config.seed,
+            'task': p.task.name,
+            **provenance,
         },
-        'test_examples': int(len(labels)),
+        'test_examples': evaluator.test_examples,
     }
-    if is_main:
-        _write_outputs(p.workdir, results, histories)
-    return results
 
 
 def _teacher_meta(p: Plan) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from jaxdistill.checkpoint import StageCheckpoints
 from jaxdistill.data.prefetch import prefetch
 from jaxdistill.metrics import MetricWriter, Progress
 from jaxdistill.objective import Objective
+from jaxdistill.tasks import StepInputs
 
 
 @flax.struct.dataclass
@@ -102,38 +103,24 @@ def abstract_state(model: Model, optimizer, rng, sample, mesh,
     return mesh_lib.sharded_abstract(mesh, jax.eval_shape(init, rng))
 
 
-def _mixup(rng, images, targets, labelled, alpha: float):
-    """Beta(alpha, alpha) mixup with a permuted copy of the batch (teacher sees the same).
-
-    A mixed row's label is known only when both of its rows are labelled.
-    """
-    lam_rng, perm_rng = jax.random.split(rng)
-    lam = jax.random.beta(lam_rng, alpha, alpha)
-    perm = jax.random.permutation(perm_rng, images.shape[0])
-    if labelled is not None:
-        labelled = labelled & labelled[perm]
-    return (lam * images + (1 - lam) * images[perm],
-            lam * targets + (1 - lam) * targets[perm], labelled)
-
-
 def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Mesh,
-                    state_shardings, num_classes: int, seed: int,
-                    teacher: Model | None = None, teacher_shardings=None,
-                    mixup: float = 0.0) -> Callable:
-    """Returns ``step(state, teacher_model, batch) -> (state, metrics)``, jitted once."""
+                    state_shardings, prepare: Callable[[dict, jax.Array], StepInputs],
+                    seed: int, teacher: Model | None = None,
+                    teacher_shardings=None) -> Callable:
+    """Returns ``step(state, teacher_model, batch) -> (state, metrics)``, jitted once.
+
+    ``prepare(batch, rng)`` (from the task) turns a batch into the models' inputs, the
+    targets and the masks; the step itself knows nothing of images or tokens.
+    """
 
     def step_fn(state: TrainState, teacher_model, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        mix_rng, dropout_rng = jax.random.split(rng)
-        images = batch['image']
-        targets = jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.float32)
-        labelled = batch.get('labelled')  # transfer-set rows: no label losses on them
-        if mixup > 0:
-            images, targets, labelled = _mixup(mix_rng, images, targets, labelled, mixup)
+        data_rng, dropout_rng = jax.random.split(rng)
+        inputs, targets, mask, labelled = prepare(batch, data_rng)
         teacher_logits, teacher_features = None, {}
         if teacher is not None:
             teacher_logits, _, teacher_features = teacher.apply(
-                teacher_model['params'], teacher_model['state'], images, train=False,
+                teacher_model['params'], teacher_model['state'], inputs, train=False,
                 taps=objective.teacher_taps)
             teacher_logits, teacher_features = jax.lax.stop_gradient(
                 (teacher_logits, teacher_features))
@@ -141,9 +128,9 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
         def loss_fn(trained):
             params, aux = trained
             logits, new_state, features = student.apply(
-                params, state.model_state, images, train=True, rng=dropout_rng,
+                params, state.model_state, inputs, train=True, rng=dropout_rng,
                 taps=objective.student_taps)
-            loss, metrics = objective(state.step, logits, teacher_logits, targets,
+            loss, metrics = objective(state.step, logits, teacher_logits, targets, mask,
                                       label_mask=labelled, student_features=features,
                                       teacher_features=teacher_features, projections=aux)
             return loss, (new_state, metrics)
@@ -207,10 +194,11 @@ class Stage:
     teacher_shardings: Any = None
     evaluate: Callable[[dict[str, Any]], dict[str, float]] | None = None
     projections: dict[str, tuple[int, int]] | None = None  # feature-loss projector shapes
-    mixup: float = 0.0  # Beta(a, a) mixup of this stage's batches (0: none)
+    # The task's ``prepare(batch, rng) -> StepInputs`` (e.g. with this stage's mixup).
+    prepare: Callable[[dict, jax.Array], StepInputs] | None = None
 
 
-def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array, num_classes: int,
+def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
               is_main: bool = True) -> StageResult:
     tcfg = config.train
     optimizer = make_optimizer(config.optimizer, stage.steps)
@@ -237,10 +225,9 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array, num_classes: 
         state, shardings = create_train_state(stage.model, optimizer, rng, sample, mesh,
                                               stage.projections)
     step_fn = make_train_step(stage.model, stage.objective, optimizer, mesh=mesh,
-                              state_shardings=shardings, num_classes=num_classes,
+                              state_shardings=shardings, prepare=stage.prepare,
                               seed=stage.seed, teacher=stage.teacher,
-                              teacher_shardings=stage.teacher_shardings,
-                              mixup=stage.mixup)
+                              teacher_shardings=stage.teacher_shardings)
     writer = MetricWriter(stage.directory + '_metrics', enabled=is_main)
     start = int(state.step)
     progress = Progress(stage.name, stage.steps, start=start, enabled=is_main)

@@ -1,9 +1,15 @@
 """Data: TFDS sources read with Grain, sharded per process, deterministic per seed."""
 
-# Imported to register the `digits` TFDS builder
+# Imported to register the `digits` and `pytext` TFDS builders
 from jaxdistill.data import digits  # noqa: F401
-from jaxdistill.data.pipeline import (Splits, eval_batches, labelled_subset, load_splits, subset,
-                                      train_dataset)
+from jaxdistill.data.pipeline import (
+    Splits,
+    eval_batches,
+    labelled_subset,
+    load_splits,
+    subset,
+    train_dataset,
+)
 
 __all__ = ['Splits', 'eval_batches', 'labelled_subset', 'load_splits', 'subset',
            'train_dataset']
