@@ -15,11 +15,12 @@ from typing import Any
 import ml_collections
 
 from jaxdistill.errors import ConfigError, closest
+from jaxdistill.mesh import DEFAULT_RULES, check_rules
 from jaxdistill.tasks import TASKS
 
 # Sub-trees whose keys belong to the user (module constructor arguments).
 FREE_FORM = ('teacher.kwargs', 'student.kwargs')
-MODES = ('train', 'list_features')
+MODES = ('train', 'list_features', 'export')
 OPTIMIZERS = ('adamw', 'adam', 'sgd')
 SCHEDULES = ('cosine', 'constant', 'linear')
 AUGMENTS = ('', 'crop', 'flip_crop', 'inception_crop')
@@ -35,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mode = 'train'  # 'train', or 'list_features': print every tappable layer and exit
+    # ('export': write the finished student alone to WORKDIR/export, see jaxdistill/export.py)
     c.task = 'classification'  # what is distilled: 'classification' or 'lm' (jaxdistill/tasks)
 
     c.teacher = ml_collections.ConfigDict()
@@ -43,11 +45,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.checkpoint = ''  # empty: train the teacher first in WORKDIR/teacher
     c.teacher.steps = -1  # steps when the teacher is trained here; -1: train.steps
     c.teacher.logits_key = ''  # for modules returning dicts: which entry holds logits
+    # (logical axis name, mesh axis or None) pairs, first match wins; '*' covers parameters
+    # without names. E.g. a teacher FSDP over every device (mesh.fsdp=-1) next to a
+    # data-parallel student (student.sharding_rules=()). See docs/scaling.md.
+    c.teacher.sharding_rules = DEFAULT_RULES
 
     c.student = ml_collections.ConfigDict()
     c.student.module = 'mlp'
     c.student.kwargs = ml_collections.ConfigDict()
     c.student.logits_key = ''
+    c.student.sharding_rules = DEFAULT_RULES  # as teacher.sharding_rules; () replicates
 
     c.data = ml_collections.ConfigDict()
     c.data.name = 'digits'  # a TFDS name (prepared as ArrayRecord) or 'digits'
@@ -79,7 +86,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 50
     c.train.eval_every = 0  # 0: evaluate at the end of each stage only
     c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 2
+    c.train.keep_checkpoints = 2  # the last N steps of each stage are kept
+    # Also keep the best step by this evaluation metric ('' = off), e.g. 'eval/accuracy';
+    # a checkpoint is then also written at every evaluation (train.eval_every).
+    c.train.best_metric = ''
+    c.train.best_mode = 'max'  # 'max' or 'min' (e.g. for 'eval/kl_to_teacher')
+    # A non-finite loss stops training, naming the step and the last good checkpoint;
+    # True: skip such steps instead (no update) and count them (train/nonfinite_skips).
+    c.train.skip_nonfinite = False
     c.train.baseline = True  # also train the same student on labels alone
 
     c.distill = ml_collections.ConfigDict()
@@ -168,6 +182,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(config, 'train.log_every', config.train.log_every)
     _positive(config, 'train.checkpoint_every', config.train.checkpoint_every)
     _positive(config, 'train.keep_checkpoints', config.train.keep_checkpoints)
+    _check_best(config)
     if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError(
             f'optimizer.warmup_steps={config.optimizer.warmup_steps} must be in '
@@ -182,6 +197,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           '(0, 1]: 1 uses every label')
     if config.data.mixup < 0:
         raise ConfigError(f'data.mixup={config.data.mixup} must be >= 0 (0 disables it)')
+    for side in ('teacher', 'student'):
+        check_rules(config[side].sharding_rules, f'{side}.sharding_rules')
     for axis in ('data', 'fsdp', 'tensor'):
         size = config.mesh[axis]
         if size == 0 or size < -1:
@@ -190,6 +207,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             'distill.losses must be a non-empty list of {name, weight, ...} entries, '
             "e.g. --config.distill.losses=\"({'name': 'kd', 'weight': 1.0},)\"")
+
+
+def _check_best(config) -> None:
+    _check_choice(config, 'train.best_mode', ('max', 'min'))
+    metric = config.train.best_metric
+    if metric and not metric.startswith('eval/'):
+        raise ConfigError(f'train.best_metric={metric!r} must name an evaluation metric, e.g. '
+                          "'eval/accuracy', 'eval/agreement' or 'eval/kl_to_teacher' ('' = off)")
+    if metric and config.train.eval_every <= 0:
+        raise ConfigError(f'train.best_metric={metric!r} needs evaluations during training: set '
+                          'train.eval_every > 0 (or train.best_metric=\'\')')
 
 
 def _check_choice(config, key: str, choices) -> None:

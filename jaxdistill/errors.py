@@ -26,6 +26,10 @@ class CheckpointError(JaxdistillError, ValueError):
     """A checkpoint is missing, damaged or does not match the module."""
 
 
+class TrainingError(JaxdistillError, RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss): names the step and what to do."""
+
+
 def closest(name: str, known: Iterable[str], n: int = 1) -> str:
     """Returns ``"did you mean 'x'?"`` text (or a list of the known names)."""
     known = sorted(set(known))

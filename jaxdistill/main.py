@@ -2,6 +2,10 @@
 
 Override any key with ``--config.a.b=value``. Bad input (an unknown key, a wrong type,
 a missing file) is reported in one line and exits with status 2.
+
+Multi-process runs start the same command on every host (``launch/``): on TPU VMs and
+under SLURM the processes find each other on their own; elsewhere pass
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and reports.')
 flags.mark_flags_as_required(['config', 'workdir'])
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'HOST:PORT of process 0 for a multi-process run (empty: '
+    'auto-detected on TPU VMs and under SLURM, else a single process).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Processes in a multi-process run (1: force one).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 
 
 def _fail(message: str) -> None:
@@ -62,9 +72,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f'unexpected arguments {argv[1:]}: every option is a --flag')
     logging.set_verbosity(logging.ERROR)  # library chatter; our own output is print()
-    from jaxdistill import run  # after flag parsing, so --help stays fast
+    from jaxdistill import distributed, run  # after flag parsing, so --help stays fast
 
     try:
+        # Before anything touches a device: JAX then sees every process's devices.
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        distributed.check_shared_dir(_WORKDIR.value)
         run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except JaxdistillError as e:
         _fail(str(e))

@@ -8,6 +8,7 @@ is touched. Each stage resumes from its own checkpoints; a finished stage is ski
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -17,11 +18,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import config as config_lib
+from jaxdistill import export as export_lib
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import modules, objective, report, tasks, train
 from jaxdistill.adapter import Model
-from jaxdistill.checkpoint import StageCheckpoints, find_stage_dir
 from jaxdistill.errors import ConfigError, closest
 
 
@@ -72,7 +74,9 @@ def check_workdir(workdir: str, config) -> str:
 
 
 def _first_difference(old, new, prefix: str = '') -> str | None:
-    harmless = {'train.log_every', 'train.eval_every'}
+    # Resuming on another mesh is a resharded restore; exporting reads the run.
+    harmless = {'train.log_every', 'train.eval_every', 'mode', 'mesh.data', 'mesh.fsdp',
+                'mesh.tensor'}
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             key = f'{prefix}{k}'
@@ -95,12 +99,14 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     mesh_lib.check_batch(mesh, config.data.eval_batch_size, 'data.eval_batch_size')
     teacher = Model(modules.resolve(config.teacher.module, config.teacher.kwargs,
                                     key='teacher.module'),
-                    config.teacher.logits_key, 'teacher')
+                    config.teacher.logits_key, 'teacher',
+                    mesh_lib.normalize_rules(config.teacher.sharding_rules))
     student = Model(modules.resolve(config.student.module, config.student.kwargs,
                                     key='student.module'),
-                    config.student.logits_key, 'student')
+                    config.student.logits_key, 'student',
+                    mesh_lib.normalize_rules(config.student.sharding_rules))
     obj = objective.build(config.distill.losses, config.train.steps)
-    teacher_dir = (find_stage_dir(config.teacher.checkpoint) if config.teacher.checkpoint
+    teacher_dir = (ckpt_lib.find_teacher(config.teacher.checkpoint) if config.teacher.checkpoint
                    else '')
     workdir = check_workdir(workdir, config)
     teacher_dir = teacher_dir or os.path.join(workdir, 'teacher')
@@ -138,12 +144,11 @@ def list_features(p: Plan) -> None:
 
 def load_teacher(p: Plan) -> dict[str, Any]:
     """The teacher's params and state, restored into the mesh's shardings."""
-    params, state = jax.eval_shape(p.teacher.init, jax.random.key(0), p.sample)
-    abstract, _ = mesh_lib.sharded_abstract(p.mesh, {'params': params, 'state': state})
-    ckpts = StageCheckpoints(p.teacher_dir, read_only=True)
-    restored = ckpts.restore(ckpts.latest_step(), abstract)
-    ckpts.close()
-    return restored.model
+    params, state = jax.eval_shape(functools.partial(p.teacher.init, boxed=True),
+                                   jax.random.key(0), p.sample)
+    abstract, _ = mesh_lib.sharded_abstract(p.mesh, {'params': params, 'state': state},
+                                            p.teacher.sharding_rules)
+    return ckpt_lib.load_model(p.teacher_dir, abstract)[0]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -153,6 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.mode == 'list_features':
         list_features(p)
         return {}
+    if config.mode == 'export':
+        return export_lib.export_student(p)
     is_main = jax.process_index() == 0
     if is_main:
         os.makedirs(p.workdir, exist_ok=True)
@@ -190,6 +197,8 @@ def train_students(p: Plan, teacher_vars, evaluator, is_main: bool):
     config, seed = p.config, p.config.seed
     mixup = config.data.mixup
     needs_teacher = p.objective.needs_teacher
+    identity = {'params_sha256': train.params_sha256(teacher_vars['params']),
+                'checkpoint': p.teacher_dir}  # recorded in, and checked on resume of, student/
     stages = []
     if config.train.baseline:
         stages.append(train.Stage('baseline', os.path.join(p.workdir, 'baseline'), p.student,
@@ -204,6 +213,7 @@ def train_students(p: Plan, teacher_vars, evaluator, is_main: bool):
                               teacher_shardings=jax.tree.map(lambda x: x.sharding,
                                                              teacher_vars),
                               evaluate=evaluator, projections=p.projections,
+                              teacher_identity=identity if needs_teacher else None,
                               prepare=p.task.prepare_fn(mixup)))
     scores, histories = {}, {}
     for stage in stages:
@@ -245,11 +255,7 @@ def assemble_results(p: Plan, teacher_vars, evaluator, scores) -> dict[str, Any]
 
 
 def _teacher_meta(p: Plan) -> dict[str, Any]:
-    ckpts = StageCheckpoints(p.teacher_dir, read_only=True)
-    try:
-        return ckpts.meta()
-    finally:
-        ckpts.close()
+    return ckpt_lib.read_meta(p.teacher_dir)
 
 
 def _write_outputs(workdir: str, results: dict[str, Any], histories) -> None:

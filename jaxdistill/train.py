@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,12 +21,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import mesh as mesh_lib
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints
 from jaxdistill.data.prefetch import prefetch
 from jaxdistill.metrics import MetricWriter, Progress
 from jaxdistill.objective import Objective
+from jaxdistill.preemption import NonFiniteGuard, Preempted, PreemptionWatch
 from jaxdistill.tasks import StepInputs
 
 
@@ -72,10 +76,11 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     return opt
 
 
-def _init_fn(model: Model, optimizer, sample, projections: dict[str, tuple[int, int]]):
+def _init_fn(model: Model, optimizer, sample, projections: dict[str, tuple[int, int]],
+             boxed: bool = False):
     def init(rng):
         model_rng, aux_rng = jax.random.split(rng)
-        params, state = model.init(model_rng, sample)
+        params, state = model.init(model_rng, sample, boxed=boxed)
         init_proj = jax.nn.initializers.lecun_normal()
         aux = {key: init_proj(jax.random.fold_in(aux_rng, i), shape, jnp.float32)
                for i, (key, shape) in enumerate(sorted(projections.items()))}
@@ -91,16 +96,17 @@ def create_train_state(model: Model, optimizer: optax.GradientTransformation, rn
                        ) -> tuple[TrainState, Any]:
     """Initialises straight into the target shardings (no full copy on one device)."""
     init = _init_fn(model, optimizer, sample, projections or {})
-    _, shardings = mesh_lib.sharded_abstract(mesh, jax.eval_shape(init, rng))
+    _, shardings = abstract_state(model, optimizer, rng, sample, mesh, projections)
     return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
 def abstract_state(model: Model, optimizer, rng, sample, mesh,
                    projections: dict[str, tuple[int, int]] | None = None
                    ) -> tuple[TrainState, Any]:
-    """Shapes, dtypes and shardings of the state, without computing it."""
-    init = _init_fn(model, optimizer, sample, projections or {})
-    return mesh_lib.sharded_abstract(mesh, jax.eval_shape(init, rng))
+    """Shapes, dtypes and shardings of the state, without computing it. Traced with the
+    logical axis names kept, which optax copies onto the moments: they shard like params."""
+    init = _init_fn(model, optimizer, sample, projections or {}, boxed=True)
+    return mesh_lib.sharded_abstract(mesh, jax.eval_shape(init, rng), model.sharding_rules)
 
 
 def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Mesh,
@@ -196,77 +202,184 @@ class Stage:
     projections: dict[str, tuple[int, int]] | None = None  # feature-loss projector shapes
     # The task's ``prepare(batch, rng) -> StepInputs`` (e.g. with this stage's mixup).
     prepare: Callable[[dict, jax.Array], StepInputs] | None = None
+    # The teacher's params_sha256 and path: in a student's checkpoints, checked on resume.
+    teacher_identity: dict[str, Any] | None = None
 
 
 def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
               is_main: bool = True) -> StageResult:
+    """Trains ``stage`` from scratch, or continues it from its newest good checkpoint.
+
+    A resumed stage continues the same run bit for bit: batch ``s`` and step ``s``'s
+    random numbers are functions of (seed, s), and the checkpoint must show the same
+    RNG, data and teacher (`checkpoint.check_resume`). On SIGTERM the stage saves at the
+    next step boundary and raises `preemption.Preempted` (exit status 0).
+    """
     tcfg = config.train
     optimizer = make_optimizer(config.optimizer, stage.steps)
-    rng = jax.random.key(stage.seed)
-    ckpts = StageCheckpoints(stage.directory, keep=tcfg.keep_checkpoints)
-    latest = ckpts.latest_step()
-    meta = {'stage': stage.name, 'steps': stage.steps, 'done': False, 'history': [],
-            'train_seconds': 0.0, 'timed_steps': 0}
-    if latest is not None:
-        abstract, shardings = abstract_state(stage.model, optimizer, rng, sample, mesh,
-                                             stage.projections)
-        restored = ckpts.restore(latest, abstract.model, abstract.train)
-        meta = restored.meta
-        state = TrainState(restored.train['step'], restored.model['params'],
-                           restored.model['state'], restored.train['opt_state'],
-                           restored.train['aux'])
-        if meta.get('done') and latest == stage.steps:
-            ckpts.close()
-            if is_main:
-                print(f'{stage.name:<9} done already ({stage.steps} steps, '
-                      f'loss {meta["train_loss"]:.4f}): skipped')
+    if tcfg.skip_nonfinite:  # a skipped step leaves params and optimizer state as they were
+        optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=stage.steps + 1)
+    say = print if is_main else (lambda _: None)
+    ckpts = StageCheckpoints(stage.directory, keep=tcfg.keep_checkpoints,
+                             best_metric=tcfg.best_metric, best_mode=tcfg.best_mode, report=say)
+    try:
+        state, shardings, meta = _restore_or_init(stage, config, ckpts, optimizer, mesh, sample)
+        if meta['done'] and int(state.step) == stage.steps:
+            say(f'{stage.name:<9} done already ({stage.steps} steps, '
+                f'loss {meta["train_loss"]:.4f}): skipped')
             return StageResult(state.model, meta)
-    else:
+        if int(state.step):
+            say(f'{stage.name:<9} resuming from step {int(state.step)} '
+                f'({ckpts.directory}/{int(state.step)})')
+        step_fn = make_train_step(stage.model, stage.objective, optimizer, mesh=mesh,
+                                  state_shardings=shardings, prepare=stage.prepare,
+                                  seed=stage.seed, teacher=stage.teacher,
+                                  teacher_shardings=stage.teacher_shardings)
+        if tcfg.skip_nonfinite:
+            step_fn = _keep_model_state_on_skip(step_fn)
+        with PreemptionWatch() as watch:
+            state = _Loop(stage, tcfg, mesh, ckpts, meta, is_main).run(state, step_fn, watch)
+    finally:
+        ckpts.close()  # waits for the last async save
+    return StageResult(state.model, meta)
+
+
+def _restore_or_init(stage: Stage, config, ckpts: StageCheckpoints, optimizer, mesh: Mesh,
+                     sample) -> tuple[TrainState, Any, dict[str, Any]]:
+    """The state, shardings and meta to start from: the newest good checkpoint, restored
+    into this mesh's shardings (whatever layout wrote it), or a fresh initialisation."""
+    rng = jax.random.key(stage.seed)
+    identity = ckpt_lib.run_identity(stage.seed, stage.batches[0], stage.teacher_identity)
+    abstract, shardings = abstract_state(stage.model, optimizer, rng, sample, mesh,
+                                         stage.projections)
+    found = ckpts.restore_latest(abstract.model, abstract.train)
+    if found is None:
         state, shardings = create_train_state(stage.model, optimizer, rng, sample, mesh,
                                               stage.projections)
-    step_fn = make_train_step(stage.model, stage.objective, optimizer, mesh=mesh,
-                              state_shardings=shardings, prepare=stage.prepare,
-                              seed=stage.seed, teacher=stage.teacher,
-                              teacher_shardings=stage.teacher_shardings)
-    writer = MetricWriter(stage.directory + '_metrics', enabled=is_main)
-    start = int(state.step)
-    progress = Progress(stage.name, stage.steps, start=start, enabled=is_main)
-    history = meta['history']
-    clock = _TrainClock()
-    batches = prefetch(lambda s: mesh_lib.to_global(mesh, stage.batches[s]), start, stage.steps)
-    for step, batch in zip(range(start, stage.steps), batches):
-        state, metrics = step_fn(state, stage.teacher_model, batch)
-        done = step + 1
-        if step == start:  # the first step compiles: start the clocks after it
-            jax.block_until_ready(metrics)
-            clock.start(done)
-            progress.t0, progress.start = clock.t0, done
-        if done % tcfg.log_every == 0 or done == stage.steps:
-            scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            history.append({'step': done, **scalars})
-            writer.write(done, scalars)
-            progress.update(done, scalars['loss'])
-        if stage.evaluate and tcfg.eval_every and done % tcfg.eval_every == 0:
-            with clock.paused():
-                scores = {f'eval/{k}': v for k, v in stage.evaluate(state.model).items()}
-            history.append({'step': done, **scores})
-            writer.write(done, scores)
-        if done % tcfg.checkpoint_every == 0 or done == stage.steps:
-            jax.block_until_ready(state)
-            seconds, steps = clock.lap(done)
-            meta.update(train_seconds=meta['train_seconds'] + seconds,
-                        timed_steps=meta['timed_steps'] + steps,
-                        done=done == stage.steps, history=history,
-                        train_loss=next(h['loss'] for h in reversed(history) if 'loss' in h))
-            meta['steps_per_second'] = (meta['timed_steps'] / meta['train_seconds']
-                                        if meta['train_seconds'] > 0 else 0.0)
-            with clock.paused():
-                ckpts.save(done, state.model, state.train, dict(meta))
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
-    progress.done(f'{meta.get("steps_per_second", 0.0):.1f} steps/s overall')
-    return StageResult(state.model, meta)
+        return state, shardings, {
+            'stage': stage.name, 'steps': stage.steps, 'done': False, 'history': [],
+            'train_seconds': 0.0, 'timed_steps': 0, **identity,
+            'config': json.loads(config.to_json_best_effort())}
+    step, restored = found
+    ckpt_lib.check_resume(restored.meta, identity, step, f'{ckpts.directory}/{step}')
+    state = TrainState(step=restored.train['step'], params=restored.model['params'],
+                       model_state=restored.model['state'], opt_state=restored.train['opt_state'],
+                       aux=restored.train['aux'])
+    return state, shardings, {**identity, **restored.meta}
+
+
+def _keep_model_state_on_skip(step_fn: Callable) -> Callable:
+    """With ``train.skip_nonfinite``, a step whose gradients `optax.apply_if_finite`
+    rejected must not update BatchNorm statistics either: they would hold the NaN."""
+
+    def guarded(state: TrainState, teacher_model, batch):
+        new, metrics = step_fn(state, teacher_model, batch)
+        keep = new.opt_state.last_finite
+        model_state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new.model_state,
+                                   state.model_state)
+        return new.replace(model_state=model_state), metrics
+
+    return jax.jit(guarded, donate_argnums=(0,))
+
+
+class _Loop:
+    """One stage's steps: metrics, evaluation, checkpoints, preemption, divergence."""
+
+    def __init__(self, stage: Stage, tcfg, mesh: Mesh, ckpts: StageCheckpoints,
+                 meta: dict[str, Any], is_main: bool):
+        self.stage, self.tcfg, self.mesh, self.ckpts, self.meta = stage, tcfg, mesh, ckpts, meta
+        self.is_main, self._warned = is_main, False
+        self.writer = MetricWriter(stage.directory + '_metrics', enabled=is_main)
+        self.guard = NonFiniteGuard(stage.name, ckpts.directory, not tcfg.skip_nonfinite)
+        self.clock = _TrainClock()
+        self.digest = meta['data']['digest']
+
+    def _fetch(self, step: int):
+        """On the prefetch thread: this step's batch on the mesh, and its digest."""
+        batch = self.stage.batches[step]
+        return ckpt_lib.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
+
+    def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
+        stage, tcfg, start = self.stage, self.tcfg, int(state.step)
+        progress = Progress(stage.name, stage.steps, start=start, enabled=self.is_main)
+        self.guard.last_saved = start or None
+        try:
+            batches = prefetch(self._fetch, start, stage.steps)
+            for step, (batch_hash, batch) in zip(range(start, stage.steps), batches):
+                state, metrics = step_fn(state, stage.teacher_model, batch)
+                done = step + 1
+                self.digest = ckpt_lib.advance_digest(self.digest, batch_hash)
+                self.guard.push(done, metrics)
+                if step == start:  # the first step compiles: start the clocks after it
+                    jax.block_until_ready(metrics)
+                    self.clock.start(done)
+                    progress.t0, progress.start = self.clock.t0, done
+                if done % tcfg.log_every == 0 or done == stage.steps:
+                    self._log(done, state, metrics, progress)
+                scores = self._evaluate(done, state)
+                stop = watch.should_stop(done)
+                if (stop or done % tcfg.checkpoint_every == 0 or done == stage.steps
+                        or (scores and tcfg.best_metric)):
+                    self._save(done, state, metrics, scores)
+                if stop:
+                    progress.done('preempted')
+                    self._preempted(done, watch)
+        finally:
+            self.writer.close()
+        progress.done(f'{self.meta.get("steps_per_second", 0.0):.1f} steps/s overall')
+        return state
+
+    def _log(self, done: int, state: TrainState, metrics, progress: Progress) -> None:
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if self.tcfg.skip_nonfinite:
+            scalars['train/nonfinite_skips'] = float(state.opt_state.total_notfinite)
+        self.meta['history'].append({'step': done, **scalars})
+        self.writer.write(done, scalars)
+        progress.update(done, scalars['loss'])
+
+    def _evaluate(self, done: int, state: TrainState) -> dict[str, float] | None:
+        if not (self.stage.evaluate and self.tcfg.eval_every and done % self.tcfg.eval_every == 0):
+            return None
+        with self.clock.paused():
+            scores = {f'eval/{k}': v for k, v in self.stage.evaluate(state.model).items()}
+        self.meta['history'].append({'step': done, **scores})
+        self.writer.write(done, scores)
+        return scores
+
+    def _save(self, done: int, state: TrainState, metrics, scores) -> None:
+        self.guard.flush()  # never checkpoint a diverged state
+        jax.block_until_ready(state)
+        seconds, steps = self.clock.lap(done)
+        meta = self.meta
+        meta.update(train_seconds=meta['train_seconds'] + seconds,
+                    timed_steps=meta['timed_steps'] + steps, done=done == self.stage.steps,
+                    train_loss=float(metrics['loss']),
+                    data={**meta['data'], 'position': done, 'digest': self.digest})
+        meta['steps_per_second'] = (meta['timed_steps'] / meta['train_seconds']
+                                    if meta['train_seconds'] > 0 else 0.0)
+        with self.clock.paused():
+            self.ckpts.save(done, state.model, state.train, dict(meta), self._ranking(scores))
+        self.guard.last_saved = done
+
+    def _ranking(self, scores: dict[str, float] | None) -> dict[str, float] | None:
+        """What ranks this checkpoint for ``train.best_metric`` (None: not ranked)."""
+        metric = self.tcfg.best_metric
+        if not (metric and scores):
+            return None
+        if metric not in scores and self.is_main and not self._warned:
+            print(f'{self.stage.name}: train.best_metric={metric!r} is not among its '
+                  f'evaluation metrics {sorted(scores)}: keeping the last checkpoints only')
+            self._warned = True
+        return {metric: float(scores[metric])} if metric in scores else None
+
+    def _preempted(self, done: int, watch: PreemptionWatch) -> None:
+        self.ckpts.wait()
+        what = signal.Signals(watch.received).name if watch.received else 'a preemption notice'
+        message = (f'{self.stage.name}: {what} received; saved step {done}/{self.stage.steps} '
+                   f'to {self.ckpts.directory}/{done}; rerun the same command to resume')
+        if self.is_main:
+            print(message, flush=True)
+        raise Preempted(message)
 
 
 def params_sha256(params: Any) -> str:
@@ -274,7 +387,7 @@ def params_sha256(params: Any) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+    leaves = jax.tree_util.tree_flatten_with_path(mesh_lib.to_host(params))[0]
     for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
         arr = np.ascontiguousarray(np.asarray(leaf))
         digest.update(jax.tree_util.keystr(path).encode())

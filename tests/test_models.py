@@ -1,20 +1,25 @@
-"""jaxdistill/models: shapes, parameter counts and BatchNorm state of the built-ins."""
+"""jaxdistill/models: shapes, parameter counts, BatchNorm state and logical axis names of
+the built-ins."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
+from jaxdistill import mesh as mesh_lib
 from jaxdistill import modules
 from jaxdistill.adapter import Model
 
-
-@pytest.mark.parametrize('name,kwargs,shape', [
+BUILTINS = [
     ('mlp', dict(hidden=(16,), num_classes=10), (2, 8, 8, 1)),
     ('cnn', dict(channels=(8, 16), num_classes=10, batch_norm=True), (2, 8, 8, 1)),
     # Shallow instances of both ResNet families: every code path, a fraction of the compile.
     ('resnet20', dict(num_classes=10, stage_sizes=(1, 1, 1), width=8), (2, 16, 16, 3)),
     ('resnet50', dict(num_classes=5, stage_sizes=(1, 1), width=8), (2, 32, 32, 3)),
-])
+]
+
+
+@pytest.mark.parametrize('name,kwargs,shape', BUILTINS)
 def test_builtin_forward(name, kwargs, shape):
     model = Model(modules.resolve(name, kwargs, key='student.module'))
     x = jnp.ones(shape)
@@ -39,3 +44,31 @@ def test_resnet50_parameter_count():
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 224, 224, 3)))[0]
     n = sum(x.size for x in jax.tree.leaves(shapes))
     assert n == 25_557_032
+
+
+@pytest.mark.parametrize('name,kwargs,shape', BUILTINS)
+def test_every_builtin_parameter_has_logical_names(name, kwargs, shape):
+    """Every parameter is named, one name per dimension, from the vocabulary the default
+    rules map; `Model.init` still returns plain arrays (what checkpoints hold)."""
+    model = Model(modules.resolve(name, kwargs, key='student.module'))
+    boxed, _ = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones(shape), boxed=True))
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    known = {n for n, _ in mesh_lib.DEFAULT_RULES} | {None}
+    for leaf in leaves:
+        assert isinstance(leaf, nn.LogicallyPartitioned), leaf
+        assert len(leaf.names) == leaf.value.ndim and set(leaf.names) <= known, leaf.names
+    plain, _ = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones(shape)))
+    assert jax.tree.structure(plain) == jax.tree.structure(nn.meta.unbox(boxed))
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(plain))
+
+
+def test_names_follow_the_layer_roles():
+    model = Model(modules.resolve('resnet20', dict(stage_sizes=(1, 1, 1), width=8),
+                                  key='student.module'))
+    boxed, _ = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 16, 16, 3)),
+                                                 boxed=True))
+    block = boxed['stage1_block0']
+    assert block['Conv_0']['kernel'].names == (None, None, 'conv_in', 'conv_out')
+    assert block['proj']['kernel'].names == (None, None, 'conv_in', 'conv_out')
+    assert block['BatchNorm_1']['scale'].names == ('conv_out',)
+    assert boxed['head']['kernel'].names == ('embed', 'classes')

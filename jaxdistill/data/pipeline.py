@@ -2,9 +2,9 @@
 
 Training batches are a `grain.MapDataset` indexed by step: batch ``s`` of a run is a
 pure function of (source, seed, s), so a resumed run consumes exactly the examples an
-uninterrupted one would. Each process reads only its own rows of every global batch
-(``process_index::process_count``); together they read the same global batch as one
-process would.
+uninterrupted one would. Each process reads only its own rows of every global batch,
+the contiguous block ``[p * B/P, (p + 1) * B/P)`` that its devices hold of the batch
+axes; together they read the global batch one process would, in the same order.
 """
 
 from __future__ import annotations
@@ -292,7 +292,8 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, image_
                           f'{process_count} processes: use a multiple of {process_count}')
     local = global_batch // process_count
     ids = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-    ids = ids[process_index::process_count].batch(local, drop_remainder=True)
+    ids = ids.batch(global_batch, drop_remainder=True)  # sliced per process in `fetch`
+    own = process_index * local  # where this process's rows start in every global batch
 
     is_labelled = None
     if labelled is not None:
@@ -300,7 +301,7 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, image_
         is_labelled[labelled] = True
 
     def fetch(step: int, batch_ids: np.ndarray) -> dict[str, np.ndarray]:
-        batch_ids = np.asarray(batch_ids)
+        batch_ids = np.asarray(batch_ids)[own:own + local]
         batch = _fetch(step, batch_ids)
         if is_labelled is not None:
             batch['labelled'] = is_labelled[batch_ids]
@@ -312,7 +313,7 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, image_
         examples = _examples(source, batch_ids, image_key, label_key)
         out = []
         for j, example in enumerate(examples):
-            row = step * global_batch + j * process_count + process_index
+            row = step * global_batch + own + j
             rng = np.random.default_rng([seed, row])
             if augment in ('crop', 'flip_crop'):
                 example = _crop(example, rng, flip=augment == 'flip_crop')

@@ -1,4 +1,9 @@
-"""A small convolutional network: a few conv blocks, global pooling, a dense head."""
+"""A small convolutional network: a few conv blocks, global pooling, a dense head.
+
+Parameters carry logical axis names (``conv_in``/``conv_out`` for convolutions and their
+BatchNorm, ``embed``/``mlp``/``classes`` for the dense layers) that the config's
+sharding rules map to mesh axes.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,14 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxdistill.models.mlp import named_dense
+
+CONV_AXES = (None, None, 'conv_in', 'conv_out')
+
+
+def _named(init, names):
+    return nn.with_logical_partitioning(init, names)
 
 
 class CNN(nn.Module):
@@ -22,14 +35,18 @@ class CNN(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = x.astype(jnp.float32)
         for i, width in enumerate(self.channels):
-            x = nn.Conv(width, (3, 3), name=f'conv{i}')(x)
+            x = nn.Conv(width, (3, 3), name=f'conv{i}',
+                        kernel_init=_named(nn.linear.default_kernel_init, CONV_AXES),
+                        bias_init=_named(nn.initializers.zeros_init(), ('conv_out',)))(x)
             if self.batch_norm:
-                x = nn.BatchNorm(use_running_average=not train, name=f'bn{i}')(x)
+                x = nn.BatchNorm(use_running_average=not train, name=f'bn{i}',
+                                 scale_init=_named(nn.initializers.ones_init(), ('conv_out',)),
+                                 bias_init=_named(nn.initializers.zeros_init(), ('conv_out',)))(x)
             x = nn.relu(x)
             if i < len(self.channels) - 1 and min(x.shape[1:3]) >= 2:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = jnp.mean(x, axis=(1, 2)) if self.pool == 'mean' else x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(self.dense, name='dense')(x))
+        x = nn.relu(named_dense(self.dense, ('embed', 'mlp'), 'dense')(x))
         if self.dropout:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name='head')(x)
+        return named_dense(self.num_classes, ('embed', 'classes'), 'head')(x)

@@ -1,0 +1,145 @@
+"""The trained student alone, for use outside training: params + module spec + provenance.
+
+``--config.mode=export`` (the training command plus that flag) writes ``WORKDIR/export/``:
+
+    export.json  the module (built-in name or 'pkg.mod:Class') and its kwargs, the input
+                 shape and dtype, the params' SHA-256, and provenance: the step, the
+                 teacher's SHA-256 and checkpoint, the dataset, the losses, the config
+    model/       an Orbax checkpoint of {'params', 'state'} (state: e.g. BatchNorm
+                 statistics); nothing of the teacher or the optimizer
+
+`load` rebuilds the module, restores the variables and checks their SHA-256 against
+export.json, so an export that was copied around is known to be the student that was
+evaluated (``student.params_sha256`` in results.json). With ``train.best_metric`` set,
+the best step is exported instead of the last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxdistill import checkpoint as ckpt_lib
+from jaxdistill import mesh as mesh_lib
+from jaxdistill import modules, train
+from jaxdistill.adapter import Model
+from jaxdistill.errors import CheckpointError
+
+SPEC = 'export.json'
+FORMAT = 'jaxdistill-export/1'
+
+
+def export_student(p) -> dict[str, Any]:
+    """Writes the finished student of the run planned in ``p`` (a `run.Plan`) to
+    ``WORKDIR/export``; returns the spec written to export.json."""
+    config = p.config
+    directory = os.path.join(p.workdir, 'student')
+    params, state = jax.eval_shape(p.student.init, jax.random.key(0), p.sample)
+    abstract, _ = mesh_lib.sharded_abstract(p.mesh, {'params': params, 'state': state})
+    step, model, meta = _finished_student(directory, abstract, config.train.best_metric,
+                                          config.train.best_mode)
+    spec = {
+        'format': FORMAT, 'module': config.student.module,
+        'kwargs': json.loads(config.student.kwargs.to_json_best_effort()),
+        'logits_key': config.student.logits_key,
+        'input': {'shape': list(p.sample.shape[1:]), 'dtype': str(np.dtype(p.sample.dtype))},
+        'params_sha256': train.params_sha256(model['params']),
+        'params': train.count_params(model['params']),
+        'provenance': {'checkpoint': f'{directory}/{step}', 'step': step,
+                       'steps': meta.get('steps'), 'teacher': meta.get('teacher'),
+                       'task': config.task, **p.task.provenance(),
+                       'losses': p.objective.describe(), 'seed': config.seed,
+                       'config': meta.get('config')},
+    }
+    out = os.path.join(p.workdir, 'export')
+    if jax.process_index() == 0:
+        _write(out, jax.device_get(model), spec)
+        print(f'exported the student (step {step}, params sha256 '
+              f'{spec["params_sha256"][:12]}) to {out}; load it with '
+              f'jaxdistill.export.load({out!r})')
+    return spec
+
+
+def _finished_student(directory: str, abstract: dict[str, Any], best_metric: str,
+                      best_mode: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """``(step, model, meta)`` of the student to export: its last step, or its best one."""
+    if not os.path.isdir(directory):
+        raise CheckpointError(f'no student to export in {directory}: train it first (the same '
+                              'command without --config.mode=export)')
+    ckpts = ckpt_lib.StageCheckpoints(directory, read_only=True, best_metric=best_metric,
+                                      best_mode=best_mode)
+    try:
+        found = ckpts.restore_latest(abstract)
+        if found is None or not found[1].meta.get('done'):
+            at = 'no step' if found is None else f'step {found[0]}'
+            raise CheckpointError(f'the student in {directory} is unfinished ({at}): finish it '
+                                  'first with the same command without --config.mode=export')
+        step, restored = found
+        best = ckpts.best_step() if best_metric else None
+        if best is not None and best != step:
+            step, restored = best, ckpts.restore(best, abstract)
+        return step, restored.model, {**found[1].meta, **restored.meta}
+    finally:
+        ckpts.close()
+
+
+def _write(out: str, model: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Writes next to ``out`` and renames, so a crash never leaves half an export."""
+    tmp = out + '.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(tmp, 'model'), model)
+    with open(os.path.join(tmp, SPEC), 'w') as f:
+        json.dump(spec, f, indent=2)
+    shutil.rmtree(out, ignore_errors=True)  # an older export of this workdir's student
+    os.rename(tmp, out)
+
+
+class ExportedModel:
+    """A loaded export: call it on a batch of inputs to get the student's logits."""
+
+    def __init__(self, model: Model, variables: dict[str, Any], spec: dict[str, Any]):
+        self.model, self.variables, self.spec = model, variables, spec
+        self.provenance = spec['provenance']
+        self._predict = jax.jit(
+            lambda v, x: model.apply(v['params'], v['state'], x, train=False)[0])
+
+    def __call__(self, inputs: Any) -> jax.Array:
+        """Logits for ``inputs`` of shape ``[batch, *spec['input']['shape']]``."""
+        inputs = jnp.asarray(inputs, self.spec['input']['dtype'])
+        if tuple(inputs.shape[1:]) != tuple(self.spec['input']['shape']):
+            raise ValueError(f'inputs have shape {list(inputs.shape)} but the student takes '
+                             f'[batch, *{self.spec["input"]["shape"]}]')
+        return self._predict(self.variables, inputs)
+
+
+def load(path: str) -> ExportedModel:
+    """Loads an export written by ``--config.mode=export`` (user modules must be importable)."""
+    path = ckpt_lib.abspath(path)
+    spec_file = os.path.join(path, SPEC)
+    if not os.path.exists(spec_file):
+        raise CheckpointError(f'{path} is not a jaxdistill export (no {SPEC}): write one with '
+                              '--config.mode=export')
+    with open(spec_file) as f:
+        spec = json.load(f)
+    module = modules.resolve(spec['module'], spec['kwargs'], key=f'{spec_file}: module')
+    model = Model(module, spec['logits_key'], 'student')
+    sample = jnp.zeros([1, *spec['input']['shape']], spec['input']['dtype'])
+    params, state = jax.eval_shape(model.init, jax.random.key(0), sample)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            {'params': params, 'state': state})
+    variables, _ = ckpt_lib.load_model(os.path.join(path, 'model'), abstract)
+    digest = train.params_sha256(variables['params'])
+    if digest != spec['params_sha256']:
+        raise CheckpointError(f'{path}: the parameters have sha256 {digest[:12]} but {SPEC} '
+                              f'says {spec["params_sha256"][:12]}: the export is damaged; '
+                              'write it again with --config.mode=export')
+    return ExportedModel(model, variables, spec)
