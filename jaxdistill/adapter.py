@@ -57,7 +57,7 @@ class Model:
     def init(self, rng: jax.Array, inputs: jnp.ndarray) -> tuple[Params, State]:
         p_rng, d_rng = jax.random.split(rng)
         variables = self.module.init({'params': p_rng, 'dropout': d_rng}, inputs, train=False)
-        variables = dict(variables)
+        variables = dict(nn.meta.unbox(variables))  # plain arrays
         params = variables.pop('params', {})
         variables.pop(TAPS, None)
         return params, variables
