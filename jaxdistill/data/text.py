@@ -211,17 +211,19 @@ def train_batches(packed: dict[str, np.ndarray], *, global_batch: int, seed: int
     """This process's rows of global batch ``step`` as ``ds[step]`` (as `pipeline.train_dataset`).
 
     Row indices are shuffled by Grain (a new permutation every epoch, from ``seed``) and
-    process ``p`` takes every ``process_count``-th one, so batch ``s`` is a pure function of
-    ``(seed, s)`` and the processes together read exactly the single-process global batch.
+    process ``p`` takes rows ``[p * B/P, (p + 1) * B/P)`` of every global batch (the block
+    its devices hold), so batch ``s`` is a pure function of ``(seed, s)`` and the processes
+    together read exactly the single-process global batch, in the same order.
     """
     if global_batch % process_count:
         raise ConfigError(f'data.batch_size={global_batch} is not divisible by the '
                           f'{process_count} processes: use a multiple of {process_count}')
     source = PackedSource(packed)
+    local = global_batch // process_count
+    own = process_index * local  # this process's contiguous block of every global batch
     ids = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-    ids = ids[process_index::process_count].batch(global_batch // process_count,
-                                                  drop_remainder=True)
-    return ids.map(source.take)
+    ids = ids.batch(global_batch, drop_remainder=True)
+    return ids.map(lambda batch_ids: source.take(np.asarray(batch_ids)[own:own + local]))
 
 
 def eval_batches(packed: dict[str, np.ndarray], *, global_batch: int, process_index: int = 0,
