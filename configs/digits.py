@@ -4,6 +4,15 @@ The README's default job: trains the teacher, a label-only baseline student and 
 distilled student, then reports accuracy and fidelity to the teacher. A few minutes on
 2 CPU cores; nothing is downloaded (the data ships with scikit-learn).
 
+The setting is the one distillation is most used for: labels are scarce, unlabelled
+inputs are not, and a teacher exists that was trained on more labelled data than you
+have. The students may read the labels of 10 % of the train split (``data.
+labelled_fraction=0.1``, 144 of 1,437 images, drawn per seed); the baseline trains on
+those 144 alone, the distilled student on all 1,437 images scored by the teacher (the
+other 90 % are its unlabelled transfer set). The teacher here is trained on every label,
+standing in for such a model. With every label (``--config.data.labelled_fraction=1``)
+the two students are within seed noise of each other in accuracy (README).
+
 The student learns by function matching (Beyer et al. 2022, "Knowledge distillation: A
 good teacher is patient and consistent"): every image is randomly shifted by up to one
 pixel (``data.augment='crop'``) and mixed up with another (``data.mixup=1.0``), the
@@ -31,6 +40,7 @@ def get_config(arg: str | None = None):
     c.data.batch_size = 64
     c.data.augment = 'crop'
     c.data.mixup = 1.0
+    c.data.labelled_fraction = 0.1
     c.train.steps = 3000
     c.train.log_every = 50
     c.train.eval_every = 250

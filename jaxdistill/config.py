@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxdistill.ensemble import MODES as ENSEMBLE_MODES
 from jaxdistill.errors import ConfigError, closest
 from jaxdistill.mesh import DEFAULT_RULES, check_rules
 from jaxdistill.tasks import TASKS
@@ -50,6 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
     # data-parallel student (student.sharding_rules=()). See docs/scaling.md.
     c.teacher.sharding_rules = DEFAULT_RULES
 
+    c.teacher.weight = 1.0  # its weight when several teachers are combined (see `teachers`)
+    # More teachers, each a dict with the keys of `teacher` (module, kwargs, checkpoint, steps,
+    # logits_key, weight); one without a checkpoint is trained in WORKDIR/teacher_<i>.
+    c.teachers = ()
+
     c.student = ml_collections.ConfigDict()
     c.student.module = 'mlp'
     c.student.kwargs = ml_collections.ConfigDict()
@@ -80,6 +86,12 @@ def base_config() -> ml_collections.ConfigDict:
     # rest is an unlabelled transfer set the teacher scores). A teacher trained here
     # uses every label: it stands for a model trained on more data than you have.
     c.data.labelled_fraction = 1.0
+    # task='lm': text is tokenized ('byte': UTF-8 bytes, 259 ids; 'bpe': a byte-level BPE of
+    # data.vocab_size ids trained offline on the train split) and packed into rows of
+    # data.seq_len next-token targets.
+    c.data.tokenizer = 'byte'
+    c.data.vocab_size = 0
+    c.data.seq_len = 128
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # student (and baseline) steps
@@ -97,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.baseline = True  # also train the same student on labels alone
 
     c.distill = ml_collections.ConfigDict()
+    # Several teachers: 'probs' distils from the weighted mean of their probabilities,
+    # 'terms' applies every teacher-based loss once per teacher, weighted (jaxdistill/ensemble).
+    c.distill.ensemble = 'probs'
     # alpha * kd(T) + (1 - alpha) * CE, alpha weighting the distillation term.
     c.distill.losses = (
         loss_entry('kd', weight=0.9, temperature=4.0),
@@ -170,6 +185,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f'--config.{key}=...')
     _check_choice(config, 'mode', MODES)
     _check_choice(config, 'task', TASKS)
+    _check_choice(config, 'distill.ensemble', ENSEMBLE_MODES)
+    _check_teachers(config)
     _check_choice(config, 'optimizer.name', OPTIMIZERS)
     _check_choice(config, 'optimizer.schedule', SCHEDULES)
     _check_choice(config, 'data.augment', AUGMENTS)
@@ -218,6 +235,30 @@ def _check_best(config) -> None:
     if metric and config.train.eval_every <= 0:
         raise ConfigError(f'train.best_metric={metric!r} needs evaluations during training: set '
                           'train.eval_every > 0 (or train.best_metric=\'\')')
+
+
+TEACHER_KEYS = ('module', 'kwargs', 'checkpoint', 'steps', 'logits_key', 'weight',
+                'sharding_rules')
+
+
+def _check_teachers(config) -> None:
+    if config.teacher.weight <= 0:
+        raise ConfigError(f'teacher.weight={config.teacher.weight} must be positive')
+    if not isinstance(config.teachers, (tuple, list)):
+        raise ConfigError('teachers must be a list of dicts with the keys of `teacher`, e.g. '
+                          "({'module': 'cnn', 'checkpoint': '/path/to/run'},)")
+    for i, entry in enumerate(config.teachers):
+        entry = entry.to_dict() if hasattr(entry, 'to_dict') else entry
+        where = f'teachers[{i}]'
+        if not isinstance(entry, dict) or not isinstance(entry.get('module'), str):
+            raise ConfigError(f"{where} must be a dict with at least 'module', e.g. "
+                              "{'module': 'cnn', 'kwargs': {...}, 'checkpoint': 'DIR'}")
+        for key in entry:
+            if key not in TEACHER_KEYS:
+                raise ConfigError(f'{where}.{key} is not a teacher key: '
+                                  f'{closest(key, TEACHER_KEYS)}')
+        if entry.get('weight', 1.0) <= 0:
+            raise ConfigError(f"{where}.weight={entry['weight']} must be positive")
 
 
 def _check_choice(config, key: str, choices) -> None:

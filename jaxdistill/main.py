@@ -10,12 +10,14 @@ under SLURM the processes find each other on their own; elsewhere pass
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxdistill.errors import JaxdistillError
+from jaxdistill.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A configs/*.py file, optionally with a preset: configs/digits.py:smoke.',
@@ -79,6 +81,13 @@ def main(argv: list[str]) -> None:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         distributed.check_shared_dir(_WORKDIR.value)
         run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Preempted:
+        # The checkpoint is committed (run_stage waited for it) and the message printed:
+        # leave now instead of spending seconds tearing down native libraries, so a
+        # preemption grace period is spent on saving, not on exiting.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except JaxdistillError as e:
         _fail(str(e))
 

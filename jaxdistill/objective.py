@@ -79,6 +79,10 @@ class Term:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Objective:
     terms: tuple[Term, ...]
+    # Several teachers combined by loss terms (``distill.ensemble='terms'``): teacher logits
+    # arrive stacked ``[K, ...]`` and each teacher-based logit term is the weighted sum of
+    # its value against every teacher. None: one teacher distribution.
+    teacher_weights: tuple[float, ...] | None = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -192,9 +196,14 @@ class Objective:
         if term.name in NEEDS_LABELS:
             kwargs['labels'] = targets if integer_labels else jnp.argmax(targets, axis=-1)
         fn = losses.get(term.name)
-        if term.name in BATCH_LEVEL:
-            return fn(student_logits, teacher_logits, **kwargs)
-        return losses.token_mean(fn(student_logits, teacher_logits, **kwargs), mask)
+        def against(t_logits):
+            if term.name in BATCH_LEVEL:
+                return fn(student_logits, t_logits, **kwargs)
+            return losses.token_mean(fn(student_logits, t_logits, **kwargs), mask)
+
+        if self.teacher_weights is None:
+            return against(teacher_logits)
+        return sum(w * against(teacher_logits[k]) for k, w in enumerate(self.teacher_weights))
 
 
 def _describe(value):
@@ -202,8 +211,13 @@ def _describe(value):
 
 
 def build(entries: Sequence[Mapping[str, Any]], total_steps: int,
-          key: str = 'distill.losses') -> Objective:
-    """Validates ``entries`` and returns the `Objective` (no compilation happens here)."""
+          key: str = 'distill.losses',
+          teacher_weights: Sequence[float] | None = None) -> Objective:
+    """Validates ``entries`` and returns the `Objective` (no compilation happens here).
+
+    ``teacher_weights`` (normalised): one weight per teacher when several teachers are
+    combined by loss terms rather than by mixing their probabilities.
+    """
     terms = []
     for i, raw in enumerate(entries):
         where = f'{key}[{i}]'
@@ -235,7 +249,8 @@ def build(entries: Sequence[Mapping[str, Any]], total_steps: int,
                     losses.validate_hyper(name, temperature=t)
             losses.validate_hyper(name, **entry)
         terms.append(Term(name, weight, temperature, entry, taps, where))
-    return Objective(tuple(terms))
+    return Objective(tuple(terms),
+                     tuple(float(w) for w in teacher_weights) if teacher_weights else None)
 
 
 def _extremes(value, total_steps: int) -> list[float]:

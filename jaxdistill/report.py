@@ -29,26 +29,35 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return f'{value:,}' if isinstance(value, int) else str(value)
 
 
+def _columns(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(header, key, format) of the table's score columns; language models add perplexity."""
+    lm = results['provenance'].get('task') == 'lm'
+    cols = [('test perplexity', 'perplexity', 'num')] if lm else []
+    cols += [('next-token accuracy' if lm else 'test accuracy', 'accuracy', 'pct'),
+             ('agreement with teacher', 'agreement', 'pct'),
+             ('KL to teacher', 'kl_to_teacher', 'num')]
+    return cols + [('params', 'params', 'num'), ('steps', 'steps', 'num'),
+                   ('steps/s', 'steps_per_second', 'num')]
+
+
 def markdown(results: dict[str, Any], curves_png: str | None) -> str:
+    cols = _columns(results)
     rows = []
-    for name in ('teacher', 'baseline', 'student'):
-        r = results.get(name)
-        if r is None:
+    for name, r in results.items():
+        if not isinstance(r, dict) or name in ('provenance',) or 'params' not in r:
             continue
-        rows.append(f"| {name} | {_fmt(r.get('accuracy'), True)} | "
-                    f"{_fmt(r.get('agreement'), True) if name != 'teacher' else '–'} | "
-                    f"{_fmt(r.get('kl_to_teacher')) if name != 'teacher' else '–'} | "
-                    f"{_fmt(r.get('params'))} | {_fmt(r.get('steps'))} | "
-                    f"{_fmt(r.get('steps_per_second'))} |")
+        cells = [_fmt(r.get(key), fmt == 'pct') for _, key, fmt in cols]
+        rows.append(f"| {name} | {' | '.join(cells)} |")
     p = results['provenance']
+    unit = 'target tokens' if p.get('task') == 'lm' else 'examples'
+    what = 'token' if p.get('task') == 'lm' else 'class'
     lines = [
         '# jaxdistill report', '',
-        f"Dataset `{p['dataset']}`, test split of {results['test_examples']} examples. "
-        'Agreement: the student predicts the teacher\'s top-1 class; KL: mean '
+        f"Dataset `{p['dataset']}`, test split of {results['test_examples']:,} {unit}. "
+        f"Agreement: the student predicts the teacher's top-1 {what}; KL: mean "
         'KL(teacher ‖ student) at T = 1, in nats.', '',
-        '| model | test accuracy | agreement with teacher | KL to teacher | params | steps '
-        '| steps/s |',
-        '|---|---|---|---|---|---|---|',
+        '| model | ' + ' | '.join(c[0] for c in cols) + ' |',
+        '|---' * (len(cols) + 1) + '|',
         *rows, '',
     ]
     if 'baseline' in results:

@@ -8,7 +8,6 @@ is touched. Each stage resumes from its own checkpoints; a finished stage is ski
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import tempfile
@@ -18,11 +17,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import config as config_lib
 from jaxdistill import export as export_lib
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import modules, objective, report, tasks, train
+from jaxdistill import teachers as teachers_lib
 from jaxdistill.adapter import Model
 from jaxdistill.errors import ConfigError, closest
 
@@ -35,12 +34,13 @@ class Plan:
     workdir: str
     mesh: Any
     task: Any  # a `jaxdistill.tasks` task: data, step inputs, evaluation
-    teacher: Model
+    teacher: Model  # the first teacher
     student: Model
     objective: objective.Objective
     sample: np.ndarray
-    teacher_dir: str  # where the teacher's checkpoints are (trained here or given)
+    teacher_dir: str  # where the first teacher's checkpoints are (trained here or given)
     projections: dict[str, tuple[int, int]]  # learned projections of feature losses
+    teachers: list[teachers_lib.Teacher]  # every teacher, the first one first
 
 
 def check_workdir(workdir: str, config) -> str:
@@ -97,25 +97,26 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     mesh_lib.check_batch(mesh, config.data.batch_size)
     mesh_lib.check_batch(mesh, config.data.eval_batch_size, 'data.eval_batch_size')
-    teacher = Model(modules.resolve(config.teacher.module, config.teacher.kwargs,
-                                    key='teacher.module'),
-                    config.teacher.logits_key, 'teacher',
-                    mesh_lib.normalize_rules(config.teacher.sharding_rules))
     student = Model(modules.resolve(config.student.module, config.student.kwargs,
                                     key='student.module'),
                     config.student.logits_key, 'student',
                     mesh_lib.normalize_rules(config.student.sharding_rules))
-    obj = objective.build(config.distill.losses, config.train.steps)
-    teacher_dir = (ckpt_lib.find_teacher(config.teacher.checkpoint) if config.teacher.checkpoint
-                   else '')
     workdir = check_workdir(workdir, config)
-    teacher_dir = teacher_dir or os.path.join(workdir, 'teacher')
+    teachers = teachers_lib.from_config(config, workdir)
+    several = len(teachers) > 1 and config.distill.ensemble == 'terms'
+    obj = objective.build(config.distill.losses, config.train.steps,
+                          teacher_weights=_normalised([t.weight for t in teachers])
+                          if several else None)
     task = tasks.build(config)
-    task.check_models(teacher, student)
-    sample = task.sample
-    projections = _check_feature_taps(obj, student, teacher, sample)
-    return Plan(config, workdir, mesh, task, teacher, student, obj, sample, teacher_dir,
-                projections)
+    for t in teachers:
+        task.check_models(t.model, student)
+    projections = _check_feature_taps(obj, student, teachers[0].model, task.sample)
+    return Plan(config, workdir, mesh, task, teachers[0].model, student, obj, task.sample,
+                teachers[0].directory, projections, teachers)
+
+
+def _normalised(weights: list[float]) -> list[float]:
+    return [w / sum(weights) for w in weights]
 
 
 def _check_feature_taps(obj: objective.Objective, student: Model, teacher: Model,
@@ -142,13 +143,9 @@ def list_features(p: Plan) -> None:
             print(f'  {name:<40} {list(shape[1:])}')
 
 
-def load_teacher(p: Plan) -> dict[str, Any]:
-    """The teacher's params and state, restored into the mesh's shardings."""
-    params, state = jax.eval_shape(functools.partial(p.teacher.init, boxed=True),
-                                   jax.random.key(0), p.sample)
-    abstract, _ = mesh_lib.sharded_abstract(p.mesh, {'params': params, 'state': state},
-                                            p.teacher.sharding_rules)
-    return ckpt_lib.load_model(p.teacher_dir, abstract)[0]
+def load_teacher(p: Plan, index: int = 0) -> dict[str, Any]:
+    """A teacher's params and state, restored into the mesh's shardings."""
+    return teachers_lib.load(p.teachers[index], p.mesh, p.sample)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -167,32 +164,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         print(f'jaxdistill: {p.task.dataset} | teacher {config.teacher.module} -> student '
               f'{config.student.module} | {p.mesh.size} {jax.devices()[0].platform} '
               f'device(s), mesh {dict(p.mesh.shape)} | workdir {p.workdir}')
-    if not config.teacher.checkpoint:
-        train_teacher(p, is_main)
-    teacher_vars = load_teacher(p)
-    evaluator = p.task.evaluator(p.mesh, p.teacher, teacher_vars, p.student)
-    scores, histories = train_students(p, teacher_vars, evaluator, is_main)
-    results = assemble_results(p, teacher_vars, evaluator, scores)
-    teacher_history = results['teacher'].pop('history', None)
-    if teacher_history:
-        histories = {'teacher': teacher_history, **histories}
+    for t in p.teachers:
+        if not t.checkpoint:
+            teachers_lib.train_teacher(t, p.task, config, p.mesh, p.sample, is_main)
+    all_vars = [load_teacher(p, i) for i in range(len(p.teachers))]
+    teacher_model = teachers_lib.combined(p.teachers, config.distill.ensemble)
+    teacher_vars = teachers_lib.combined_vars(all_vars)
+    judge = teachers_lib.combined(p.teachers, 'probs')  # students are scored against it
+    evaluator = p.task.evaluator(p.mesh, judge, teacher_vars, p.student)
+    scores, histories = train_students(p, teacher_model, teacher_vars, evaluator, is_main)
+    results = assemble_results(p, all_vars, evaluator, scores)
+    for t in p.teachers:
+        history = results[t.name].pop('history', None)
+        if history:
+            histories = {t.name: history, **histories}
     if is_main:
         _write_outputs(p.workdir, results, histories)
     return results
 
 
-def train_teacher(p: Plan, is_main: bool) -> None:
-    """Trains the teacher in ``WORKDIR/teacher`` on every label (resumes / skips if done)."""
-    config = p.config
-    stage = train.Stage('teacher', p.teacher_dir, p.teacher, objective.label_only(),
-                        config_lib.teacher_steps(config), config.seed + 1,
-                        p.task.train_batches(config.seed + 1),
-                        evaluate=p.task.scorer(p.teacher, p.mesh),
-                        prepare=p.task.prepare_fn())
-    train.run_stage(stage, config, p.mesh, p.sample, is_main)
-
-
-def train_students(p: Plan, teacher_vars, evaluator, is_main: bool):
+def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: bool):
     """The label-only baseline (if asked for) and the distilled student."""
     config, seed = p.config, p.config.seed
     mixup = config.data.mixup
@@ -208,7 +199,7 @@ def train_students(p: Plan, teacher_vars, evaluator, is_main: bool):
     stages.append(train.Stage('student', os.path.join(p.workdir, 'student'), p.student,
                               p.objective, config.train.steps, seed,
                               p.task.train_batches(seed, 'transfer'),
-                              teacher=p.teacher if needs_teacher else None,
+                              teacher=teacher_model if needs_teacher else None,
                               teacher_model=teacher_vars if needs_teacher else None,
                               teacher_shardings=jax.tree.map(lambda x: x.sharding,
                                                              teacher_vars),
@@ -227,35 +218,44 @@ def train_students(p: Plan, teacher_vars, evaluator, is_main: bool):
     return scores, histories
 
 
-def assemble_results(p: Plan, teacher_vars, evaluator, scores) -> dict[str, Any]:
-    """results.json: every public key (see the Quickstart issue) plus provenance."""
+def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:
+    """results.json: every public key (see the Quickstart issue) plus provenance.
+
+    ``teacher`` is the first teacher; with several, ``teacher_<i>`` are the others and
+    ``ensemble`` their probability mixture, which the students' agreement and KL refer to.
+    """
     config = p.config
-    teacher_meta = _teacher_meta(p)
-    teacher_sha = train.params_sha256(teacher_vars['params'])
-    provenance = p.task.provenance()
-    return {
-        'teacher': {**evaluator.teacher_scores(),
-                    'params': train.count_params(teacher_vars['params']),
-                    'params_sha256': teacher_sha,
-                    'steps': teacher_meta.get('steps'),
-                    'steps_per_second': teacher_meta.get('steps_per_second'),
-                    'history': teacher_meta.get('history')},
-        **scores,
-        'provenance': {
-            'teacher_params_sha256': teacher_sha,
-            'teacher_checkpoint': p.teacher_dir,
-            'teacher_module': config.teacher.module,
-            'losses': p.objective.describe(),
-            'seed': config.seed,
-            'task': p.task.name,
-            **provenance,
-        },
-        'test_examples': evaluator.test_examples,
+    entries = {}
+    for t, variables in zip(p.teachers, all_vars):
+        t_meta = teachers_lib.meta(t)
+        own = (evaluator.teacher_scores() if len(p.teachers) == 1
+               else p.task.scorer(t.model, p.mesh)(variables))
+        entries[t.name] = {**own, 'params': train.count_params(variables['params']),
+                           'params_sha256': train.params_sha256(variables['params']),
+                           'steps': t_meta.get('steps'),
+                           'steps_per_second': t_meta.get('steps_per_second'),
+                           'history': t_meta.get('history')}
+    if len(p.teachers) > 1:
+        entries['ensemble'] = {**evaluator.teacher_scores(),
+                               'params': sum(entries[t.name]['params'] for t in p.teachers)}
+    first = entries['teacher']
+    provenance = {
+        'teacher_params_sha256': first['params_sha256'],
+        'teacher_checkpoint': p.teacher_dir,
+        'teacher_module': config.teacher.module,
+        'losses': p.objective.describe(),
+        'seed': config.seed,
+        'task': p.task.name,
+        **p.task.provenance(),
     }
-
-
-def _teacher_meta(p: Plan) -> dict[str, Any]:
-    return ckpt_lib.read_meta(p.teacher_dir)
+    if len(p.teachers) > 1:
+        provenance['ensemble'] = config.distill.ensemble
+        provenance['teachers'] = [
+            {'name': t.name, 'module': t.module, 'checkpoint': t.directory,
+             'weight': w, 'params_sha256': entries[t.name]['params_sha256']}
+            for t, w in zip(p.teachers, _normalised([t.weight for t in p.teachers]))]
+    return {**entries, **scores, 'provenance': provenance,
+            'test_examples': evaluator.test_examples}
 
 
 def _write_outputs(workdir: str, results: dict[str, Any], histories) -> None:

@@ -2,6 +2,7 @@
 
 from jaxdistill.models.bert import BertEncoder
 from jaxdistill.models.cnn import CNN
+from jaxdistill.models.decoder import Decoder
 from jaxdistill.models.mlp import MLP
 from jaxdistill.models.resnet import ResNet, ResNet18, ResNet20, ResNet50, ResNet56
 
@@ -9,6 +10,7 @@ BUILTIN = {
     'bert': BertEncoder,
     'mlp': MLP,
     'cnn': CNN,
+    'decoder': Decoder,
     'resnet': ResNet,
     'resnet18': ResNet18,
     'resnet20': ResNet20,
@@ -16,5 +18,5 @@ BUILTIN = {
     'resnet56': ResNet56,
 }
 
-__all__ = ['BUILTIN', 'BertEncoder', 'CNN', 'MLP', 'ResNet', 'ResNet18', 'ResNet20', 'ResNet50',
-           'ResNet56']
+__all__ = ['BUILTIN', 'BertEncoder', 'CNN', 'Decoder', 'MLP', 'ResNet', 'ResNet18', 'ResNet20',
+           'ResNet50', 'ResNet56']

@@ -1,0 +1,191 @@
+"""Language modelling: packed next-token rows of offline text; perplexity and fidelity per token.
+
+``config.task='lm'``: the ``data`` block names a text dataset (``pytext``: Python's own
+documentation), a tokenizer (``data.tokenizer``: ``'byte'`` or ``'bpe'`` with
+``data.vocab_size``) and a row length (``data.seq_len``). Models map tokens ``[B, T]`` to
+logits ``[B, T, V]``; every loss is a per-token mean over ``mask`` (padding never counts).
+
+Scores on the test split, all per target token: ``perplexity`` (exp of the mean NLL),
+``accuracy`` (next-token top-1), ``agreement`` (student top-1 == teacher top-1) and
+``kl_to_teacher`` (KL(teacher || student) at T = 1, nats). They are sums reduced on
+device and divided on the host, so they do not depend on the device layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxdistill import mesh as mesh_lib
+from jaxdistill.adapter import Model
+from jaxdistill.data import text
+from jaxdistill.data.pipeline import data_dir
+from jaxdistill.errors import ConfigError
+from jaxdistill.tasks import StepInputs
+
+TEXT_DATASETS = (text.NAME,)
+
+
+def _check_config(config) -> None:
+    d = config.data
+    if d.name not in TEXT_DATASETS:
+        raise ConfigError(f"data.name={d.name!r} is not a text dataset for task='lm': use one "
+                          f'of {list(TEXT_DATASETS)}')
+    if d.seq_len < 2:
+        raise ConfigError(f'data.seq_len={d.seq_len} must be >= 2 tokens for task=\'lm\'')
+    if d.mixup:
+        raise ConfigError("data.mixup mixes images: set data.mixup=0 for task='lm'")
+    if d.labelled_fraction != 1:
+        raise ConfigError("data.labelled_fraction applies to classification: set it to 1 for "
+                          "task='lm' (text needs no labels)")
+    if d.tokenizer == 'bpe' and d.vocab_size < 300:
+        raise ConfigError(f"data.tokenizer='bpe' needs data.vocab_size >= 300, got "
+                          f'{d.vocab_size} (e.g. 2048)')
+
+
+class LanguageModelTask:
+    """Next-token prediction on packed text rows ``{'inputs', 'targets', 'mask'}``."""
+
+    name = 'lm'
+
+    def __init__(self, config):
+        _check_config(config)
+        self.config, d = config, config.data
+        ddir = data_dir(d)
+        self.tokenizer = text.get_tokenizer(d.tokenizer, data_dir=ddir,
+                                            vocab_size=d.vocab_size)
+        self.train_rows = text.load_packed(ddir, self.tokenizer, d.seq_len, 'train')
+        self.test_rows = text.load_packed(ddir, self.tokenizer, d.seq_len, 'test')
+        info = text.builder(ddir).info
+        self.dataset = f'tfds:{text.NAME}/{info.version}'
+        self.sample = self.train_rows['inputs'][:1]
+
+    # -- checks ---------------------------------------------------------------------
+    def _vocab(self, model: Model, key: str) -> int:
+        params_state = jax.eval_shape(model.init, jax.random.key(0), self.sample)
+        logits = jax.eval_shape(
+            lambda ps: model.apply(ps[0], ps[1], self.sample, train=False)[0], params_state)
+        if logits.ndim != 3 or logits.shape[:2] != self.sample.shape:
+            raise ConfigError(f'{key} returns logits of shape {logits.shape} for tokens '
+                              f'{self.sample.shape}; expected [batch, length, vocab]')
+        return logits.shape[-1]
+
+    def check_models(self, teacher: Model, student: Model) -> None:
+        """Both models cover the tokenizer's ids and share one vocabulary."""
+        t_vocab = self._vocab(teacher, 'teacher.module')
+        s_vocab = self._vocab(student, 'student.module')
+        if t_vocab != s_vocab:
+            raise ConfigError(
+                f'teacher vocabulary {t_vocab} != student vocabulary {s_vocab}: token-level '
+                'distillation needs one tokenizer; set teacher.kwargs.vocab_size and '
+                'student.kwargs.vocab_size equal (cross-tokenizer distillation is not '
+                'attempted)')
+        if s_vocab < self.tokenizer.vocab_size:
+            raise ConfigError(
+                f'the models have {s_vocab} outputs but the {self.config.data.tokenizer} '
+                f'tokenizer has {self.tokenizer.vocab_size} ids: set *.kwargs.vocab_size >= '
+                f'{self.tokenizer.vocab_size}')
+
+    # -- data -----------------------------------------------------------------------
+    def train_batches(self, seed: int, rows: str = 'all') -> grain.MapDataset:
+        del rows  # text has no labels to withhold: every row serves every stage
+        return text.train_batches(self.train_rows, global_batch=self.config.data.batch_size,
+                                  seed=seed, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+
+    def test_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        return text.eval_batches(self.test_rows, global_batch=self.config.data.eval_batch_size,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+
+    def provenance(self) -> dict[str, Any]:
+        d = self.config.data
+        return {'dataset': self.dataset, 'tokenizer': d.tokenizer,
+                'vocab_size': self.tokenizer.vocab_size, 'seq_len': d.seq_len,
+                'train_tokens': int(self.train_rows['mask'].sum()),
+                'test_tokens': int(self.test_rows['mask'].sum())}
+
+    # -- the step -------------------------------------------------------------------
+    def prepare_fn(self, mixup: float = 0.0) -> Callable[[dict, jax.Array], StepInputs]:
+        del mixup  # rejected at config time for text
+
+        def prepare(batch: dict, rng: jax.Array) -> StepInputs:
+            del rng
+            return StepInputs(batch['inputs'], batch['targets'], batch['mask'], None)
+
+        return prepare
+
+    # -- evaluation -----------------------------------------------------------------
+    def _sum(self, fn: Callable, model_vars: tuple, mesh: Mesh) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for batch in self.test_batches():
+            out = jax.device_get(fn(model_vars, mesh_lib.to_global(mesh, batch)))
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return totals
+
+    def scorer(self, model: Model, mesh: Mesh) -> Callable[[dict], dict[str, float]]:
+        """A model's own test scores (used while the teacher trains)."""
+        sums = jax.jit(lambda mv, batch: _own_sums(model, mv[0], batch))
+        return lambda model_vars: _own_scores(self._sum(sums, (model_vars,), mesh))
+
+    def evaluator(self, mesh: Mesh, teacher: Model, teacher_vars: dict,
+                  student: Model) -> Evaluator:
+        return Evaluator(self, mesh, teacher, teacher_vars, student)
+
+
+def _log_probs(model: Model, model_vars: dict, inputs: jax.Array) -> jax.Array:
+    logits, _, _ = model.apply(model_vars['params'], model_vars['state'], inputs, train=False)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def _own_sums(model: Model, model_vars: dict, batch: dict) -> dict[str, jax.Array]:
+    logp = _log_probs(model, model_vars, batch['inputs'])
+    mask = batch['mask'].astype(jnp.float32)
+    nll = -jnp.take_along_axis(logp, batch['targets'][..., None], axis=-1)[..., 0]
+    correct = jnp.argmax(logp, -1) == batch['targets']
+    return {'nll': jnp.sum(nll * mask), 'correct': jnp.sum(correct * mask),
+            'tokens': jnp.sum(mask)}
+
+
+def _own_scores(t: dict[str, float]) -> dict[str, float]:
+    n = max(t['tokens'], 1.0)
+    return {'perplexity': math.exp(t['nll'] / n), 'accuracy': t['correct'] / n}
+
+
+class Evaluator:
+    """Scores students against the teacher, token by token, over the whole test split."""
+
+    def __init__(self, task: LanguageModelTask, mesh: Mesh, teacher: Model, teacher_vars: dict,
+                 student: Model):
+        self.task, self.mesh, self.teacher_vars = task, mesh, teacher_vars
+
+        def sums(model_vars, batch):
+            student_vars, t_vars = model_vars
+            out = _own_sums(student, student_vars, batch)
+            logp_s = _log_probs(student, student_vars, batch['inputs'])
+            logp_t = jax.lax.stop_gradient(_log_probs(teacher, t_vars, batch['inputs']))
+            mask = batch['mask'].astype(jnp.float32)
+            kl = jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), axis=-1)
+            agree = jnp.argmax(logp_s, -1) == jnp.argmax(logp_t, -1)
+            return {**out, 'kl': jnp.sum(kl * mask), 'agree': jnp.sum(agree * mask)}
+
+        self._sums = jax.jit(sums)
+        teacher_sums = jax.jit(lambda mv, batch: _own_sums(teacher, mv[0], batch))
+        self._teacher = _own_scores(task._sum(teacher_sums, (teacher_vars,), mesh))
+        self.test_examples = int(task.test_rows['mask'].sum())  # target tokens
+
+    def teacher_scores(self) -> dict[str, float]:
+        return dict(self._teacher)
+
+    def __call__(self, student_vars: dict) -> dict[str, float]:
+        t = self.task._sum(self._sums, (student_vars, self.teacher_vars), self.mesh)
+        n = max(t['tokens'], 1.0)
+        return {**_own_scores(t), 'agreement': t['agree'] / n, 'kl_to_teacher': t['kl'] / n}

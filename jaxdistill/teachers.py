@@ -1,0 +1,110 @@
+"""The teachers of a run: where each comes from, training it when needed, restoring it.
+
+``teacher`` is the first teacher; ``teachers`` adds more (each a dict with the keys of
+``teacher``). A teacher with a ``checkpoint`` is restored from it; one without is
+trained first on every label, in ``WORKDIR/teacher`` (the first) or
+``WORKDIR/teacher_<i>`` (the others), with seed ``seed + 1 + i``. Several teachers reach
+the student as one `jaxdistill.ensemble.Ensemble`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxdistill import checkpoint as ckpt_lib
+from jaxdistill import config as config_lib
+from jaxdistill import mesh as mesh_lib
+from jaxdistill import modules, objective, train
+from jaxdistill.adapter import Model
+from jaxdistill.ensemble import Ensemble
+from jaxdistill.errors import CheckpointError
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    name: str  # 'teacher', 'teacher_1', ...: its stage and results.json entry
+    key: str  # its config key, for error messages: 'teacher', 'teachers[0]'
+    model: Model
+    module: str
+    checkpoint: str  # given by the config; '' when trained here
+    directory: str  # its step checkpoints (given, or WORKDIR/<name>)
+    steps: int  # training steps when trained here
+    weight: float
+    seed: int
+
+
+def _entries(config: ml_collections.ConfigDict) -> list[tuple[str, str, dict[str, Any]]]:
+    first = config.teacher.to_dict()
+    out = [('teacher', 'teacher', first)]
+    for i, entry in enumerate(config.teachers):
+        entry = entry.to_dict() if hasattr(entry, 'to_dict') else dict(entry)
+        out.append((f'teacher_{i + 1}', f'teachers[{i}]', entry))
+    return out
+
+
+def from_config(config: ml_collections.ConfigDict, workdir: str) -> list[Teacher]:
+    """Builds every teacher's module and finds its checkpoint (one-line errors)."""
+    teachers = []
+    for i, (name, key, e) in enumerate(_entries(config)):
+        rules = e.get('sharding_rules', config.teacher.sharding_rules)
+        model = Model(modules.resolve(e['module'], e.get('kwargs', {}), key=f'{key}.module'),
+                      e.get('logits_key', ''), name, mesh_lib.normalize_rules(rules))
+        checkpoint = e.get('checkpoint', '')
+        directory = (_stage_dir(checkpoint, key) if checkpoint
+                     else os.path.join(workdir, name))
+        steps = e.get('steps', -1)
+        steps = config.train.steps if steps == -1 else steps
+        if name == 'teacher':
+            steps = config_lib.teacher_steps(config)
+        teachers.append(Teacher(name, key, model, e['module'], checkpoint, directory, steps,
+                                float(e.get('weight', 1.0)), config.seed + 1 + i))
+    return teachers
+
+
+def _stage_dir(checkpoint: str, key: str) -> str:
+    try:
+        return ckpt_lib.find_teacher(checkpoint)
+    except CheckpointError as e:
+        raise CheckpointError(str(e).replace('teacher.checkpoint', f'{key}.checkpoint')) from None
+
+
+def combined(teachers: list[Teacher], mode: str) -> Model | Ensemble:
+    """The model the student learns from: the teacher itself, or the ensemble."""
+    if len(teachers) == 1:
+        return teachers[0].model
+    return Ensemble(tuple(t.model for t in teachers), tuple(t.weight for t in teachers), mode)
+
+
+def combined_vars(variables: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(variables) == 1:
+        return variables[0]
+    return {'params': tuple(v['params'] for v in variables),
+            'state': tuple(v['state'] for v in variables)}
+
+
+def train_teacher(t: Teacher, task, config, mesh, sample, is_main: bool) -> None:
+    """Trains ``t`` on every label in its directory (resumes, or skips when done)."""
+    stage = train.Stage(t.name, t.directory, t.model, objective.label_only(), t.steps, t.seed,
+                        task.train_batches(t.seed), evaluate=task.scorer(t.model, mesh),
+                        prepare=task.prepare_fn())
+    train.run_stage(stage, config, mesh, sample, is_main)
+
+
+def load(t: Teacher, mesh, sample) -> dict[str, Any]:
+    """The teacher's params and state, restored into the mesh's shardings."""
+    params, state = jax.eval_shape(functools.partial(t.model.init, boxed=True),
+                                   jax.random.key(0), sample)
+    abstract, _ = mesh_lib.sharded_abstract(mesh, {'params': params, 'state': state},
+                                            t.model.sharding_rules)
+    return ckpt_lib.load_model(t.directory, abstract)[0]
+
+
+def meta(t: Teacher) -> dict[str, Any]:
+    """What its training recorded (steps, speed, learning curve); {} for foreign checkpoints."""
+    return ckpt_lib.read_meta(t.directory)
