@@ -732,10 +732,31 @@ def softmax_cross_entropy(
     """
     z = upcast(logits)
     axis = _axis(axis, z.ndim)
-    mask = _mask(where, z.shape, axis)
+    if where is None or jnp.ndim(where) == z.ndim - 1:
+        return _ce_gather(z, labels, where, axis)
+    mask = _mask(where, z.shape, axis)  # a vocabulary mask
     logp, _ = _log_softmax(z, axis, mask)
     target = _one_hot_mask(labels, z.shape, axis)
     return _zero_empty_rows(-_masked_sum(jnp.where(target, logp, 0.0), axis, mask), mask, axis)
+
+
+def _ce_gather(z: Array, labels: ArrayLike, token_mask: ArrayLike | None, axis: int) -> Array:
+    """``logsumexp(z) - z[label]`` with the label's logit gathered: no one-hot of ``z``'s shape.
+
+    The same values as the one-hot form (out-of-range labels and masked rows give 0), but
+    the only array of the logits' shape left is the gradient: on XLA CPU this halved an LM
+    student's train step at vocabulary 8192 (benchmarks/NOTES.md).
+    """
+    labels = jnp.asarray(labels)
+    if labels.shape != z.shape[:axis] + z.shape[axis + 1:]:
+        raise ConfigError(f'labels shape {labels.shape} != logits shape {z.shape} without the '
+                          f'class axis {axis}: pass one integer label per example')
+    valid = (labels >= 0) & (labels < z.shape[axis])
+    if token_mask is not None:
+        valid = valid & jnp.asarray(token_mask).astype(bool)
+    index = jnp.expand_dims(jnp.where(valid, labels, 0), axis)
+    picked = jnp.squeeze(jnp.take_along_axis(z, index, axis), axis)
+    return jnp.where(valid, jax.nn.logsumexp(z, axis=axis) - picked, 0.0)
 
 
 ce = softmax_cross_entropy

@@ -590,6 +590,28 @@ class CrossEntropyTest(parameterized.TestCase):
         self.assertTrue(np.all(np.isfinite(grad)))
         check_grads32(lambda z: losses.ce(z, LABELS[0]), ZS[0])
 
+    @parameterized.parameters(-1, 0)
+    def test_gathered_and_one_hot_forms_agree(self, axis):
+        """No mask or a token mask takes the gathered form; an all-True vocabulary mask takes
+        the one-hot form: same values and gradients, out-of-range labels included."""
+        z = np.moveaxis(ZS, -1, axis)
+        labels = np.where(TOKEN_MASK, LABELS, -100)
+        all_vocab = np.ones((1,) * ZS.ndim, bool)
+        for token_mask in (None, TOKEN_MASK):
+            def gathered(z, token_mask=token_mask):
+                return losses.ce(z, labels, where=token_mask, axis=axis)
+
+            def one_hot(z, token_mask=token_mask):
+                out = losses.ce(z, labels, where=all_vocab, axis=axis)
+                return out if token_mask is None else jnp.where(token_mask, out, 0.0)
+
+            got, want = jit(gathered)(z), jit(one_hot)(z)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+            np.testing.assert_array_equal(got[labels == -100], 0.0)
+            np.testing.assert_allclose(jit(jax.grad(lambda z: jnp.sum(gathered(z))))(z),
+                                       jit(jax.grad(lambda z: jnp.sum(one_hot(z))))(z),
+                                       rtol=1e-5, atol=1e-7)
+
 
 # --------------------------------------------------------------------------- feature losses
 H_S = RNG.standard_normal((3, 4, 5)).astype(np.float32)  # [B, T, d_s]

@@ -1,0 +1,241 @@
+"""Each comparison of ``python -m benchmarks.run``: its candidates, timed side by side.
+
+A comparison runs in its own process (`benchmarks.run` starts one per comparison) and
+returns a record: ``{'description', 'goal', 'results': {case: {...}}}`` where each case
+(a model pair, or a memory variant) has ``ratio`` and ``meets_goal`` (None when the
+comparison has no goal) plus every raw time. The order of the candidates is interleaved
+(`harness.time_interleaved`), so the machine's drifting load hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import harness, pairs, steps
+
+PAIRS = ('image', 'lm')
+# Every ratio is lower-is-better except cpu_mfu's; a goal is the largest ratio that meets
+# it, None when the issue sets no target (the number is measured and reported).
+Goal = float | None
+
+
+def _case(timings: dict[str, harness.Timing], numerator: str, denominator, goal: Goal,
+          **extra: Any) -> dict[str, Any]:
+    """One result row: the ratio of medians, the round-by-round ratios, every raw time."""
+    value = harness.ratio(timings, numerator, denominator)
+    rounds = harness.paired_ratios(timings, numerator, denominator)
+    q1, q3 = (float(q) for q in np.percentile(rounds, [25, 75]))
+    return {'ratio': value, 'ratio_per_round': rounds, 'ratio_per_round_median':
+            float(np.median(rounds)), 'ratio_per_round_iqr': [q1, q3],
+            'meets_goal': None if goal is None else bool(value <= goal),
+            'timings': {name: t.summary() for name, t in timings.items()}, **extra}
+
+
+def _mesh():
+    return steps.make_mesh(jax.devices()[:1])
+
+
+def distill_over_limit(quick: bool, repeats: int) -> dict[str, Any]:
+    goal = 1.05
+    results = {}
+    for name in PAIRS:
+        pair = pairs.build(name, quick)
+        teacher_vars, mesh = pairs.init_teacher(pair), _mesh()
+        timings = harness.time_interleaved({
+            'distill_step': steps.distill_runner(pair, mesh, teacher_vars),
+            'teacher_forward': steps.teacher_forward(pair, mesh, teacher_vars),
+            'student_step': steps.student_runner(pair, mesh)}, repeats=repeats)
+        results[name] = _case(timings, 'distill_step', ['teacher_forward', 'student_step'],
+                              goal, shape=pair.shape)
+    return {'description': 'jaxdistill distill step / (teacher forward + student train step), '
+                           'each measured alone on the same shapes',
+            'goal_max': goal, 'results': results}
+
+
+def vs_naive_jax(quick: bool, repeats: int) -> dict[str, Any]:
+    goal = 0.8
+    results = {}
+    for name in PAIRS:
+        pair = pairs.build(name, quick)
+        teacher_vars = pairs.init_teacher(pair)
+        timings = harness.time_interleaved({
+            'distill_step': steps.distill_runner(pair, _mesh(), teacher_vars),
+            'naive_jax': steps.naive_runner(pair, teacher_vars)}, repeats=repeats)
+        results[name] = _case(timings, 'distill_step', 'naive_jax', goal, shape=pair.shape)
+    return {'description': 'jaxdistill distill step / a hand-written JAX KD loop (teacher in '
+                           'its own jit, fp32, no donation, numpy batches)',
+            'goal_max': goal, 'results': results}
+
+
+def vs_pytorch(quick: bool, repeats: int) -> dict[str, Any]:
+    goal = None
+    description = ('jaxdistill distill step / the same KD step in PyTorch (CPU, teacher under '
+                   'no_grad, same architectures and batch)')
+    if importlib.util.find_spec('torch') is None:
+        return {'description': description, 'goal_max': goal, 'status': 'skipped',
+                'reason': "torch is not installed: pip install -e '.[bench]' (the CPU build "
+                          'from download.pytorch.org/whl/cpu suffices)', 'results': {}}
+    import torch
+
+    from benchmarks import torch_peer
+
+    results = {}
+    for name in PAIRS:
+        pair = pairs.build(name, quick)
+        teacher_vars = pairs.init_teacher(pair)
+        timings = harness.time_interleaved({
+            'distill_step': steps.distill_runner(pair, _mesh(), teacher_vars),
+            'pytorch': torch_peer.kd_runner(pair)}, repeats=repeats, warmup=2)
+        results[name] = _case(timings, 'distill_step', 'pytorch', goal, shape=pair.shape,
+                              torch_threads=torch.get_num_threads(),
+                              omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', ''))
+    return {'description': description, 'goal_max': goal, 'results': results,
+            'torch_version': torch.__version__}
+
+
+def cached_over_student_only(quick: bool, repeats: int, k: int = 32) -> dict[str, Any]:
+    goal = None
+    pair = pairs.build('lm', quick)
+    teacher_vars, mesh = pairs.init_teacher(pair), _mesh()
+    cache = steps.topk_targets(pair, teacher_vars, k)
+    timings = harness.time_interleaved({
+        'cached_topk_step': steps.cached_runner(pair, mesh, cache),
+        'student_only_step': steps.cached_runner(pair, mesh, None)}, repeats=repeats)
+    return {'description': f'student step with cached top-{k} teacher log-probs (topk_kl + ce) '
+                           '/ the same step with ce alone (LM pair)',
+            'goal_max': goal,
+            'results': {'lm': _case(timings, 'cached_topk_step', 'student_only_step', goal,
+                                    shape=pair.shape, k=k)}}
+
+
+def chunked_kl_memory_ratio(quick: bool, repeats: int) -> dict[str, Any]:
+    """benchmarks/chunked_kl.py's own measurement, each variant in a fresh process."""
+    del repeats
+    from benchmarks import chunked_kl
+
+    goal = None
+    size = chunked_kl.SIZES['quick' if quick else 'full']
+    measured = {}
+    for variant in ('naive-kd-logits', 'chunked-kd-logits', 'naive-kd-hidden',
+                    'chunked-kd-hidden'):
+        command = [sys.executable, '-m', 'benchmarks.chunked_kl', '--variant', variant]
+        env = dict(os.environ, XLA_FLAGS='')
+        done = subprocess.run(command + (['--quick'] if quick else []), capture_output=True,
+                              text=True, check=True, env=env)
+        measured[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    results = {}
+    for source in ('logits', 'hidden'):
+        naive, chunked = measured[f'naive-kd-{source}'], measured[f'chunked-kd-{source}']
+        value = chunked['temp_bytes'] / naive['temp_bytes']
+        results[f'kd-{source}'] = {
+            'ratio': value, 'meets_goal': None,
+            'added_rss_ratio': chunked['added_rss_bytes'] / naive['added_rss_bytes'],
+            'time_ratio': chunked['time_s'] / naive['time_s'],
+            'naive': naive, 'chunked': chunked}
+    shape = {k: size[k] for k in ('batch', 'tokens', 'vocab', 'hidden', 'chunk')}
+    return {'description': 'peak working memory (XLA temp bytes of the jitted fwd+bwd) of the '
+                           'chunked token KL / the naive one' +
+                           (' -- QUICK: small shapes, not V=32768' if quick else ''),
+            'goal_max': goal, 'shape': shape, 'results': results}
+
+
+def scaling_8dev(quick: bool, repeats: int) -> dict[str, Any]:
+    """Needs 8 devices at JAX start-up: `benchmarks.run` sets XLA_FLAGS for this worker."""
+    goal = None
+    if jax.device_count() < 8:
+        raise RuntimeError(f'scaling_8dev needs 8 devices, found {jax.device_count()} '
+                           '(run with XLA_FLAGS=--xla_force_host_platform_device_count=8)')
+    results = {}
+    for name in PAIRS:
+        pair = pairs.build(name, quick)
+        teacher_vars = pairs.init_teacher(pair)
+        timings = harness.time_interleaved({
+            'eight_devices': steps.distill_runner(pair, steps.make_mesh(jax.devices()[:8]),
+                                                  teacher_vars),
+            'one_device': steps.distill_runner(pair, steps.make_mesh(jax.devices()[:1]),
+                                               teacher_vars)}, repeats=repeats)
+        results[name] = _case(timings, 'eight_devices', 'one_device', goal, shape=pair.shape)
+    return {'description': 'distill step on 8 forced CPU devices / on 1, same global batch '
+                           f'(the 8 devices share the machine\'s {os.cpu_count()} cores: this '
+                           'measures the cost of sharding, not a speed-up)',
+            'goal_max': goal, 'results': results}
+
+
+def cpu_mfu(quick: bool, repeats: int) -> dict[str, Any]:
+    goal = None
+    size = 1024 if quick else 2048
+    matmul_flops, _, matmul = harness.measure_matmul_peak(size, repeats=1)
+    results = {}
+    for name in PAIRS:
+        pair = pairs.build(name, quick)
+        teacher_vars = pairs.init_teacher(pair)
+        distill = steps.distill_runner(pair, _mesh(), teacher_vars)
+        xla_flops = distill.compiled_flops()
+        analytic = pairs.analytic_flops(pair)
+        step_flops = pairs.distill_step_flops(analytic)
+        timings = harness.time_interleaved({'distill_step': distill, 'matmul': matmul},
+                                           repeats=repeats)
+        peak = matmul_flops / timings['matmul'].median_s
+        achieved = step_flops / timings['distill_step'].median_s
+        results[name] = {
+            'ratio': achieved / peak, 'meets_goal': None,
+            'mfu_from_xla_flops': xla_flops / timings['distill_step'].median_s / peak,
+            'achieved_flops_per_s': achieved, 'peak_flops_per_s': peak,
+            'analytic_flops': {**analytic, 'distill_step': step_flops},
+            'xla_flops': xla_flops, 'xla_over_analytic': xla_flops / step_flops,
+            'matmul_size': size, 'shape': pair.shape,
+            'timings': {k: t.summary() for k, t in timings.items()}}
+    return {'description': 'achieved FLOP/s of the distill step (analytic: teacher forward + '
+                           f'3x student forward) / FLOP/s of a {size}x{size} fp32 jnp.dot',
+            'goal_max': goal, 'results': results}
+
+
+def _teacher_agreement(pair32: pairs.Pair, pair16: pairs.Pair, teacher_vars) -> dict:
+    """How far the bf16 teacher's logits are from the fp32 teacher's on this batch."""
+    x = pairs.sample_inputs(pair32)
+    z32 = pair32.teacher.apply(teacher_vars['params'], teacher_vars['state'], x, train=False)[0]
+    z16 = pair16.teacher.apply(teacher_vars['params'], teacher_vars['state'], x, train=False)[0]
+    z32, z16 = z32.astype(jnp.float32), z16.astype(jnp.float32)
+    logp32, logp16 = jax.nn.log_softmax(z32, -1), jax.nn.log_softmax(z16, -1)
+    kl = jnp.sum(jnp.exp(logp32) * (logp32 - logp16), -1)
+    return {'top1_agreement': float(jnp.mean(jnp.argmax(z32, -1) == jnp.argmax(z16, -1))),
+            'kl_fp32_to_bf16_mean': float(jnp.mean(kl)),
+            'max_abs_logit_diff': float(jnp.max(jnp.abs(z32 - z16)))}
+
+
+def bf16_teacher(quick: bool, repeats: int) -> dict[str, Any]:
+    goal = None
+    results = {}
+    for name in PAIRS:
+        pair32, pair16 = pairs.build(name, quick), pairs.build(name, quick, 'bfloat16')
+        teacher_vars, mesh = pairs.init_teacher(pair32), _mesh()
+        timings = harness.time_interleaved({
+            'bf16_teacher': steps.distill_runner(pair16, mesh, teacher_vars),
+            'fp32_teacher': steps.distill_runner(pair32, mesh, teacher_vars)}, repeats=repeats)
+        results[name] = _case(timings, 'bf16_teacher', 'fp32_teacher', goal, shape=pair32.shape,
+                              agreement=_teacher_agreement(pair32, pair16, teacher_vars))
+    return {'description': 'distill step with the teacher computing in bf16 (teacher.kwargs.'
+                           "dtype='bfloat16') / with an fp32 teacher; agreement of their logits",
+            'goal_max': goal, 'results': results}
+
+
+COMPARISONS: dict[str, Callable[[bool, int], dict[str, Any]]] = {
+    'distill_over_limit': distill_over_limit,
+    'vs_naive_jax': vs_naive_jax,
+    'vs_pytorch': vs_pytorch,
+    'cached_over_student_only': cached_over_student_only,
+    'chunked_kl_memory_ratio': chunked_kl_memory_ratio,
+    'scaling_8dev': scaling_8dev,
+    'cpu_mfu': cpu_mfu,
+    'bf16_teacher': bf16_teacher,
+}

@@ -1,0 +1,131 @@
+"""jaxdistill's speed and memory against the physical limit and against peers.
+
+    python -m benchmarks.run            # -> benchmarks/results.json + results.md (tens of minutes)
+    python -m benchmarks.run --quick    # small shapes, minutes -> results_quick.{json,md}
+    python -m benchmarks.run --only distill_over_limit --only vs_naive_jax
+
+Each comparison runs in its own Python process (``--worker NAME``), its candidates timed
+side by side in that process with their repeats interleaved; a comparison that fails is
+recorded as an error and the others still run. ``scaling_8dev``'s process starts with 8
+forced CPU devices (the device count is fixed when JAX starts); ``chunked_kl_memory_ratio``
+starts one more process per variant (`benchmarks.chunked_kl`), so no variant's buffers
+inflate another's peak. Compilations are shared between processes through JAX's persistent
+cache, so the same step is not compiled once per comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from benchmarks import report
+
+NAMES = ('distill_over_limit', 'vs_naive_jax', 'vs_pytorch', 'cached_over_student_only',
+         'chunked_kl_memory_ratio', 'scaling_8dev', 'cpu_mfu', 'bf16_teacher')
+MARKER = 'BENCHMARK_RESULT '
+TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed for '
+                 '`repeats` rounds, the candidates interleaved and their order rotated every '
+                 'round; each timed call ends with `jax.block_until_ready` (PyTorch runs '
+                 'synchronously on CPU). Reported: the median per candidate, its quartiles and '
+                 'min/max, the ratio of medians, and the ratio round by round (its IQR is the '
+                 "'spread').")
+
+
+def _worker_env(name: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env['JAX_PLATFORMS'] = 'cpu'
+    env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8' if name == 'scaling_8dev'
+                        else '')
+    env.setdefault('JAX_COMPILATION_CACHE_DIR',
+                   os.path.join(tempfile.gettempdir(), 'jaxdistill-bench-xla'))
+    # PyTorch's OpenMP threads spin-wait by default; on a shared machine that made its steps
+    # 3-8x slower here (benchmarks/NOTES.md), so the peer gets the policy that suits it.
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    return env
+
+
+def run_worker(name: str, quick: bool, repeats: int) -> dict[str, Any]:
+    """Runs one comparison in this process; adds its load averages and wall time."""
+    import jax
+
+    from benchmarks import comparisons, harness
+
+    before, start = harness.load_average(), time.perf_counter()
+    record = comparisons.COMPARISONS[name](quick, repeats)
+    record.setdefault('status', 'ok')
+    record.update(load_average_before=before, load_average_after=harness.load_average(),
+                  wall_s=time.perf_counter() - start, repeats=repeats,
+                  devices=[str(d) for d in jax.devices()])
+    return record
+
+
+def run_in_subprocess(name: str, quick: bool, repeats: int, timeout_s: float) -> dict[str, Any]:
+    """A comparison's record from its own process, or an error record saying why not."""
+    command = [sys.executable, '-m', 'benchmarks.run', '--worker', name,
+               '--repeats', str(repeats)] + (['--quick'] if quick else [])
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=_worker_env(name),
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {'status': 'error', 'reason': f'timed out after {timeout_s:.0f} s'}
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
+        return {'status': 'error', 'reason': f'exit {done.returncode}: {tail}'}
+    return json.loads(lines[-1][len(MARKER):])
+
+
+def _summary_line(name: str, record: dict[str, Any]) -> str:
+    if record['status'] != 'ok':
+        return f"{name:26s} {record['status']}: {record['reason']}"
+    ratios = ', '.join(f"{case} {row['ratio']:.3f}" for case, row in record['results'].items())
+    return f"{name:26s} {ratios}   ({record['wall_s']:.0f} s)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='small shapes: minutes, not tens')
+    parser.add_argument('--only', action='append', choices=NAMES, help='run these comparisons')
+    parser.add_argument('--repeats', type=int, help='timed rounds per comparison '
+                                                    '(default 7, --quick 5)')
+    parser.add_argument('--out', help='JSON output (default benchmarks/results[_quick].json; '
+                                      'the markdown goes next to it)')
+    parser.add_argument('--timeout', type=float, default=3600, help='seconds per comparison')
+    parser.add_argument('--worker', choices=NAMES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (5 if args.quick else 7)
+    if args.worker:
+        print(MARKER + json.dumps(run_worker(args.worker, args.quick, repeats)), flush=True)
+        return
+
+    from benchmarks import harness
+
+    before = harness.load_average()
+    comparisons = {}
+    for name in args.only or NAMES:
+        comparisons[name] = run_in_subprocess(name, args.quick, repeats, args.timeout)
+        print(_summary_line(name, comparisons[name]), flush=True)
+    command = 'python -m benchmarks.run' + (' --quick' if args.quick else '')
+    results = {'schema_version': report.SCHEMA_VERSION, 'command': command,
+               'quick': args.quick, 'timing_method': TIMING_METHOD,
+               'machine': harness.machine_info(), 'load_average_before': before,
+               'load_average_after': harness.load_average(), 'comparisons': comparisons}
+    report.validate(results)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = args.out or os.path.join(here, 'results_quick.json' if args.quick else 'results.json')
+    with open(out, 'w') as f:
+        json.dump(results, f, indent=2)
+        f.write('\n')
+    with open(os.path.splitext(out)[0] + '.md', 'w') as f:
+        f.write(report.markdown(results))
+    print(f'wrote {out} and {os.path.splitext(out)[0]}.md')
+
+
+if __name__ == '__main__':
+    main()
