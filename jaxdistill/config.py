@@ -36,12 +36,16 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mode = 'train'  # 'train', or 'list_features': print every tappable layer and exit
-    c.task = 'classification'  # what is distilled: 'classification' or 'lm' (jaxdistill/tasks)
+    # what is distilled: 'classification', 'lm' or 'embedding' (jaxdistill/tasks)
+    c.task = 'classification'
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.module = 'cnn'  # built-in name or 'pkg.mod:Class'
     c.teacher.kwargs = ml_collections.ConfigDict()
-    c.teacher.checkpoint = ''  # empty: train the teacher first in WORKDIR/teacher
+    # empty: train the teacher first in WORKDIR/teacher; a jaxdistill workdir (or its
+    # teacher/); or 'hf:DIR' / 'hf:minilm': Hugging Face safetensors for the 'bert' or
+    # 'decoder' module (jaxdistill/hf_teacher.py)
+    c.teacher.checkpoint = ''
     c.teacher.steps = -1  # steps when the teacher is trained here; -1: train.steps
     c.teacher.logits_key = ''  # for modules returning dicts: which entry holds logits
 
@@ -81,7 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.labelled_fraction = 1.0
     # task='lm': text is tokenized ('byte': UTF-8 bytes, 259 ids; 'bpe': a byte-level BPE of
     # data.vocab_size ids trained offline on the train split) and packed into rows of
-    # data.seq_len next-token targets.
+    # data.seq_len next-token targets. task='embedding': 'teacher' (tokenizer.json beside an
+    # hf: teacher checkpoint) or 'hf:DIR'; sentences are padded to data.seq_len tokens, and
+    # longer ones truncated with a warning.
     c.data.tokenizer = 'byte'
     c.data.vocab_size = 0
     c.data.seq_len = 128
@@ -92,7 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 0  # 0: evaluate at the end of each stage only
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
-    c.train.baseline = True  # also train the same student on labels alone
+    # also train the same student on labels alone; task='embedding' has no labels: the
+    # baseline is then the student at initialisation (untrained), scored the same way
+    c.train.baseline = True
 
     c.distill = ml_collections.ConfigDict()
     # Several teachers: 'probs' distils from the weighted mean of their probabilities,
