@@ -38,12 +38,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.mode = 'train'  # 'train', or 'list_features': print every tappable layer and exit
     # ('export': write the finished student alone to WORKDIR/export, see jaxdistill/export.py)
-    c.task = 'classification'  # what is distilled: 'classification' or 'lm' (jaxdistill/tasks)
+    # what is distilled: 'classification', 'lm' or 'embedding' (jaxdistill/tasks)
+    c.task = 'classification'
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.module = 'cnn'  # built-in name or 'pkg.mod:Class'
     c.teacher.kwargs = ml_collections.ConfigDict()
-    c.teacher.checkpoint = ''  # empty: train the teacher first in WORKDIR/teacher
+    # empty: train the teacher first in WORKDIR/teacher; a jaxdistill workdir (or its
+    # teacher/); or 'hf:DIR' / 'hf:minilm': Hugging Face safetensors for the 'bert' or
+    # 'decoder' module (jaxdistill/hf_teacher.py)
+    c.teacher.checkpoint = ''
     c.teacher.steps = -1  # steps when the teacher is trained here; -1: train.steps
     c.teacher.logits_key = ''  # for modules returning dicts: which entry holds logits
     # (logical axis name, mesh axis or None) pairs, first match wins; '*' covers parameters
@@ -88,7 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.labelled_fraction = 1.0
     # task='lm': text is tokenized ('byte': UTF-8 bytes, 259 ids; 'bpe': a byte-level BPE of
     # data.vocab_size ids trained offline on the train split) and packed into rows of
-    # data.seq_len next-token targets.
+    # data.seq_len next-token targets. task='embedding': 'teacher' (tokenizer.json beside an
+    # hf: teacher checkpoint) or 'hf:DIR'; sentences are padded to data.seq_len tokens, and
+    # longer ones truncated with a warning.
     c.data.tokenizer = 'byte'
     c.data.vocab_size = 0
     c.data.seq_len = 128
@@ -106,7 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
     # A non-finite loss stops training, naming the step and the last good checkpoint;
     # True: skip such steps instead (no update) and count them (train/nonfinite_skips).
     c.train.skip_nonfinite = False
-    c.train.baseline = True  # also train the same student on labels alone
+    # also train the same student on labels alone; task='embedding' has no labels: the
+    # baseline is then the student at initialisation (untrained), scored the same way
+    c.train.baseline = True
 
     c.distill = ml_collections.ConfigDict()
     # Several teachers: 'probs' distils from the weighted mean of their probabilities,

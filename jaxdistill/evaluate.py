@@ -66,3 +66,57 @@ def fidelity(student_logits, teacher_logits, labels) -> dict[str, float]:
     return {'accuracy': accuracy(student_logits, labels),
             'agreement': agreement(student_logits, teacher_logits),
             'kl_to_teacher': kl_to_teacher(student_logits, teacher_logits)}
+
+
+# ------------------------------------------------------------------- sentence embeddings
+def cosine_matrix(embeddings: np.ndarray) -> np.ndarray:
+    """``[N, N]`` float64 cosine similarities; rows are re-normalised (zero rows give 0)."""
+    x = np.asarray(embeddings, np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x @ x.T
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties sharing their average rank (scipy's ``method='average'``)."""
+    x = np.asarray(x).ravel()
+    order = np.argsort(x, kind='stable')
+    sorted_x = x[order]
+    # Runs of equal values: every member gets the mean of the run's positions (1-based).
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    average = (starts + ends + 1) / 2.0
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.repeat(average, ends - starts)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation: the Pearson correlation of the (tie-averaged) ranks."""
+    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else 0.0
+
+
+def similarity_spearman(student: np.ndarray, teacher: np.ndarray) -> float:
+    """Spearman between the two models' cosine similarities over every pair ``i < j``: do
+    they order the pairs of sentences alike (the standard STS-style score, with the teacher
+    in place of human ratings)?"""
+    upper = np.triu_indices(len(teacher), k=1)
+    return spearman(cosine_matrix(student)[upper], cosine_matrix(teacher)[upper])
+
+
+def nearest_neighbours(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """``[N, k]`` indices of each row's k most cosine-similar *other* rows, nearest first
+    (ties by lower index)."""
+    sims = cosine_matrix(embeddings)
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=-1, kind='stable')[:, :k]
+
+
+def nn_agreement(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float:
+    """Mean over sentences of |student's k nearest ∩ teacher's k nearest| / k."""
+    if not 0 < k < len(teacher):
+        raise ValueError(f'k={k} needs 0 < k < number of sentences ({len(teacher)})')
+    ns, nt = nearest_neighbours(student, k), nearest_neighbours(teacher, k)
+    return float(np.mean([len(set(s) & set(t)) / k for s, t in zip(ns, nt)]))

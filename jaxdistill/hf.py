@@ -269,11 +269,13 @@ def check_bert_tensors(tensors: Mapping[str, np.ndarray],
 
 
 def bert_params_from_hf(tensors: Mapping[str, np.ndarray],
-                        module_or_config: BertEncoder | Mapping[str, Any]) -> Params:
+                        module_or_config: BertEncoder | Mapping[str, Any], *,
+                        host: bool = False) -> Params:
     """Flax ``params`` for a `BertEncoder` from HF BERT tensors (``bert.`` prefix optional).
 
     Raises `CheckpointMismatchError` naming the first mismatch when the architectures
     differ; heads (pooler, MLM/classifier) and the ``position_ids`` buffer are ignored.
+    ``host=True`` returns numpy arrays, for placing them into shardings without a detour.
     """
     module = _as_module(module_or_config)
     report = check_bert_tensors(tensors, module)
@@ -295,8 +297,8 @@ def bert_params_from_hf(tensors: Mapping[str, np.ndarray],
         node = params
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = jnp.asarray(value.T if transpose else value)
-    return params
+        node[path[-1]] = np.ascontiguousarray(value.T if transpose else value)
+    return params if host else jax.tree.map(jnp.asarray, params)
 
 
 def bert_params_to_hf(params: Params) -> dict[str, np.ndarray]:

@@ -960,6 +960,49 @@ def rkd(
     return distance_weight * loss_d + angle_weight * loss_a
 
 
+def similarity_mse(
+    student_embeddings: ArrayLike,
+    teacher_embeddings: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> Array:
+    r"""MSE between the in-batch cosine-similarity matrices; a scalar.
+
+    .. math::
+      loss = \mathrm{mean}_{i \ne j} \left(\cos(x^s_i, x^s_j) - \cos(x^t_i, x^t_j)\right)^2
+
+    What a sentence-embedding student is judged on is which sentences it finds similar, so
+    this matches that directly: the similarity structure of a batch, not the vectors. Widths
+    may differ (no projection), and the value is bounded (``[0, 4]``). Unlike `rkd` it
+    compares cosines (scale-free) with a plain square, and costs ``N^2 d`` (no triplets).
+    The diagonal (always 1) is left out; a zero vector has cosine 0 with everything.
+
+    Args:
+      student_embeddings: ``[N, ...]`` (flattened to ``[N, d_s]``).
+      teacher_embeddings: ``[N, ...]`` (flattened to ``[N, d_t]``).
+      where: ``[N]`` example mask: masked examples take part in no pair.
+
+    References:
+      Tung, Mori, `Similarity-Preserving Knowledge Distillation
+      <https://arxiv.org/abs/1907.09682>`_, ICCV 2019 (the same idea on row-normalised
+      Gram matrices of activations).
+    """
+    x_s, x_t = upcast(student_embeddings), upcast(teacher_embeddings)
+    n = x_s.shape[0]
+    if x_t.shape[0] != n:
+        raise ConfigError(f'student batch {n} != teacher batch {x_t.shape[0]}: pass '
+                          'embeddings of the same examples')
+    valid = jnp.ones(n, bool) if where is None else jnp.asarray(where, bool)
+    pairs = valid[:, None] & valid[None, :] & ~jnp.eye(n, dtype=bool)
+
+    def cosines(x):
+        x = x.reshape(n, -1)
+        x = x / jnp.maximum(_safe_norm(x, -1), _TINY)[:, None]
+        return x @ x.T
+
+    return _masked_mean((cosines(x_s) - cosines(x_t)) ** 2, None, pairs)
+
+
 # ------------------------------------------------------------------------------- reduction
 def token_mean(
     per_token: ArrayLike,
@@ -1017,6 +1060,7 @@ REGISTRY: dict[str, Callable[..., Array]] = {
     'feature_cosine': feature_cosine,
     'attention_transfer': attention_transfer,
     'rkd': rkd,
+    'similarity_mse': similarity_mse,
 }
 """Loss name (as written in configs) -> function."""
 

@@ -26,8 +26,9 @@ from jaxdistill.errors import ConfigError
 Schedule = Callable[[jax.Array], jax.Array]
 LABEL_LOSSES = ('ce',)
 NEEDS_LABELS = ('dkd',)
-BATCH_LEVEL = ('dist', 'rkd')
-FEATURE_LOSSES = ('feature_mse', 'feature_cosine', 'attention_transfer', 'rkd')
+BATCH_LEVEL = ('dist', 'rkd', 'similarity_mse')
+FEATURE_LOSSES = ('feature_mse', 'feature_cosine', 'attention_transfer', 'rkd', 'similarity_mse')
+RELATIONAL = ('rkd', 'similarity_mse')  # relations between examples: any widths
 PROJECTED = ('feature_mse', 'feature_cosine')  # a learned projection when widths differ
 SCHEDULED = ('weight', 'temperature')
 
@@ -124,7 +125,7 @@ class Objective:
             if not t.taps:
                 continue
             s_shape, t_shape = student_shapes[t.taps[0]], teacher_shapes[t.taps[1]]
-            if t.name == 'rkd':
+            if t.name in RELATIONAL:
                 continue  # relations between examples: any widths
             if s_shape[:-1] != t_shape[:-1]:
                 raise ConfigError(

@@ -30,8 +30,15 @@ def _fmt(value: Any, pct: bool = False) -> str:
 
 
 def _columns(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(header, key, format) of the table's score columns; language models add perplexity."""
-    lm = results['provenance'].get('task') == 'lm'
+    """(header, key, format) of the table's score columns; language models add perplexity,
+    sentence embeddings have similarity scores instead of accuracy."""
+    task = results['provenance'].get('task')
+    if task == 'embedding':
+        return [('Spearman vs teacher', 'spearman', 'num'),
+                ('NN@10 agreement', 'nn_agreement_at_10', 'pct'),
+                ('sentences/s', 'sentences_per_second', 'num'), ('params', 'params', 'num'),
+                ('size ratio', 'size_ratio', 'num'), ('steps', 'steps', 'num')]
+    lm = task == 'lm'
     cols = [('test perplexity', 'perplexity', 'num')] if lm else []
     cols += [('next-token accuracy' if lm else 'test accuracy', 'accuracy', 'pct'),
              ('agreement with teacher', 'agreement', 'pct'),
@@ -49,18 +56,17 @@ def markdown(results: dict[str, Any], curves_png: str | None) -> str:
         cells = [_fmt(r.get(key), fmt == 'pct') for _, key, fmt in cols]
         rows.append(f"| {name} | {' | '.join(cells)} |")
     p = results['provenance']
-    unit = 'target tokens' if p.get('task') == 'lm' else 'examples'
-    what = 'token' if p.get('task') == 'lm' else 'class'
-    lines = [
-        '# jaxdistill report', '',
-        f"Dataset `{p['dataset']}`, test split of {results['test_examples']:,} {unit}. "
-        f"Agreement: the student predicts the teacher's top-1 {what}; KL: mean "
-        'KL(teacher ‖ student) at T = 1, in nats.', '',
-        '| model | ' + ' | '.join(c[0] for c in cols) + ' |',
-        '|---' * (len(cols) + 1) + '|',
-        *rows, '',
-    ]
-    if 'baseline' in results:
+    lines = ['# jaxdistill report', '', _preamble(results), '',
+             '| model | ' + ' | '.join(c[0] for c in cols) + ' |',
+             '|---' * (len(cols) + 1) + '|', *rows, '']
+    if 'baseline' in results and p.get('task') == 'embedding':
+        b, s = results['baseline'], results['student']
+        lines += [f"Distillation moved the Spearman correlation with the teacher from "
+                  f"{b['spearman']:.4f} (the untrained student: without labels there is no "
+                  f"baseline to train) to {s['spearman']:.4f}, and NN@10 agreement from "
+                  f"{100 * b['nn_agreement_at_10']:.2f} % to "
+                  f"{100 * s['nn_agreement_at_10']:.2f} %.", '']
+    elif 'baseline' in results:
         gain = results['student']['accuracy'] - results['baseline']['accuracy']
         agree = results['student']['agreement'] - results['baseline']['agreement']
         n, labelled = p.get('train_examples'), p.get('labelled_examples')
@@ -82,6 +88,22 @@ def markdown(results: dict[str, Any], curves_png: str | None) -> str:
     return '\n'.join(lines)
 
 
+def _preamble(results: dict[str, Any]) -> str:
+    p = results['provenance']
+    if p.get('task') == 'embedding':
+        return (f"Dataset `{p['dataset']}`, {results['test_examples']:,} held-out sentences. "
+                "Spearman: rank correlation of the student's and the teacher's cosine "
+                'similarities over every pair of sentences; NN@10: the fraction of the '
+                "teacher's 10 nearest neighbours of a sentence among the student's 10; "
+                'sentences/s: one batch, this machine; size ratio: teacher / student '
+                'parameters. The teacher row compares it with itself (sanity: 1).')
+    unit = 'target tokens' if p.get('task') == 'lm' else 'examples'
+    what = 'token' if p.get('task') == 'lm' else 'class'
+    return (f"Dataset `{p['dataset']}`, test split of {results['test_examples']:,} {unit}. "
+            f"Agreement: the student predicts the teacher's top-1 {what}; KL: mean "
+            'KL(teacher ‖ student) at T = 1, in nats.')
+
+
 def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str) -> bool:
     """Training loss per stage (and test accuracy where evaluated) against steps."""
     import matplotlib
@@ -89,7 +111,9 @@ def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str) -> bool:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    has_eval = any('eval/accuracy' in h for hist in histories.values() for h in hist)
+    score = ('eval/spearman' if any('eval/spearman' in h for hist in histories.values()
+                                    for h in hist) else 'eval/accuracy')
+    has_eval = any(score in h for hist in histories.values() for h in hist)
     fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(10 if has_eval else 5.5, 3.6),
                              squeeze=False)
     axes = axes[0]
@@ -97,12 +121,13 @@ def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str) -> bool:
         loss = [(h['step'], h['loss']) for h in history if 'loss' in h]
         if loss:
             axes[0].plot(*zip(*loss), label=name)
-        acc = [(h['step'], h['eval/accuracy']) for h in history if 'eval/accuracy' in h]
+        acc = [(h['step'], h[score]) for h in history if score in h]
         if acc:
             axes[1].plot(*zip(*acc), marker='o', markersize=3, label=name)
     axes[0].set(xlabel='step', ylabel='training loss (stage objective)', yscale='log')
     if has_eval:
-        axes[1].set(xlabel='step', ylabel='test accuracy')
+        axes[1].set(xlabel='step', ylabel='Spearman vs teacher' if score == 'eval/spearman'
+                    else 'test accuracy')
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

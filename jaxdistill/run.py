@@ -184,14 +184,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: bool):
-    """The label-only baseline (if asked for) and the distilled student."""
+    """The label-only baseline (if asked for) and the distilled student.
+
+    A task without labels (``embedding``) has no label-only baseline to train: its
+    ``baseline`` is the student at initialisation, the distilled student's step 0.
+    """
     config, seed = p.config, p.config.seed
     mixup = config.data.mixup
     needs_teacher = p.objective.needs_teacher
     identity = {'params_sha256': train.params_sha256(teacher_vars['params']),
                 'checkpoint': p.teacher_dir}  # recorded in, and checked on resume of, student/
     stages = []
-    if config.train.baseline:
+    scores, histories = {}, {}
+    if config.train.baseline and not p.task.has_labels:
+        scores['baseline'] = untrained_scores(p, evaluator)
+    elif config.train.baseline:
         stages.append(train.Stage('baseline', os.path.join(p.workdir, 'baseline'), p.student,
                                   objective.label_only(), config.train.steps, seed,
                                   p.task.train_batches(seed, 'labelled'), evaluate=evaluator,
@@ -206,7 +213,6 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
                               evaluate=evaluator, projections=p.projections,
                               teacher_identity=identity if needs_teacher else None,
                               prepare=p.task.prepare_fn(mixup)))
-    scores, histories = {}, {}
     for stage in stages:
         result = train.run_stage(stage, config, p.mesh, p.sample, is_main)
         scores[stage.name] = {
@@ -216,6 +222,17 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
             'params_sha256': train.params_sha256(result.model['params'])}
         histories[stage.name] = result.meta['history']
     return scores, histories
+
+
+def untrained_scores(p: Plan, evaluator) -> dict[str, Any]:
+    """The student exactly as the distilled stage starts it (same seed, same init code)."""
+    config = p.config
+    optimizer = train.make_optimizer(config.optimizer, config.train.steps)
+    state, _ = train.create_train_state(p.student, optimizer, jax.random.key(config.seed),
+                                        p.sample, p.mesh, p.projections)
+    return {**evaluator(state.model), 'params': train.count_params(state.params), 'steps': 0,
+            'train_loss': None, 'steps_per_second': None,
+            'params_sha256': train.params_sha256(state.params)}
 
 
 def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:

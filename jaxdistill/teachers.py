@@ -1,7 +1,10 @@
 """The teachers of a run: where each comes from, training it when needed, restoring it.
 
 ``teacher`` is the first teacher; ``teachers`` adds more (each a dict with the keys of
-``teacher``). A teacher with a ``checkpoint`` is restored from it; one without is
+``teacher``). A teacher with a ``checkpoint`` is restored from it: a jaxdistill workdir
+or stage directory (Orbax), or ``'hf:PATH'`` / ``'hf:minilm'``, Hugging Face safetensors
+(`jaxdistill.hf_teacher`: checked against the module at config time, imported at load
+time straight into the mesh's shardings). One without a checkpoint is
 trained first on every label, in ``WORKDIR/teacher`` (the first) or
 ``WORKDIR/teacher_<i>`` (the others), with seed ``seed + 1 + i``. Several teachers reach
 the student as one `jaxdistill.ensemble.Ensemble`.
@@ -19,8 +22,8 @@ import ml_collections
 
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import config as config_lib
+from jaxdistill import hf_teacher, modules, objective, train
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, train
 from jaxdistill.adapter import Model
 from jaxdistill.ensemble import Ensemble
 from jaxdistill.errors import CheckpointError
@@ -33,7 +36,7 @@ class Teacher:
     model: Model
     module: str
     checkpoint: str  # given by the config; '' when trained here
-    directory: str  # its step checkpoints (given, or WORKDIR/<name>)
+    directory: str  # its step checkpoints (given, or WORKDIR/<name>), or 'hf:' + weights path
     steps: int  # training steps when trained here
     weight: float
     seed: int
@@ -56,8 +59,13 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> list[Teacher
         model = Model(modules.resolve(e['module'], e.get('kwargs', {}), key=f'{key}.module'),
                       e.get('logits_key', ''), name, mesh_lib.normalize_rules(rules))
         checkpoint = e.get('checkpoint', '')
-        directory = (_stage_dir(checkpoint, key) if checkpoint
-                     else os.path.join(workdir, name))
+        if hf_teacher.is_hf(checkpoint):
+            path = hf_teacher.check(checkpoint, model.module, f'{key}.checkpoint')
+            directory = hf_teacher.PREFIX + str(path)
+        elif checkpoint:
+            directory = _stage_dir(checkpoint, key)
+        else:
+            directory = os.path.join(workdir, name)
         steps = e.get('steps', -1)
         steps = config.train.steps if steps == -1 else steps
         if name == 'teacher':
@@ -100,11 +108,22 @@ def load(t: Teacher, mesh, sample) -> dict[str, Any]:
     """The teacher's params and state, restored into the mesh's shardings."""
     params, state = jax.eval_shape(functools.partial(t.model.init, boxed=True),
                                    jax.random.key(0), sample)
-    abstract, _ = mesh_lib.sharded_abstract(mesh, {'params': params, 'state': state},
-                                            t.model.sharding_rules)
+    abstract, shardings = mesh_lib.sharded_abstract(mesh, {'params': params, 'state': state},
+                                                    t.model.sharding_rules)
+    if hf_teacher.is_hf(t.directory):
+        if jax.tree.leaves(state):
+            raise CheckpointError(f'{t.key}.checkpoint={t.checkpoint!r}: {t.module} has '
+                                  'mutable state (e.g. BatchNorm statistics) that a Hugging '
+                                  'Face checkpoint does not hold')
+        path = hf_teacher.resolve(t.directory)
+        plain = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
+        return {'params': hf_teacher.load_sharded(path, t.model.module, plain['params'],
+                                                  shardings['params']), 'state': {}}
     return ckpt_lib.load_model(t.directory, abstract)[0]
 
 
 def meta(t: Teacher) -> dict[str, Any]:
     """What its training recorded (steps, speed, learning curve); {} for foreign checkpoints."""
+    if hf_teacher.is_hf(t.directory):
+        return {}
     return ckpt_lib.read_meta(t.directory)

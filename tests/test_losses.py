@@ -164,6 +164,17 @@ def np_rkd(xs, xt, distance_weight=25.0, angle_weight=50.0):
     return distance_weight * loss_d + angle_weight * loss_a
 
 
+def np_similarity_mse(xs, xt):
+    def cosines(x):
+        x = np.float64(x)
+        return [[x[i] @ x[j] / (np.linalg.norm(x[i]) * np.linalg.norm(x[j]))
+                 for j in range(len(x))] for i in range(len(x))]
+
+    cs, ct = cosines(xs), cosines(xt)
+    n = len(xs)
+    return np.mean([(cs[i][j] - ct[i][j]) ** 2 for i in range(n) for j in range(n) if i != j])
+
+
 NP_REFERENCE = {
     'kd': np_kd, 'forward_kl': np_forward_kl, 'reverse_kl': np_reverse_kl, 'jsd': np_jsd,
     'skew_kl': np_skew_kl, 'skew_rkl': np_skew_rkl, 'tvd': np_tvd, 'logit_mse': np_logit_mse,
@@ -678,6 +689,26 @@ class FeatureLossTest(parameterized.TestCase):
                       EMB_S)
         with pytest.raises(ConfigError, match='student batch 5 != teacher batch 4'):
             losses.rkd(EMB_S, EMB_T[:4])
+
+
+    def test_similarity_mse(self):
+        loss = jit(losses.similarity_mse)
+        np.testing.assert_allclose(loss(EMB_S, EMB_T), np_similarity_mse(EMB_S, EMB_T),
+                                   rtol=1e-5)
+        # Cosines ignore rotation and per-example scale; any widths may be compared.
+        rotation, _ = np.linalg.qr(RNG.standard_normal((3, 3)))
+        scales = np.array([[1.0], [2.0], [0.5], [3.0], [1.5]])
+        moved = (scales * EMB_S @ rotation).astype(np.float32)
+        self.assertLess(float(loss(EMB_S, moved)), 1e-10)
+        m = np.array([True, True, False, True, True])
+        np.testing.assert_allclose(loss(EMB_S, EMB_T, where=m),
+                                   np_similarity_mse(EMB_S[m], EMB_T[m]), rtol=1e-5)
+        zero = EMB_S.copy()
+        zero[0] = 0.0
+        self.assertTrue(np.isfinite(float(loss(zero, EMB_T))))
+        check_grads32(lambda x: losses.similarity_mse(x, EMB_T), EMB_S)
+        with pytest.raises(ConfigError, match='student batch 5 != teacher batch 4'):
+            losses.similarity_mse(EMB_S, EMB_T[:4])
 
 
 # -------------------------------------------------------------------------------- reduction

@@ -1,7 +1,7 @@
 """Data: TFDS sources read with Grain, sharded per process, deterministic per seed."""
 
-# Imported to register the `digits` and `pytext` TFDS builders
-from jaxdistill.data import digits, text  # noqa: F401
+# Imported to register the `digits`, `pytext` and `pysentences` TFDS builders
+from jaxdistill.data import digits, sentences, text  # noqa: F401
 from jaxdistill.data.pipeline import (
     Splits,
     eval_batches,

@@ -197,7 +197,7 @@ class PackedSource:
         self.arrays = packed
 
     def __len__(self) -> int:
-        return len(self.arrays['inputs'])
+        return len(next(iter(self.arrays.values())))  # any array: all have one row per item
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         return {k: v[i] for k, v in self.arrays.items()}

@@ -9,7 +9,9 @@ reads as a transliteration.
 
 The output is a dict: ``last_hidden_state`` (batch, length, hidden) and ``embedding``,
 the sentence-transformers recipe (mask-aware mean pooling, then L2 normalisation). Use
-``logits_key='embedding'`` (or ``'last_hidden_state'``) in the adapter.
+``logits_key='embedding'`` (or ``'last_hidden_state'``) in the adapter. The pooling is a
+parameter-free submodule, ``mean_pool``, so feature losses can tap the sentence embedding
+by name (``{'student': 'mean_pool', 'teacher': 'mean_pool'}``).
 """
 
 from __future__ import annotations
@@ -159,7 +161,15 @@ class BertEncoder(nn.Module):
             x = BertLayer(self.hidden, self.heads, self.intermediate, self.dropout_rate,
                           self.attention_dropout_rate, self.layer_norm_eps,
                           name=f'layer_{i}')(x, mask, train)
-        return {'last_hidden_state': x, 'embedding': mean_pool_normalize(x, mask)}
+        return {'last_hidden_state': x, 'embedding': MeanPool(name='mean_pool')(x, mask)}
+
+
+class MeanPool(nn.Module):
+    """`mean_pool_normalize` as a module: no parameters, but a name feature losses can tap."""
+
+    @nn.compact
+    def __call__(self, hidden: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+        return mean_pool_normalize(hidden, mask)
 
 
 def mean_pool_normalize(hidden: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:

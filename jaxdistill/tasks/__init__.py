@@ -1,7 +1,7 @@
 """What is being distilled: the data, what the step feeds the models, and how they are scored.
 
-A task hides everything that differs between image classification and language
-modelling from the trainer: `train.make_train_step` only calls ``task.prepare`` inside
+A task hides everything that differs between image classification, language modelling
+and sentence embeddings from the trainer: `train.make_train_step` only calls ``task.prepare`` inside
 the jitted step, and `run.py` only asks the task for batches, a sample input and an
 evaluator. ``config.task`` picks one.
 """
@@ -14,7 +14,7 @@ import jax
 
 from jaxdistill.errors import ConfigError
 
-TASKS = ('classification', 'lm')
+TASKS = ('classification', 'lm', 'embedding')
 
 
 class StepInputs(NamedTuple):
@@ -34,4 +34,7 @@ def build(config, **kwargs: Any):
     if config.task == 'lm':
         from jaxdistill.tasks.lm import LanguageModelTask
         return LanguageModelTask(config, **kwargs)
+    if config.task == 'embedding':
+        from jaxdistill.tasks.embedding import EmbeddingTask
+        return EmbeddingTask(config, **kwargs)
     raise ConfigError(f'task={config.task!r} is not one of {list(TASKS)}')

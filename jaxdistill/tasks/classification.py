@@ -41,6 +41,7 @@ class ClassificationTask:
     """``config.task='classification'``: the ``data`` block names images and labels."""
 
     name = 'classification'
+    has_labels = True  # a label-only baseline can be trained
 
     def __init__(self, config):
         self.config, self.data_cfg = config, config.data

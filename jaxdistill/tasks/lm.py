@@ -54,6 +54,7 @@ class LanguageModelTask:
     """Next-token prediction on packed text rows ``{'inputs', 'targets', 'mask'}``."""
 
     name = 'lm'
+    has_labels = True  # a label-only baseline can be trained
 
     def __init__(self, config):
         _check_config(config)
