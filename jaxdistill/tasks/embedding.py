@@ -19,9 +19,10 @@ Scores on the held-out sentences (float64 numpy, `jaxdistill.evaluate`): ``spear
 between the student's and the teacher's cosine similarities over all pairs,
 ``nn_agreement_at_10`` (the fraction of the teacher's 10 nearest neighbours of a sentence
 that are among the student's 10), ``sentences_per_second`` (the same batch of
-``data.eval_batch_size`` test sentences for every model, best of 3 timed runs after one
-compiling run, on whatever machine runs the job), and for students ``size_ratio`` (teacher
-parameters / student parameters) and ``speedup`` (student / teacher sentences per second).
+``data.eval_batch_size`` test sentences for every model, the best of 3 timings of at least
+0.5 s after one compiling run, on whatever machine runs the job), and for students
+``size_ratio`` (teacher parameters / student parameters) and ``speedup`` (student /
+teacher sentences per second).
 The teacher's own ``spearman`` and ``nn_agreement_at_10`` compare it with itself: 1.0 unless
 the evaluation is broken (a sanity value). Without labels there is nothing to train a
 baseline on, so with ``train.baseline`` the ``baseline`` entry is the student *at
@@ -197,18 +198,23 @@ class EmbeddingTask:
             out.append(np.asarray(multihost_utils.process_allgather(emb, tiled=True)))
         return np.concatenate(out)[:n]
 
-    def throughput(self, fn: Callable, model_vars: dict, mesh: Mesh, repeats: int = 3) -> float:
-        """Sentences per second on the first test batch: best of ``repeats`` after compiling
-        (the minimum is the least disturbed by other work on a shared machine)."""
-        batch = {k: v[:self.config.data.eval_batch_size] for k, v in self.test_rows.items()}
-        batch = mesh_lib.to_global(mesh, batch)
+    def throughput(self, fn: Callable, model_vars: dict, mesh: Mesh, trials: int = 3,
+                   min_seconds: float = 0.5) -> float:
+        """Sentences per second on the first test batch: best of ``trials`` timings, each
+        repeating the batch for at least ``min_seconds`` (a fast student's single call is
+        too short to time), after one compiling call. The best trial is the one least
+        disturbed by other work on a shared machine."""
+        size = self.config.data.eval_batch_size
+        batch = mesh_lib.to_global(mesh, {k: v[:size] for k, v in self.test_rows.items()})
         jax.block_until_ready(fn(model_vars, batch))
-        best = float('inf')
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(model_vars, batch))
-            best = min(best, time.perf_counter() - t0)
-        return len(self.test_rows['input_ids'][:self.config.data.eval_batch_size]) / best
+        best = 0.0
+        for _ in range(trials):
+            calls, t0 = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < min_seconds or not calls:
+                jax.block_until_ready(fn(model_vars, batch))
+                calls += 1
+            best = max(best, calls * size / elapsed)
+        return best
 
     def scorer(self, model: Model, mesh: Mesh) -> Callable[[dict], dict[str, float]]:
         """A model's scores against itself (only a teacher has no other reference)."""
