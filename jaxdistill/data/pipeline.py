@@ -57,7 +57,7 @@ def _open_splits(cfg) -> Splits:
         raise DataError(f"data.name={cfg.name!r} is not a TFDS dataset "
                         f"({closest(cfg.name, known)}); or set data.source='pkg.mod:fn'") from None
     if cfg.name == 'digits' and not builder.is_prepared():
-        _prepare_offline(builder)
+        prepare_offline(builder)
     prepared = builder.is_prepared()
     splits = builder.info.splits
     for key in ('train_split', 'test_split'):
@@ -87,8 +87,9 @@ def _open_splits(cfg) -> Splits:
     return Splits(train, test, num_classes, f'tfds:{cfg.name}/{builder.version}')
 
 
-def _prepare_offline(builder) -> None:
-    """Builds `digits` once as ArrayRecord; a crash leaves only TFDS's incomplete dir."""
+def prepare_offline(builder) -> None:
+    """Builds an offline TFDS dataset (`digits`, `pytext`, `pysentences`) once as
+    ArrayRecord; a crash leaves only TFDS's incomplete dir."""
     import contextlib
     import io
 

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from jaxdistill.data import text
+from jaxdistill.data.pipeline import prepare_offline
 
 NAME = 'pysentences'
 TEST_MODULUS = 8  # 1 in 8 sentences (by hash) is test
@@ -153,10 +154,7 @@ def load(data_dir: str, split: str) -> list[str]:
     """The sentences of ``split``, sorted (TFDS stores them in hash order); prepares once."""
     b = tfds.builder(NAME, data_dir=os.path.expanduser(data_dir))
     if not b.is_prepared():
-        print(f'preparing {NAME} once as ArrayRecord in {b.data_dir} ...', flush=True)
-        tfds.disable_progress_bar()
-        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
-            b.download_and_prepare(file_format='array_record')
+        prepare_offline(b)
     source = b.as_data_source(split=split)
     return sorted(source[i]['text'].decode('utf-8') for i in range(len(source)))
 

@@ -24,9 +24,7 @@ Python, only preparing does.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import os
 import platform
 import re
@@ -36,6 +34,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxdistill.data.pipeline import prepare_offline
 from jaxdistill.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, BPETokenizer, ByteTokenizer
 from jaxdistill.errors import ConfigError
 
@@ -125,10 +124,7 @@ def builder(data_dir: str) -> tfds.core.DatasetBuilder:
     """The `pytext` builder in ``data_dir``, prepared once (offline) as ArrayRecord."""
     b = tfds.builder(NAME, data_dir=os.path.expanduser(data_dir))
     if not b.is_prepared():
-        print(f'preparing {NAME} once as ArrayRecord in {b.data_dir} ...', flush=True)
-        tfds.disable_progress_bar()
-        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
-            b.download_and_prepare(file_format='array_record')
+        prepare_offline(b)
     return b
 
 
