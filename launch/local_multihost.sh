@@ -71,14 +71,7 @@ fi
 xla_flags="$(printf '%s' "${XLA_FLAGS:-}" | sed -E 's/--xla_force_host_platform_device_count=[0-9]+//g')"
 xla_flags="${xla_flags:+$xla_flags }--xla_force_host_platform_device_count=$devices"
 
-quote() {  # one shell-quoted line, readable and copy-pasteable (like shlex.join)
-  local out=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then out+=("$arg")
-    else out+=("'${arg//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # quote
 
 command_for() {  # the command line of process $1 (then the jaxdistill ARGS), into `cmd`
   local id="$1"

@@ -73,14 +73,7 @@ if [[ $# -eq 0 ]]; then
   exit 2
 fi
 
-quote() {  # one shell-quoted line, readable and copy-pasteable (like shlex.join)
-  local out=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then out+=("$arg")
-    else out+=("'${arg//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # quote
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${python:-$root/.venv/bin/python}"

@@ -90,14 +90,7 @@ gcloud_tpu=(gcloud compute tpus tpu-vm)
 where=("--zone=$zone")
 if [[ -n "$project" ]]; then where+=("--project=$project"); fi
 
-quote() {  # one shell-quoted line, readable and copy-pasteable (like shlex.join)
-  local out=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then out+=("$arg")
-    else out+=("'${arg//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # quote
 
 step() {  # print the command; run it unless --dry-run
   quote "$@"
