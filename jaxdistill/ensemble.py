@@ -26,6 +26,12 @@ from jaxdistill.adapter import Model
 MODES = ('probs', 'terms')
 
 
+def normalise(weights: Sequence[float]) -> list[float]:
+    """Teacher weights scaled to sum to 1 (what provenance reports and 'terms' applies)."""
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def mix_probabilities(logits: Sequence[jax.Array], weights: Sequence[float]) -> jax.Array:
     """``log(sum_k w_k softmax(z_k))`` in float32, computed stably in log space."""
     w = jnp.asarray(weights, jnp.float32)
@@ -37,25 +43,13 @@ def mix_probabilities(logits: Sequence[jax.Array], weights: Sequence[float]) -> 
 @dataclasses.dataclass(frozen=True)
 class Ensemble:
     """Teachers ``models`` with ``weights``; variables are ``{'params': (p_0, ...),
-    'state': (s_0, ...)}`` so one sharded tree holds them all."""
+    'state': (s_0, ...)}`` so one sharded tree holds them all. Each teacher is initialised,
+    restored and inspected (feature taps) on its own; the ensemble only applies them."""
 
     models: tuple[Model, ...]
     weights: tuple[float, ...]
     mode: str = 'probs'
     name: str = 'ensemble'
-
-    @property
-    def normalised_weights(self) -> tuple[float, ...]:
-        total = sum(self.weights)
-        return tuple(w / total for w in self.weights)
-
-    def with_mode(self, mode: str) -> Ensemble:
-        return dataclasses.replace(self, mode=mode)
-
-    def init(self, rng: jax.Array, inputs: jax.Array) -> tuple[Any, Any]:
-        rngs = jax.random.split(rng, len(self.models))
-        out = [m.init(r, inputs) for m, r in zip(self.models, rngs)]
-        return tuple(o[0] for o in out), tuple(o[1] for o in out)
 
     def apply(self, params: Sequence[Any], state: Sequence[Any], inputs: jax.Array, *,
               train: bool = False, rng: jax.Array | None = None, taps: Sequence[str] = ()
@@ -74,6 +68,3 @@ class Ensemble:
         else:
             combined = mix_probabilities(logits, self.weights)
         return combined, tuple(state), features
-
-    def feature_shapes(self, inputs: jax.Array) -> dict[str, tuple[int, ...]]:
-        return self.models[0].feature_shapes(inputs)

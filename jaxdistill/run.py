@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from jaxdistill import config as config_lib
+from jaxdistill import ensemble as ensemble_lib
 from jaxdistill import export as export_lib
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import modules, objective, report, tasks, train
@@ -105,7 +106,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     teachers = teachers_lib.from_config(config, workdir)
     several = len(teachers) > 1 and config.distill.ensemble == 'terms'
     obj = objective.build(config.distill.losses, config.train.steps,
-                          teacher_weights=_normalised([t.weight for t in teachers])
+                          teacher_weights=ensemble_lib.normalise([t.weight for t in teachers])
                           if several else None)
     task = tasks.build(config)
     for t in teachers:
@@ -113,10 +114,6 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     projections = _check_feature_taps(obj, student, teachers[0].model, task.sample)
     return Plan(config, workdir, mesh, task, teachers[0].model, student, obj, task.sample,
                 teachers[0].directory, projections, teachers)
-
-
-def _normalised(weights: list[float]) -> list[float]:
-    return [w / sum(weights) for w in weights]
 
 
 def _check_feature_taps(obj: objective.Objective, student: Model, teacher: Model,
@@ -270,7 +267,7 @@ def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:
         provenance['teachers'] = [
             {'name': t.name, 'module': t.module, 'checkpoint': t.directory,
              'weight': w, 'params_sha256': entries[t.name]['params_sha256']}
-            for t, w in zip(p.teachers, _normalised([t.weight for t in p.teachers]))]
+            for t, w in zip(p.teachers, ensemble_lib.normalise([t.weight for t in p.teachers]))]
     return {**entries, **scores, 'provenance': provenance,
             'test_examples': evaluator.test_examples}
 

@@ -21,7 +21,6 @@ import jax
 import ml_collections
 
 from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import config as config_lib
 from jaxdistill import hf_teacher, modules, objective, train
 from jaxdistill import mesh as mesh_lib
 from jaxdistill.adapter import Model
@@ -66,10 +65,8 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> list[Teacher
             directory = _stage_dir(checkpoint, key)
         else:
             directory = os.path.join(workdir, name)
-        steps = e.get('steps', -1)
+        steps = e.get('steps', -1)  # as config.teacher_steps for `teacher`
         steps = config.train.steps if steps == -1 else steps
-        if name == 'teacher':
-            steps = config_lib.teacher_steps(config)
         teachers.append(Teacher(name, key, model, e['module'], checkpoint, directory, steps,
                                 float(e.get('weight', 1.0)), config.seed + 1 + i))
     return teachers
