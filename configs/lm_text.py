@@ -10,6 +10,22 @@ cross-entropy (``alpha = 0.5``), averaged over real (unpadded) tokens.
 
     python -m jaxdistill.main --config=configs/lm_text.py --workdir=/tmp/jaxdistill/lm_text
 
+The teacher signal (``distill.teacher_signal``, see jaxdistill/signals) is a preset, alone or
+after ``smoke`` (``configs/lm_text.py:smoke,cached``):
+
+* ``online`` (default): the teacher runs inside every student step;
+* ``cached``: the teacher's top-32 log-probabilities per train token (float16), written once
+  to ``WORKDIR/teacher_cache``; ``cached_uint8`` quantises them to 8 bits;
+* ``sequence``: the student learns, by cross-entropy, the teacher's sampled completions of
+  32-token prompts (text only);
+* ``on_policy``: GKD, lambda 0.5 (half the steps train on the student's own completions),
+  with ``jsd`` at beta 0.5 in place of ``kd``.
+
+Reusing one teacher for every signal (the README's table, ``tools/lm_signal_sweep.sh``):
+
+    python -m jaxdistill.main --config=configs/lm_text.py:cached --workdir=/tmp/lm_cached \
+        --config.teacher.checkpoint=/tmp/jaxdistill/lm_text
+
 Presets: ``configs/lm_text.py:smoke`` (seconds, for tests).
 """
 
@@ -21,7 +37,38 @@ def decoder(num_layers: int, d_model: int, num_heads: int, max_len: int) -> dict
                 mlp_dim=4 * d_model, max_len=max_len)
 
 
+SIGNALS = ('online', 'cached', 'cached_uint8', 'sequence', 'on_policy')
+
+
 def get_config(arg: str | None = None):
+    presets = [a for a in (arg or '').split(',') if a]
+    signal = [a for a in presets if a in SIGNALS]
+    rest = [a for a in presets if a not in SIGNALS]
+    if len(signal) > 1 or len(rest) > 1 or (rest and rest[0] != 'smoke'):
+        raise ValueError(f'unknown preset {arg!r} for configs/lm_text.py (known: smoke, and one '
+                         f'of {", ".join(SIGNALS)}, e.g. smoke,cached)')
+    c = _base(rest[0] if rest else None)
+    _signal(c, signal[0] if signal else 'online')
+    return c
+
+
+def _signal(c, name: str) -> None:
+    if name.startswith('cached'):
+        c.distill.teacher_signal = 'cached'
+        c.distill.cache.k = 32
+        c.distill.cache.dtype = 'uint8' if name == 'cached_uint8' else 'float16'
+    elif name == 'sequence':
+        c.distill.teacher_signal = 'sequence'
+        c.distill.sampling.prompt_len = c.data.seq_len // 4
+    elif name == 'on_policy':
+        c.distill.teacher_signal = 'on_policy'
+        c.distill.sampling.prompt_len = c.data.seq_len // 4
+        c.distill.on_policy.lmbda = 0.5
+        c.distill.losses = (loss_entry('jsd', weight=0.5, beta=0.5),
+                            loss_entry('ce', weight=0.5))
+
+
+def _base(arg: str | None):
     c = base_config()
     c.task = 'lm'
     c.data.name = 'pytext'
@@ -55,6 +102,4 @@ def get_config(arg: str | None = None):
         c.optimizer.warmup_steps = 2
         c.data.batch_size = 16
         c.data.eval_batch_size = 64
-    elif arg:
-        raise ValueError(f"unknown preset {arg!r} for configs/lm_text.py (known: 'smoke')")
     return c

@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxdistill import signals
 from jaxdistill.ensemble import MODES as ENSEMBLE_MODES
 from jaxdistill.errors import ConfigError, closest
 from jaxdistill.mesh import DEFAULT_RULES, check_rules
@@ -21,7 +22,7 @@ from jaxdistill.tasks import TASKS
 
 # Sub-trees whose keys belong to the user (module constructor arguments).
 FREE_FORM = ('teacher.kwargs', 'student.kwargs')
-MODES = ('train', 'list_features', 'export')
+MODES = ('train', 'list_features', 'export', 'cache_teacher')
 OPTIMIZERS = ('adamw', 'adam', 'sgd')
 SCHEDULES = ('cosine', 'constant', 'linear')
 AUGMENTS = ('', 'crop', 'flip_crop', 'inception_crop')
@@ -37,7 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mode = 'train'  # 'train', or 'list_features': print every tappable layer and exit
-    # ('export': write the finished student alone to WORKDIR/export, see jaxdistill/export.py)
+    # ('export': write the finished student alone to WORKDIR/export, see jaxdistill/export.py;
+    # 'cache_teacher': write the teacher's top-k per train token for
+    # distill.teacher_signal='cached', then exit; see jaxdistill/signals)
     # what is distilled: 'classification', 'lm' or 'embedding' (jaxdistill/tasks)
     c.task = 'classification'
 
@@ -125,6 +128,32 @@ def base_config() -> ml_collections.ConfigDict:
         loss_entry('kd', weight=0.9, temperature=4.0),
         loss_entry('ce', weight=0.1),
     )
+    # Where the student's teacher signal comes from (jaxdistill/signals; all but 'online' need
+    # task='lm'): 'online' runs the teacher inside every step; 'cached' reads the teacher's
+    # top-k log-probabilities per train token, written once to distill.cache.path (by
+    # --config.mode=cache_teacher, or on first use), and never runs the teacher while training;
+    # 'sequence' trains the student by cross-entropy on completions the teacher generated for
+    # prompts (black-box: text only, as from an API); 'on_policy' (GKD) replaces a batch, with
+    # probability distill.on_policy.lmbda, by the student's own completions of its prompts,
+    # which the teacher then scores inside the step.
+    c.distill.teacher_signal = 'online'
+    c.distill.cache = ml_collections.ConfigDict()
+    c.distill.cache.k = 32  # top-k teacher log-probabilities kept per token
+    c.distill.cache.dtype = 'float16'  # 'float16', or 'uint8' (quantised per token)
+    c.distill.cache.path = ''  # empty: WORKDIR/teacher_cache
+    # Prompts and sampling for 'sequence' (the teacher samples) and 'on_policy' (the student
+    # samples): a prompt is the first prompt_len tokens of a packed train row, completed by
+    # max_new_tokens sampled tokens (0: the rest of the row, data.seq_len - prompt_len).
+    c.distill.sampling = ml_collections.ConfigDict()
+    c.distill.sampling.prompt_len = 32
+    c.distill.sampling.max_new_tokens = 0
+    c.distill.sampling.temperature = 1.0
+    c.distill.sampling.top_k = 0  # 0: off
+    c.distill.sampling.top_p = 1.0  # 1: off
+    c.distill.sampling.batch_size = 256  # rows generated at once ('sequence')
+    c.distill.on_policy = ml_collections.ConfigDict()
+    # GKD's lambda: the probability that a step trains on the student's own samples
+    c.distill.on_policy.lmbda = 0.5
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = 'adamw'
@@ -194,6 +223,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, 'mode', MODES)
     _check_choice(config, 'task', TASKS)
     _check_choice(config, 'distill.ensemble', ENSEMBLE_MODES)
+    signals.check_config(config)
     _check_teachers(config)
     _check_choice(config, 'optimizer.name', OPTIMIZERS)
     _check_choice(config, 'optimizer.schedule', SCHEDULES)

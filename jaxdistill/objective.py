@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,33 @@ from jaxdistill import losses
 from jaxdistill.errors import ConfigError
 
 Schedule = Callable[[jax.Array], jax.Array]
+# Exact on a sparse (top-k) teacher: `losses.topk_kl`; kd adds its T^2 (see `_sparse_term`).
+SPARSE_EXACT = ('kd', 'forward_kl', 'topk_kl')
+
+
+class SparseTeacher(NamedTuple):
+    """A teacher known only by its top-k log-probabilities per token (a cache or an API).
+
+    ``logprobs`` are full-vocabulary log-probabilities at T = 1 (float32 ``[..., k]``),
+    ``ids`` their vocabulary ids. ``kd``, ``forward_kl`` and ``topk_kl`` use them exactly
+    (`losses.topk_kl`, top-k renormalised unless ``topk_kl`` says ``mode='tail'``); any
+    other logit loss sees `dense_logprobs`: the top-k, and the remaining mass spread evenly
+    over the other ids.
+    """
+
+    ids: jax.Array
+    logprobs: jax.Array
+
+
+def dense_logprobs(teacher: SparseTeacher, vocab_size: int) -> jax.Array:
+    """``[..., V]`` log-probabilities: the top-k, and ``log(r / (V - k))`` elsewhere, where
+    ``r = 1 - sum(top-k)`` (a floor of -1e4 when ``r`` is ~0, so no entry is -inf)."""
+    lp = teacher.logprobs.astype(jnp.float32)
+    k = lp.shape[-1]
+    rest = jnp.clip(1.0 - jnp.sum(jnp.exp(lp), axis=-1, keepdims=True), 0.0, 1.0)
+    fill = jnp.where(rest > 0, jnp.log(jnp.maximum(rest, 1e-30) / max(vocab_size - k, 1)), -1e4)
+    dense = jnp.broadcast_to(jnp.maximum(fill, -1e4), lp.shape[:-1] + (vocab_size,))
+    return jnp.put_along_axis(dense, teacher.ids.astype(jnp.int32), lp, axis=-1, inplace=False)
 LABEL_LOSSES = ('ce',)
 NEEDS_LABELS = ('dkd',)
 BATCH_LEVEL = ('dist', 'rkd', 'similarity_mse')
@@ -196,6 +223,8 @@ class Objective:
             kwargs['temperature'] = _at(term.temperature, step)
         if term.name in NEEDS_LABELS:
             kwargs['labels'] = targets if integer_labels else jnp.argmax(targets, axis=-1)
+        if isinstance(teacher_logits, SparseTeacher):
+            return self._sparse_term(term, student_logits, teacher_logits, kwargs, mask)
         fn = losses.get(term.name)
         def against(t_logits):
             if term.name in BATCH_LEVEL:
@@ -205,6 +234,22 @@ class Objective:
         if self.teacher_weights is None:
             return against(teacher_logits)
         return sum(w * against(teacher_logits[k]) for k, w in enumerate(self.teacher_weights))
+
+
+    def _sparse_term(self, term, student_logits, teacher: SparseTeacher, kwargs, mask):
+        if term.name in SPARSE_EXACT:
+            t = kwargs.get('temperature', 1.0)
+            mode = kwargs.get('mode', 'renormalise') if term.name == 'topk_kl' else 'renormalise'
+            value = losses.topk_kl(student_logits, teacher.logprobs, teacher.ids, mode=mode,
+                                   temperature=t)
+            value = value * t * t if term.name == 'kd' else value
+        else:
+            dense = dense_logprobs(teacher, student_logits.shape[-1])
+            fn = losses.get(term.name)
+            if term.name in BATCH_LEVEL:
+                return fn(student_logits, dense, **kwargs)
+            value = fn(student_logits, dense, **kwargs)
+        return losses.token_mean(value, mask)
 
 
 def _describe(value):

@@ -81,11 +81,34 @@ def markdown(results: dict[str, Any], curves_png: str | None) -> str:
         f"- teacher parameters SHA-256: `{p['teacher_params_sha256']}`",
         f"- teacher checkpoint: `{p['teacher_checkpoint']}`",
         f"- student parameters SHA-256: `{results['student']['params_sha256']}`",
-        f"- objective: `{json.dumps(p['losses'])}`", '',
+        f"- objective: `{json.dumps(p['losses'])}`",
     ]
+    if p.get('teacher_signal', 'online') != 'online':
+        extra = {k: v for k, v in p.items() if k.startswith(('cache_', 'on_policy_'))
+                 or k in ('teacher_cache', 'teacher_sequences', 'generated_tokens')}
+        lines.append(f"- teacher signal: `{p['teacher_signal']}` `{json.dumps(extra)}`")
+    lines.append('')
+    lines += _samples(results.get('samples'))
     if curves_png:
         lines += ['## Learning curves', '', f'![learning curves]({curves_png})', '']
     return '\n'.join(lines)
+
+
+def _samples(samples: list[dict[str, str]] | None) -> list[str]:
+    """Greedy continuations of held-out prompts, one block per prompt (task='lm')."""
+    if not samples:
+        return []
+    lines = ['## Sampled continuations (greedy, held-out prompts)', '']
+    for i, sample in enumerate(samples):
+        lines += [f'**Prompt {i + 1}:** `{_one_line(sample["prompt"])}`', '']
+        lines += [f'- {name}: `{_one_line(text)}`' for name, text in sample.items()
+                  if name != 'prompt']
+        lines.append('')
+    return lines
+
+
+def _one_line(text: str) -> str:
+    return text.replace('\n', '⏎').replace('`', "'")
 
 
 def _preamble(results: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from jaxdistill import config as config_lib
 from jaxdistill import ensemble as ensemble_lib
 from jaxdistill import export as export_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, report, tasks, train
+from jaxdistill import modules, objective, report, signals, tasks, train
 from jaxdistill import teachers as teachers_lib
 from jaxdistill.adapter import Model
 from jaxdistill.errors import ConfigError, closest
@@ -111,6 +111,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     task = tasks.build(config)
     for t in teachers:
         task.check_models(t.model, student)
+    signals.check_models(config, teachers[0].model, student, obj)
     projections = _check_feature_taps(obj, student, teachers[0].model, task.sample)
     return Plan(config, workdir, mesh, task, teachers[0].model, student, obj, task.sample,
                 teachers[0].directory, projections, teachers)
@@ -168,9 +169,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     teacher_model = teachers_lib.combined(p.teachers, config.distill.ensemble)
     teacher_vars = teachers_lib.combined_vars(all_vars)
     judge = teachers_lib.combined(p.teachers, 'probs')  # students are scored against it
+    say = print if is_main else (lambda *_: None)
+    signal = signals.prepare(config, p.workdir, p.task, teacher_model, teacher_vars,
+                             train.params_sha256(all_vars[0]['params']), p.student, p.mesh, say)
+    if config.mode == 'cache_teacher':
+        return {'provenance': signal.provenance}
     evaluator = p.task.evaluator(p.mesh, judge, teacher_vars, p.student)
-    scores, histories = train_students(p, teacher_model, teacher_vars, evaluator, is_main)
+    scores, histories, models = train_students(p, teacher_model, teacher_vars, evaluator,
+                                               is_main, signal)
     results = assemble_results(p, all_vars, evaluator, scores)
+    results['provenance'].update(teacher_signal=config.distill.teacher_signal,
+                                 **signal.provenance)
+    if hasattr(p.task, 'continuations'):
+        results['samples'] = p.task.continuations(
+            {'teacher': (p.teacher, all_vars[0]), **{k: (p.student, v) for k, v in models.items()}},
+            p.mesh)
     for t in p.teachers:
         history = results[t.name].pop('history', None)
         if history:
@@ -180,19 +193,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return results
 
 
-def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: bool):
-    """The label-only baseline (if asked for) and the distilled student.
+def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: bool,
+                   signal: signals.StudentSignal | None = None):
+    """The label-only baseline (if asked for) and the distilled student; returns their
+    scores, learning curves and final ``{'params', 'state'}``.
+
+    ``signal`` (default online) says what the student learns from: the teacher inside the
+    step, batches that carry its cached top-k, or its completions (`jaxdistill.signals`).
 
     A task without labels (``embedding``) has no label-only baseline to train: its
     ``baseline`` is the student at initialisation, the distilled student's step 0.
     """
     config, seed = p.config, p.config.seed
     mixup = config.data.mixup
-    needs_teacher = p.objective.needs_teacher
+    signal = signal or signals.StudentSignal(None, True, False)
+    needs_teacher = p.objective.needs_teacher and signal.online_teacher
     identity = {'params_sha256': train.params_sha256(teacher_vars['params']),
                 'checkpoint': p.teacher_dir}  # recorded in, and checked on resume of, student/
     stages = []
-    scores, histories = {}, {}
+    scores, histories, models = {}, {}, {}
     if config.train.baseline and not p.task.has_labels:
         scores['baseline'] = untrained_scores(p, evaluator)
     elif config.train.baseline:
@@ -200,16 +219,19 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
                                   objective.label_only(), config.train.steps, seed,
                                   p.task.train_batches(seed, 'labelled'), evaluate=evaluator,
                                   prepare=p.task.prepare_fn(mixup)))
+    from_teacher = p.objective.needs_teacher or signal.label_only
     stages.append(train.Stage('student', os.path.join(p.workdir, 'student'), p.student,
-                              p.objective, config.train.steps, seed,
-                              p.task.train_batches(seed, 'transfer'),
+                              objective.label_only() if signal.label_only else p.objective,
+                              config.train.steps, seed,
+                              p.task.train_batches(seed, 'transfer') if signal.rows is None
+                              else p.task.batches_from(signal.rows, seed),
                               teacher=teacher_model if needs_teacher else None,
                               teacher_model=teacher_vars if needs_teacher else None,
                               teacher_shardings=jax.tree.map(lambda x: x.sharding,
                                                              teacher_vars),
                               evaluate=evaluator, projections=p.projections,
-                              teacher_identity=identity if needs_teacher else None,
-                              prepare=p.task.prepare_fn(mixup)))
+                              teacher_identity=identity if from_teacher else None,
+                              prepare=p.task.prepare_fn(mixup), batch_hook=signal.batch_hook))
     for stage in stages:
         result = train.run_stage(stage, config, p.mesh, p.sample, is_main)
         scores[stage.name] = {
@@ -218,7 +240,8 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
             'steps_per_second': result.meta['steps_per_second'],
             'params_sha256': train.params_sha256(result.model['params'])}
         histories[stage.name] = result.meta['history']
-    return scores, histories
+        models[stage.name] = result.model
+    return scores, histories, models
 
 
 def untrained_scores(p: Plan, evaluator) -> dict[str, Any]:

@@ -122,8 +122,8 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
     def step_fn(state: TrainState, teacher_model, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         data_rng, dropout_rng = jax.random.split(rng)
-        inputs, targets, mask, labelled = prepare(batch, data_rng)
-        teacher_logits, teacher_features = None, {}
+        inputs, targets, mask, labelled, teacher_logits = prepare(batch, data_rng)
+        teacher_features = {}
         if teacher is not None:
             teacher_logits, _, teacher_features = teacher.apply(
                 teacher_model['params'], teacher_model['state'], inputs, train=False,
@@ -204,6 +204,8 @@ class Stage:
     prepare: Callable[[dict, jax.Array], StepInputs] | None = None
     # The teacher's params_sha256 and path: in a student's checkpoints, checked on resume.
     teacher_identity: dict[str, Any] | None = None
+    # ``hook(state, batch, step) -> batch`` on the mesh before each step (on-policy samples)
+    batch_hook: Callable[[Any, dict, int], dict] | None = None
 
 
 def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
@@ -306,6 +308,8 @@ class _Loop:
         try:
             batches = prefetch(self._fetch, start, stage.steps)
             for step, (batch_hash, batch) in zip(range(start, stage.steps), batches):
+                if stage.batch_hook is not None:
+                    batch = stage.batch_hook(state, batch, step)
                 state, metrics = step_fn(state, stage.teacher_model, batch)
                 done = step + 1
                 self.digest = ckpt_lib.advance_digest(self.digest, batch_hash)

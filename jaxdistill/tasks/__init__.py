@@ -24,6 +24,9 @@ class StepInputs(NamedTuple):
     targets: jax.Array  # label probabilities [B, C], or integer labels [B] / [B, T]
     mask: jax.Array | None  # valid rows / tokens; None: all valid
     label_mask: jax.Array | None  # rows whose labels a label loss may read; None: all
+    # A teacher signal that came with the batch (`objective.SparseTeacher` from a cache);
+    # None: the teacher, if any, runs inside the step.
+    teacher: Any = None
 
 
 def build(config, **kwargs: Any):

@@ -28,6 +28,7 @@ from jaxdistill.adapter import Model
 from jaxdistill.data import text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import ConfigError
+from jaxdistill.signals import cache
 from jaxdistill.tasks import StepInputs
 
 TEXT_DATASETS = (text.NAME,)
@@ -97,7 +98,12 @@ class LanguageModelTask:
     # -- data -----------------------------------------------------------------------
     def train_batches(self, seed: int, rows: str = 'all') -> grain.MapDataset:
         del rows  # text has no labels to withhold: every row serves every stage
-        return text.train_batches(self.train_rows, global_batch=self.config.data.batch_size,
+        return self.batches_from(self.train_rows, seed)
+
+    def batches_from(self, rows: dict[str, np.ndarray], seed: int) -> grain.MapDataset:
+        """Batches of other row-aligned arrays (the train rows with a teacher cache, or the
+        teacher's completions), shuffled exactly as the train rows are."""
+        return text.train_batches(rows, global_batch=self.config.data.batch_size,
                                   seed=seed, process_index=jax.process_index(),
                                   process_count=jax.process_count())
 
@@ -119,11 +125,42 @@ class LanguageModelTask:
 
         def prepare(batch: dict, rng: jax.Array) -> StepInputs:
             del rng
-            return StepInputs(batch['inputs'], batch['targets'], batch['mask'], None)
+            # cached top-k (teacher_signal='cached'); 'labelled' False: on-policy samples
+            teacher = cache.decode(batch) if 'topk_ids' in batch else None
+            labelled = batch.get('labelled')
+            return StepInputs(batch['inputs'], batch['targets'], batch['mask'],
+                              None if labelled is None else labelled[:, None], teacher)
 
         return prepare
 
     # -- evaluation -----------------------------------------------------------------
+    def continuations(self, models: dict[str, tuple[Model, dict]], mesh: Mesh, n: int = 3,
+                      new_tokens: int = 48) -> list[dict[str, str]]:
+        """Greedy continuations of ``n`` held-out prompts by every `Decoder` in ``models``
+        (``name -> (model, {'params', 'state'})``), decoded to text for the report."""
+        from jaxdistill import sampling
+        from jaxdistill.models.decoder import Decoder
+
+        decoders = {k: v for k, v in models.items() if isinstance(v[0].module, Decoder)}
+        if not decoders:
+            return []
+        rows = self.test_rows['inputs']
+        prompt_len = max(1, min(32, self.config.data.seq_len // 2))
+        new = min(new_tokens, *(m.module.max_len - prompt_len for m, _ in decoders.values()))
+        if new < 1:
+            return []
+        prompts = rows[np.linspace(0, len(rows) - 1, n).astype(int), :prompt_len]
+        lengths = np.full(len(prompts), prompt_len, np.int32)
+        out = [{'prompt': self.tokenizer.decode(p.tolist())} for p in prompts]
+        for name, (model, model_vars) in decoders.items():
+            with mesh:
+                tokens, _ = sampling.generate(model.module, model_vars['params'], prompts,
+                                              lengths, new, jax.random.key(0), greedy=True)
+            tokens = mesh_lib.to_host(tokens)
+            for sample, row in zip(out, tokens):
+                sample[name] = self.tokenizer.decode(row[prompt_len:prompt_len + new].tolist())
+        return out
+
     def _sum(self, fn: Callable, model_vars: tuple, mesh: Mesh) -> dict[str, float]:
         totals: dict[str, float] = {}
         for batch in self.test_batches():

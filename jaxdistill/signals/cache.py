@@ -1,0 +1,166 @@
+"""``teacher_signal='cached'``: the teacher's top-k log-probabilities per train token, stored once.
+
+`build` runs the frozen teacher once over every packed train row (in row order) and keeps,
+per token, its ``k`` most likely ids and their log-probabilities (full-vocabulary
+normalised, T = 1), quantised:
+
+* ``float16``: ids as uint16 (int32 past 65,535 ids) and log-probabilities as float16:
+  ``k * 4`` bytes per token (128 B at k = 32);
+* ``uint8``: log-probabilities as ``round(-log p / scale)`` with one float32 ``scale`` per
+  token (``-min log p / 255``): ``k * 3 + 4`` bytes per token (100 B at k = 32), an error of
+  at most ``scale / 2`` nats per entry.
+
+The rows go to an ArrayRecord `store` keyed by a fingerprint of the dataset, tokenizer,
+row length, train rows, k, dtype and the teacher's parameters; training attaches them to
+the packed rows (`attach`), so every batch carries its own top-k and the step never runs
+the teacher. The arrays stay quantised on the host; `decode` widens them inside the step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxdistill import mesh as mesh_lib
+from jaxdistill.errors import ConfigError
+from jaxdistill.objective import SparseTeacher
+from jaxdistill.signals import store
+
+DTYPES = ('float16', 'uint8')
+KEYS = ('topk_ids', 'topk_lp', 'topk_scale')  # what `attach` adds to each row
+
+
+def directory(config, workdir: str) -> str:
+    path = config.distill.cache.path
+    return os.path.abspath(os.path.expanduser(path)) if path else os.path.join(
+        workdir, 'teacher_cache')
+
+
+def rows_sha256(rows: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in ('inputs', 'targets', 'mask'):
+        h.update(np.ascontiguousarray(rows[k]).tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
+    """What a cache is valid for; a cache whose fingerprint differs is refused."""
+    c = config.distill.cache
+    return {'kind': 'teacher_topk', 'dataset': task.dataset, 'tokenizer': config.data.tokenizer,
+            'vocab_size': int(task.tokenizer.vocab_size), 'seq_len': int(config.data.seq_len),
+            'train_rows_sha256': rows_sha256(task.train_rows), 'k': int(c.k), 'dtype': c.dtype,
+            'teacher_params_sha256': teacher_sha256}
+
+
+def encode(logprobs: np.ndarray, ids: np.ndarray, dtype: str, vocab_size: int
+           ) -> dict[str, np.ndarray]:
+    """``[n, T, k]`` float32 log-probabilities and ids -> the stored arrays."""
+    id_type = np.uint16 if vocab_size <= 65536 else np.int32
+    out = {'topk_ids': ids.astype(id_type)}
+    if dtype == 'float16':
+        out['topk_lp'] = logprobs.astype(np.float16)
+        out['topk_scale'] = np.zeros(logprobs.shape[:-1], np.float32)  # unused
+    else:
+        neg = np.clip(-logprobs.astype(np.float32), 0.0, None)
+        scale = np.maximum(neg.max(-1), 1e-6) / 255.0
+        out['topk_lp'] = np.clip(np.rint(neg / scale[..., None]), 0, 255).astype(np.uint8)
+        out['topk_scale'] = scale.astype(np.float32)
+    return out
+
+
+def decode(batch: dict[str, Any]) -> SparseTeacher:
+    """The stored arrays of a batch (inside the jitted step) -> `SparseTeacher`."""
+    lp = batch['topk_lp']
+    if lp.dtype == jnp.uint8:
+        lp = -lp.astype(jnp.float32) * batch['topk_scale'][..., None]
+    return SparseTeacher(batch['topk_ids'].astype(jnp.int32), lp.astype(jnp.float32))
+
+
+def bytes_per_token(spec: dict[str, Any]) -> float:
+    """Stored payload bytes per row position (float16 carries an unused 4-byte scale; it is
+    not counted, so the number is the format's own: k*4, or k*3 + 4 for uint8)."""
+    per_row = spec['bytes'] / max(spec['rows'], 1)
+    seq_len = spec['fingerprint']['seq_len']
+    if spec['fingerprint']['dtype'] == 'float16':
+        per_row -= 4 * seq_len
+    return per_row / seq_len
+
+
+def _topk_fn(teacher, k: int):
+    def topk(teacher_vars, inputs):
+        logits, _, _ = teacher.apply(teacher_vars['params'], teacher_vars['state'], inputs,
+                                     train=False)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        return jax.lax.top_k(logp, k)
+
+    return jax.jit(topk)
+
+
+def _chunks(rows: dict[str, np.ndarray], topk, teacher_vars, mesh, batch: int, dtype: str,
+            vocab_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Row order, ``batch`` rows at a time; process ``p`` feeds its contiguous block of each
+    batch (the last batch padded with the last row), every process gets every result."""
+    n = len(rows['inputs'])
+    local = batch // jax.process_count()
+    own = jax.process_index() * local
+    for start in range(0, n, batch):
+        ids = np.minimum(start + own + np.arange(local), n - 1)
+        inputs = mesh_lib.to_global(mesh, {'inputs': rows['inputs'][ids]})['inputs']
+        values, top = mesh_lib.to_host(topk(teacher_vars, inputs))
+        keep = min(batch, n - start)
+        yield encode(values[:keep], top[:keep], dtype, vocab_size)
+
+
+def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[str, Any],
+          say=print) -> dict[str, Any]:
+    """Writes the cache at ``path`` (process 0), or checks the one there; returns its spec."""
+    c = config.distill.cache
+    if store.exists(path):
+        spec = store.read_spec(path)
+        store.check_fingerprint(spec, expected, path, 'distill.cache.path')
+        say(f'teacher cache: {spec["rows"]} rows at {path} ({bytes_per_token(spec):.0f} '
+            'bytes/token): reused')
+        return spec
+    vocab = int(task.tokenizer.vocab_size)
+    say(f'teacher cache: top-{c.k} {c.dtype} log-probabilities of {len(task.train_rows["inputs"])}'
+        f' train rows -> {path}')
+    topk = _topk_fn(teacher, int(c.k))
+    chunks = _chunks(task.train_rows, topk, teacher_vars, mesh, config.data.eval_batch_size,
+                     c.dtype, vocab)
+    if jax.process_index() == 0:
+        spec = store.write(path, expected, chunks)
+    else:
+        for _ in chunks:  # the collectives of process 0's loop
+            pass
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('jaxdistill teacher cache written')
+    spec = store.read_spec(path)
+    say(f'teacher cache: {spec["rows"]} rows, {bytes_per_token(spec):.0f} bytes/token '
+        f'({spec["bytes"] / 2**20:.1f} MiB)')
+    return spec
+
+
+def load(path: str, expected: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
+    arrays = store.read(path, expected, 'distill.cache.path')
+    if len(arrays['topk_ids']) != rows:
+        raise ConfigError(f'distill.cache.path={path} has {len(arrays["topk_ids"])} rows, the '
+                          f'train split {rows}: remove it to rebuild it')
+    return arrays
+
+
+def attach(rows: dict[str, np.ndarray], cache: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The packed rows with their cached top-k (``source[i]`` then carries both)."""
+    return {**rows, **{k: cache[k] for k in KEYS}}
+
+
+def check_k(config, vocab_size: int) -> None:
+    k = config.distill.cache.k
+    if not 1 <= k <= vocab_size:
+        raise ConfigError(f'distill.cache.k={k} must be in [1, vocab_size={vocab_size}]')

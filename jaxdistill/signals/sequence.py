@@ -1,0 +1,121 @@
+"""``teacher_signal='sequence'``: the teacher's own completions of prompts, as a dataset.
+
+Sequence-level distillation (Kim & Rush, 2016) and black-box distillation: all the student
+gets from the teacher is text, as from an API. Each packed train row gives a prompt (its
+first ``distill.sampling.prompt_len`` tokens); the teacher samples ``max_new_tokens``
+tokens after it (temperature / top-k / top-p from ``distill.sampling``, chunk ``i`` with
+``fold_in(key(seed), i)``, so the dataset is a pure function of the config). Row ``i`` of
+the result is prompt ``i`` followed by its completion, packed like the data (``inputs``,
+``targets``, ``mask``), with ``mask`` on the completion's targets only: the student
+learns to continue prompts the way the teacher does, by cross-entropy.
+
+The rows go to an ArrayRecord `store` (``WORKDIR/teacher_sequences``) keyed by a fingerprint
+of the data, the sampling settings and the teacher, so a rerun or a resumed student
+reads the same completions and a changed setting is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxdistill import mesh as mesh_lib
+from jaxdistill import sampling
+from jaxdistill.signals import store
+from jaxdistill.signals.cache import rows_sha256
+
+
+def directory(workdir: str) -> str:
+    return os.path.join(workdir, 'teacher_sequences')
+
+
+def new_tokens(config) -> int:
+    s = config.distill.sampling
+    return s.max_new_tokens or config.data.seq_len - s.prompt_len
+
+
+def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
+    s = config.distill.sampling
+    return {'kind': 'teacher_sequences', 'dataset': task.dataset,
+            'tokenizer': config.data.tokenizer, 'vocab_size': int(task.tokenizer.vocab_size),
+            'seq_len': int(config.data.seq_len), 'train_rows_sha256': rows_sha256(task.train_rows),
+            'prompt_len': int(s.prompt_len), 'max_new_tokens': int(new_tokens(config)),
+            'temperature': float(s.temperature), 'top_k': int(s.top_k),
+            'top_p': float(s.top_p), 'seed': int(config.seed),
+            'teacher_params_sha256': teacher_sha256}
+
+
+def prompt_lengths(inputs: jax.Array, mask: jax.Array, prompt_len: int) -> jax.Array:
+    """Real tokens among each row's first ``prompt_len`` inputs (input 0 is always real;
+    input ``i > 0`` is real when target ``i - 1`` is)."""
+    return 1 + jnp.sum(mask[:, :prompt_len - 1].astype(jnp.int32), axis=1)
+
+
+def as_rows(tokens: jax.Array, generated: jax.Array, seq_len: int) -> dict[str, jax.Array]:
+    """``[B, L]`` prompt + completion (``L <= seq_len``) -> next-token rows of ``seq_len``,
+    ``mask`` True exactly on targets that were generated."""
+    pad = seq_len + 1 - tokens.shape[1]
+    tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
+    generated = jnp.pad(generated, ((0, 0), (0, pad)))
+    return {'inputs': tokens[:, :seq_len], 'targets': tokens[:, 1:seq_len + 1],
+            'mask': generated[:, 1:seq_len + 1]}
+
+
+def complete(module, params, rows: dict[str, jax.Array], rng: jax.Array, config
+             ) -> dict[str, jax.Array]:
+    """Completes the prompts of ``rows`` with ``module`` (a `Decoder`); returns new rows."""
+    s = config.distill.sampling
+    lengths = prompt_lengths(rows['inputs'], rows['mask'], s.prompt_len)
+    tokens, generated = sampling.generate(
+        module, params, rows['inputs'][:, :s.prompt_len], lengths, new_tokens(config), rng,
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+    return as_rows(tokens, generated, config.data.seq_len)
+
+
+def _chunks(config, rows, teacher, teacher_vars, mesh) -> Iterator[dict[str, np.ndarray]]:
+    batch = config.distill.sampling.batch_size
+    n = len(rows['inputs'])
+    local = batch // jax.process_count()
+    own = jax.process_index() * local
+    key = jax.random.key(config.seed)
+    fn = jax.jit(lambda params, r, rng: complete(teacher.module, params, r, rng, config))
+    for i, start in enumerate(range(0, n, batch)):
+        ids = np.minimum(start + own + np.arange(local), n - 1)
+        part = mesh_lib.to_global(mesh, {k: rows[k][ids] for k in ('inputs', 'mask')})
+        out = mesh_lib.to_host(fn(teacher_vars['params'], part, jax.random.fold_in(key, i)))
+        keep = min(batch, n - start)
+        yield {k: np.asarray(v[:keep]) for k, v in out.items()}
+
+
+def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[str, Any],
+          say=print) -> dict[str, Any]:
+    """Generates the completions once (process 0 writes), or checks the stored ones."""
+    if store.exists(path):
+        spec = store.read_spec(path)
+        store.check_fingerprint(spec, expected, path, 'distill.teacher_signal=sequence')
+        say(f'teacher sequences: {spec["rows"]} completions at {path}: reused')
+        return spec
+    s = config.distill.sampling
+    say(f'teacher sequences: completing {len(task.train_rows["inputs"])} prompts of '
+        f'{s.prompt_len} tokens with {new_tokens(config)} sampled tokens -> {path}')
+    chunks = _chunks(config, task.train_rows, teacher, teacher_vars, mesh)
+    if jax.process_index() == 0:
+        store.write(path, expected, chunks)
+    else:
+        for _ in chunks:
+            pass
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('jaxdistill teacher sequences written')
+    return store.read_spec(path)
+
+
+def load(path: str, expected: dict[str, Any]) -> dict[str, np.ndarray]:
+    rows = store.read(path, expected, 'distill.teacher_signal=sequence')
+    rows['mask'] = rows['mask'].astype(bool)
+    return rows
