@@ -180,6 +180,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     results = assemble_results(p, all_vars, evaluator, scores)
     results['provenance'].update(teacher_signal=config.distill.teacher_signal,
                                  **signal.provenance)
+    if signal.label_only:  # what the student trained with: cross-entropy on the teacher's text
+        results['provenance']['losses'] = objective.label_only().describe()
     if hasattr(p.task, 'continuations'):
         results['samples'] = p.task.continuations(
             {'teacher': (p.teacher, all_vars[0]), **{k: (p.student, v) for k, v in models.items()}},

@@ -109,15 +109,19 @@ def read(directory: str, expected: Mapping[str, Any], key: str) -> dict[str, np.
     names = sorted(spec['arrays'])
     layout = [(k, np.dtype(spec['arrays'][k][0]), tuple(spec['arrays'][k][1])) for k in names]
     sizes = [dt.itemsize * int(np.prod(shape)) for _, dt, shape in layout]
-    reader = ar.ArrayRecordReader(os.path.join(directory, RECORDS))
     try:
-        n = reader.num_records()
-        if n != spec['rows']:
-            raise DataError(f'{directory}: {n} records, spec says {spec["rows"]}: the store is '
-                            'damaged; remove it to rebuild it')
-        records = reader.read_all() if n else []
-    finally:
-        reader.close()
+        reader = ar.ArrayRecordReader(os.path.join(directory, RECORDS))
+        try:
+            n = reader.num_records()
+            records = reader.read_all() if n else []
+        finally:
+            reader.close()
+    except (RuntimeError, OSError, ValueError) as e:  # ArrayRecord's own checksums
+        raise DataError(f'{directory}: the store is damaged ({str(e).splitlines()[0][:120]}); '
+                        'remove it to rebuild it') from None
+    if n != spec['rows']:
+        raise DataError(f'{directory}: {n} records, spec says {spec["rows"]}: the store is '
+                        'damaged; remove it to rebuild it')
     out = {k: np.empty((n, *shape), dt) for k, dt, shape in layout}
     for i, record in enumerate(records):
         payload = record[4:]
