@@ -10,8 +10,8 @@ from call to call, as a training loop does) and returns something to block on.
 * `teacher_forward`: the teacher's inference alone, jitted, same batch.
 * `naive_runner`: the loop a user would write by hand from the Flax and Optax docs: the
   teacher in its own jit, fp32, no donation, numpy batches handed over every step.
-* `cached_runner`: a student step against precomputed top-k teacher log-probabilities
-  (`losses.topk_kl`), or against none (``k=0``): what cached targets cost over plain training.
+* `cached_runner`: the real step under ``teacher_signal='cached'`` (no teacher; the batch
+  carries the stored top-k), or `student_runner`: what cached targets cost over plain training.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from jax.sharding import Mesh
 
 from benchmarks import harness
 from benchmarks.pairs import Pair
-from jaxdistill import losses, train
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
+from jaxdistill import train
+from jaxdistill.signals import cache as cache_lib
 
 STEPS_FOR_SCHEDULE = 1000  # the optimizer's schedule length; the timed steps sit in warm-up
 
@@ -60,7 +61,7 @@ def _optimizer(pair: Pair) -> optax.GradientTransformation:
 
 
 def _train_runner(pair: Pair, mesh: Mesh, objective: objective_lib.Objective,
-                  teacher_vars: dict | None) -> Runner:
+                  teacher_vars: dict | None, batch: dict | None = None) -> Runner:
     optimizer = _optimizer(pair)
     sample = pair.batch['image' if pair.name == 'image' else 'inputs']
     state, shardings = train.create_train_state(pair.student, optimizer, jax.random.key(0),
@@ -73,7 +74,7 @@ def _train_runner(pair: Pair, mesh: Mesh, objective: objective_lib.Objective,
     step = train.make_train_step(pair.student, objective, optimizer, mesh=mesh,
                                  state_shardings=shardings, prepare=pair.prepare, seed=0,
                                  teacher=teacher, teacher_shardings=t_shardings)
-    batch = mesh_lib.to_global(mesh, pair.batch)
+    batch = mesh_lib.to_global(mesh, pair.batch if batch is None else batch)
     return Runner(step, state, (teacher_vars, batch))
 
 
@@ -150,47 +151,25 @@ def naive_runner(pair: Pair, teacher_vars: dict, params: Any = None) -> Runner:
 
 
 # ------------------------------------------------------------------------------ cached targets
-def topk_targets(pair: Pair, teacher_vars: dict, k: int) -> dict[str, np.ndarray]:
-    """The teacher's top-k log-probabilities and ids per token, computed once (the cache)."""
+def topk_targets(pair: Pair, teacher_vars: dict, k: int, dtype: str = 'float16'
+                 ) -> dict[str, np.ndarray]:
+    """The teacher's top-k per token, computed once and stored as the cache stores it
+    (`jaxdistill.signals.cache.encode`: uint16 ids, float16 or uint8 log-probabilities)."""
     logits = pair.teacher.apply(teacher_vars['params'], teacher_vars['state'],
                                 pair.batch['inputs'], train=False)[0]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     values, ids = jax.lax.top_k(logp, k)
-    return {'topk_logprobs': np.asarray(values), 'topk_ids': np.asarray(ids, np.int32)}
+    return cache_lib.encode(np.asarray(values), np.asarray(ids), dtype, logits.shape[-1])
 
 
 def cached_runner(pair: Pair, mesh: Mesh, cache: dict[str, np.ndarray] | None) -> Runner:
-    """A donated, jitted student step; with ``cache`` its loss adds ``topk_kl`` to the CE.
+    """jaxdistill's real step under ``distill.teacher_signal='cached'``: no teacher, the
+    batch carries the stored top-k, the pair's own ``distill.losses`` (kd becomes the
+    sparse `losses.topk_kl`); with ``cache=None``, the same step with ``ce`` alone.
 
-    Both variants share this code, so their ratio is the cost of reading cached targets and
-    computing the sparse KL, nothing else.
+    Both variants are `train.make_train_step` as ``train.run_stage`` builds it, so their
+    ratio is the cost of reading cached targets and computing the sparse KL, nothing else.
     """
-    optimizer = _optimizer(pair)
-    (kd, ce) = pair.losses
-    state, shardings = train.create_train_state(pair.student, optimizer, jax.random.key(0),
-                                                pair.batch['inputs'], mesh)
-    batch = dict(pair.batch, **(cache or {}))
-
-    def step_fn(state, batch):
-        def loss_fn(params):
-            logits, _, _ = pair.student.apply(params, state.model_state, batch['inputs'],
-                                              train=True)
-            mask = batch['mask']
-            loss = ce.weight * losses.token_mean(
-                losses.softmax_cross_entropy(logits, batch['targets']), mask)
-            if cache is not None:
-                loss += kd.weight * losses.token_mean(losses.topk_kl(
-                    logits, batch['topk_logprobs'], batch['topk_ids'],
-                    temperature=kd.temperature), mask)
-            return loss
-
-        trained = (state.params, state.aux)  # the optimizer state covers both (train.py)
-        loss, grads = jax.value_and_grad(lambda t: loss_fn(t[0]))(trained)
-        updates, opt_state = optimizer.update(grads, state.opt_state, trained)
-        params, aux = optax.apply_updates(trained, updates)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                             aux=aux), loss
-
-    step = jax.jit(step_fn, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                   out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-    return Runner(step, state, (mesh_lib.to_global(mesh, batch),))
+    if cache is None:
+        return student_runner(pair, mesh)
+    return _train_runner(pair, mesh, pair.objective(), None, batch=dict(pair.batch, **cache))
