@@ -684,8 +684,13 @@ def topk_kl(
         raise ConfigError(
             f'teacher_topk_logprobs {lt.shape} / teacher_topk_ids {ids.shape} do not match '
             f'student_logits {zs.shape}: pass [..., k] arrays with k <= vocab on axis {axis}')
-    logp_s, _ = _log_softmax(zs / temperature, -1, mask)
-    logp_s_k = jnp.take_along_axis(logp_s, ids, axis=-1)
+    zs = zs / temperature
+    if mask is None:  # gather the k logits, no [..., V] log-softmax (benchmarks/NOTES.md)
+        lse = jax.nn.logsumexp(zs, axis=-1, keepdims=True)
+        logp_s_k = jnp.take_along_axis(zs, ids, axis=-1) - lse
+    else:
+        logp_s, _ = _log_softmax(zs, -1, mask)
+        logp_s_k = jnp.take_along_axis(logp_s, ids, axis=-1)
     if mode == 'renormalise':
         lt = jax.nn.log_softmax(lt / temperature, axis=-1)
     p_t = jnp.exp(lt)
@@ -694,6 +699,8 @@ def topk_kl(
     out = jnp.sum(jnp.where(present, p_t * (lt - logp_s_k), 0.0), axis=-1)
     if mode == 'tail':
         valid = jnp.ones(zs.shape, bool) if mask is None else mask
+        if mask is None:
+            logp_s = zs - lse
         in_topk = jnp.put_along_axis(jnp.zeros(zs.shape, bool), ids, True, axis=-1,
                                      inplace=False)
         log_r_s = jnp.squeeze(_logsumexp(logp_s, -1, valid & ~in_topk), -1)
