@@ -178,3 +178,25 @@ def test_cli_cache_mode_error_is_one_line(data_dir, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
     assert "distill.teacher_signal='cached'" in proc.stderr
     assert not os.path.exists(tmp_path / 'w')
+
+
+def test_cached_on_eight_devices_matches_one_and_reuses_the_cache(cached_run, data_dir,
+                                                                   tmp_path):
+    workdir, c, _, r, _ = cached_run
+    c8 = _config(data_dir, 'smoke,cached', c.teacher.checkpoint)
+    c8.distill.cache.path = os.path.join(workdir, 'teacher_cache')
+    c8.mesh.data, c8.mesh.fsdp = 4, 2
+    r8 = run.train_and_evaluate(c8, str(tmp_path), devices=jax.devices()[:8])
+    assert not os.path.exists(tmp_path / 'teacher_cache')  # read from the given path
+    np.testing.assert_allclose(r8['student']['train_loss'], r['student']['train_loss'],
+                               rtol=1e-4)
+    np.testing.assert_allclose(r8['student']['kl_to_teacher'], r['student']['kl_to_teacher'],
+                               rtol=1e-4)
+
+
+def test_on_policy_samples_on_a_sharded_batch(data_dir, teacher_dir, tmp_path):
+    c = _config(data_dir, 'smoke,on_policy', teacher_dir)
+    c.train.steps, c.optimizer.warmup_steps = 6, 1
+    c.distill.on_policy.lmbda = 1.0  # every step samples
+    r = run.train_and_evaluate(c, str(tmp_path), devices=jax.devices()[:8])
+    assert r['provenance']['on_policy_steps'] == 6 and np.isfinite(r['student']['train_loss'])
