@@ -171,3 +171,36 @@ def test_two_processes_match_one_device(reference, data_dir, tmp_path):
                for d in (workdir, ref_dir)]
     assert results[0]['provenance']['teacher_params_sha256'] == results[1]['provenance'][
         'teacher_params_sha256']
+
+
+@pytest.mark.slow
+def test_teacher_cache_from_two_processes_equals_one_device(data_dir, tmp_path):
+    """mode=cache_teacher on 2 processes x 4 devices (teacher FSDP over both): process 0
+    writes the same rows, fingerprint and (up to float noise) top-k as one device."""
+    import numpy as np
+
+    from jaxdistill.signals import store
+    from tests.helpers import load_config
+
+    ref = tmp_path / 'one'
+    config = load_config('lm_text.py', 'smoke,cached')
+    config.data.data_dir, config.distill.cache.k, config.train.baseline = data_dir, 8, False
+    config.mode = 'cache_teacher'
+    run.train_and_evaluate(config, str(ref), devices=jax.devices()[:1])
+    workdir = tmp_path / 'two'
+    overrides = {'data.data_dir': data_dir, 'teacher.checkpoint': str(ref), 'mode': 'cache_teacher',
+                 'distill.cache.k': 8, 'train.baseline': False, 'mesh.data': 1, 'mesh.fsdp': -1}
+    cmd = ['bash', os.path.join(ROOT, 'launch', 'local_multihost.sh'), '--python',
+           sys.executable, '--log-dir', str(tmp_path / 'logs'), '2', '--',
+           '--config=configs/lm_text.py:smoke,cached', f'--workdir={workdir}',
+           *(f'--config.{k}={v}' for k, v in overrides.items())]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    one, two = (store.read_spec(str(d / 'teacher_cache')) for d in (ref, workdir))
+    assert one['fingerprint'] == two['fingerprint'] and one['rows'] == two['rows']
+    a, b = (store.read(str(d / 'teacher_cache'), one['fingerprint'], 'path')
+            for d in (ref, workdir))
+    same = a['topk_ids'] == b['topk_ids']
+    assert same.mean() > 0.999
+    np.testing.assert_allclose(a['topk_lp'][same].astype(np.float32),
+                               b['topk_lp'][same].astype(np.float32), atol=1e-2)
