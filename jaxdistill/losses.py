@@ -118,8 +118,8 @@ def _logsumexp(x: Array, axis: int, mask: Array | None) -> Array:
     Written by hand rather than with ``jax.nn.logsumexp(where=)`` so that empty rows stay
     finite in value *and* gradient.
     """
-    if mask is None:
-        return jax.nn.logsumexp(x, axis=axis, keepdims=True)
+    if mask is None:  # the same op as the cross-entropy's, so XLA computes it once for both
+        return jnp.expand_dims(jax.nn.logsumexp(x, axis=axis), axis)
     shift = jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=True)
     shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0.0))
     sumexp = jnp.sum(jnp.exp(jnp.where(mask, x - shift, -jnp.inf)), axis=axis, keepdims=True)
@@ -686,7 +686,7 @@ def topk_kl(
             f'student_logits {zs.shape}: pass [..., k] arrays with k <= vocab on axis {axis}')
     zs = zs / temperature
     if mask is None:  # gather the k logits, no [..., V] log-softmax (benchmarks/NOTES.md)
-        lse = jax.nn.logsumexp(zs, axis=-1, keepdims=True)
+        lse = _logsumexp(zs, -1, None)
         logp_s_k = jnp.take_along_axis(zs, ids, axis=-1) - lse
     else:
         logp_s, _ = _log_softmax(zs, -1, mask)
