@@ -118,7 +118,7 @@ def _logsumexp(x: Array, axis: int, mask: Array | None) -> Array:
     Written by hand rather than with ``jax.nn.logsumexp(where=)`` so that empty rows stay
     finite in value *and* gradient.
     """
-    if mask is None:  # the same op as the cross-entropy's, so XLA computes it once for both
+    if mask is None:  # one spelling for every loss (ce, kd, topk_kl): XLA computes it once
         return jnp.expand_dims(jax.nn.logsumexp(x, axis=axis), axis)
     shift = jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=True)
     shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0.0))
@@ -763,7 +763,8 @@ def _ce_gather(z: Array, labels: ArrayLike, token_mask: ArrayLike | None, axis: 
         valid = valid & jnp.asarray(token_mask).astype(bool)
     index = jnp.expand_dims(jnp.where(valid, labels, 0), axis)
     picked = jnp.squeeze(jnp.take_along_axis(z, index, axis), axis)
-    return jnp.where(valid, jax.nn.logsumexp(z, axis=axis) - picked, 0.0)
+    lse = jnp.squeeze(_logsumexp(z, axis, None), axis)  # the op kd and topk_kl use: shared
+    return jnp.where(valid, lse - picked, 0.0)
 
 
 ce = softmax_cross_entropy
