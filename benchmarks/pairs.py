@@ -136,7 +136,8 @@ def dense_conv_flops(module: nn.Module, inputs: np.ndarray) -> float:
         variables = module.init(jax.random.key(0), inputs, train=False)
         _, inter = module.apply(variables, inputs, train=False, mutable=['intermediates'],
                                 capture_intermediates=True)
-        return variables['params'], inter['intermediates']
+        # Partitioned (sharding-annotated) kernels flatten to a `.value` leaf: unbox them.
+        return nn.meta.unbox(variables['params']), inter['intermediates']
 
     params, outputs = jax.eval_shape(run)
     total = 0.0

@@ -92,6 +92,20 @@ def _times(row: dict[str, Any]) -> str:
     return ', '.join(parts)
 
 
+def _load_line(report: dict[str, Any], cores: int) -> str:
+    """Whether other jobs shared the machine: the load *before* the run says so (the load
+    after it counts the benchmark's own threads)."""
+    before, after = report['load_average_before'][0], report['load_average_after'][0]
+    loads = (f"load average {before:.1f} before the run on {cores} cores ({after:.1f} after "
+             "it, which counts the benchmark's own threads)")
+    side_by_side = ('the ratios are measured side by side in one process with the candidates '
+                    'interleaved round by round')
+    if before > 0.5 * cores:
+        return (f'**Taken under load**: {loads}; other jobs shared the machine. Absolute times '
+                f'are noisy; {side_by_side}, which is what keeps them meaningful.')
+    return f'Taken on a quiet machine: {loads}; {side_by_side}.'
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The summary table, with the machine and its load stated next to the numbers."""
     m = report['machine']
@@ -102,11 +116,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"jax {m['versions'].get('jax')}, flax {m['versions'].get('flax')}, "
         f"optax {m['versions'].get('optax')}, torch {m['versions'].get('torch') or 'absent'}.",
         '',
-        f"**Taken under load**: load average {report['load_average_before'][0]:.1f} before and "
-        f"{report['load_average_after'][0]:.1f} after on {m['cpu_count']} cores (other jobs "
-        'shared the machine). Absolute times are noisy; the ratios are measured side by side '
-        'in one process with the candidates interleaved round by round, which is what keeps '
-        'them meaningful.' + (' `--quick`: small shapes.' if report['quick'] else ''),
+        _load_line(report, m['cpu_count']) + (' `--quick`: small shapes.' if report['quick']
+                                               else ''),
         '',
         '| comparison | case | ratio | spread (IQR over rounds) | goal | median ms per step |',
         '|---|---|---|---|---|---|',

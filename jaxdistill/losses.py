@@ -29,6 +29,7 @@ values they are checked against: ``tests/test_losses.py``. The combined objectiv
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -239,11 +240,47 @@ vocabulary sharded across devices.
 """
 
 
+def _tempered(z: Array, temperature) -> Array:
+    """``z / T``, and ``z`` itself at a constant ``T = 1``: then the KD term's student
+    logsumexp is the very op the cross-entropy computes, and XLA computes it once."""
+    return z if _is_concrete(temperature) and temperature == 1 else z / temperature
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _dense_forward_kl(zs: Array, zt: Array, axis: int) -> Array:
+    """``KL(softmax(zt) || softmax(zs))`` over ``axis``, no mask: the per-entry form's value
+    with a hand-written derivative.
+
+    Autodiff of ``sum p_t (log p_t - log p_s)`` spends one more reduction over the vocabulary
+    on ``sum p_t``, which is 1; the derivative here uses that, so the student's gradient is
+    ``p_s - p_t`` alone. The student's logsumexp is `_logsumexp`'s (shared with the
+    cross-entropy). Identical inputs give exactly 0 in value and gradient.
+    """
+    logp_s = zs - _logsumexp(zs, axis, None)
+    logp_t = zt - _logsumexp(zt, axis, None)
+    return jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), axis=axis)
+
+
+@_dense_forward_kl.defjvp
+def _dense_forward_kl_jvp(axis, primals, tangents):
+    zs, zt = primals
+    dzs, dzt = tangents
+    kl = _dense_forward_kl(zs, zt, axis)
+    logp_s = zs - _logsumexp(zs, axis, None)
+    logp_t = zt - _logsumexp(zt, axis, None)
+    p_s, p_t = jnp.exp(logp_s), jnp.exp(logp_t)
+    d_teacher = p_t * (logp_t - logp_s - jnp.expand_dims(kl, axis))
+    return kl, jnp.sum((p_s - p_t) * dzs + d_teacher * dzt, axis=axis)
+
+
 def _divergence(name, student_logits, teacher_logits, temperature, where, axis, **hyper):
     _check_values(name, dict(temperature=temperature, **hyper))
     zs, zt = upcast(student_logits), upcast(teacher_logits)
     axis = check_logits(zs, zt, axis)
     mask = _mask(where, zs.shape, axis)
+    if mask is None and name in ('kd', 'forward_kl'):
+        kl = _dense_forward_kl(_tempered(zs, temperature), _tempered(zt, temperature), axis)
+        return temperature**2 * kl if name == 'kd' else kl
     logp_s, p_s = _log_softmax(zs / temperature, axis, mask)
     logp_t, p_t = _log_softmax(zt / temperature, axis, mask)
     terms = POINTWISE[name](logp_s, p_s, logp_t, p_t, temperature=temperature, **hyper)

@@ -86,8 +86,10 @@ def _schedule(value: Any, total_steps: int, key: str) -> Schedule | float:
     raise ConfigError(f"{key}.schedule={kind!r} must be 'constant', 'linear' or 'cosine'")
 
 
-def _at(value: Schedule | float, step: jax.Array) -> jax.Array:
-    return jnp.asarray(value(step) if callable(value) else value, jnp.float32)
+def _at(value: Schedule | float, step: jax.Array) -> jax.Array | float:
+    # A constant stays a Python float: XLA then sees `z / 1.0` as `z`, and the KD term's
+    # student log-softmax at T = 1 is the very op the cross-entropy computes (shared).
+    return jnp.asarray(value(step), jnp.float32) if callable(value) else float(value)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

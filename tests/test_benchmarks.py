@@ -84,6 +84,19 @@ def test_analytic_conv_and_dense_flops():
         conv + dense + bias_adds)
 
 
+def test_analytic_image_flops_agree_with_xla():
+    """The real image pair (sharding-annotated kernels): counted, and the same order as XLA."""
+    pair = pairs.image_pair(2)
+    analytic = pairs.analytic_flops(pair)
+    v = pairs.init_teacher(pair)
+    xla = harness.compiled_flops(
+        lambda v, x: pair.teacher.apply(v['params'], v['state'], x, train=False)[0], v,
+        pair.batch['image'])
+    # XLA skips the taps on 'SAME' zero padding and adds BN / ReLU / bias work.
+    assert 0.7 * analytic['teacher_forward'] < xla < 1.5 * analytic['teacher_forward']
+    assert 0 < analytic['student_forward'] < analytic['teacher_forward']
+
+
 def test_analytic_decoder_flops_agree_with_xla():
     pair = pairs.lm_pair(2, 8, teacher_cfg=TINY_DECODER, student_cfg=TINY_DECODER)
     analytic = pairs.analytic_flops(pair)['teacher_forward']
@@ -129,6 +142,8 @@ def test_results_schema_accepts_a_full_report_and_names_what_is_missing():
     report.validate(good)
     text = report.markdown(good)
     assert 'Taken under load' in text and 'load average 3.0 before' in text
+    quiet = dict(good, load_average_before=[0.1, 0.1, 0.1])
+    assert 'Taken on a quiet machine: load average 0.1 before' in report.markdown(quiet)
     assert '| distill_over_limit | lm | 1.020 | 1.00–1.10 | <= 1.05 (met) |' in text
     assert '| vs_pytorch | – | skipped |' in text
     bad = _report(distill_over_limit=_record())
