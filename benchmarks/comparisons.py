@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness, pairs, steps
+from jaxdistill import hostmem
 
 PAIRS = ('image', 'lm')
 # Every ratio is lower-is-better except cpu_mfu's; a goal is the largest ratio that meets
@@ -229,6 +230,66 @@ def bf16_teacher(quick: bool, repeats: int) -> dict[str, Any]:
             'goal_max': goal, 'results': results}
 
 
+def _minor_faults() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def host_memory_probe(quick: bool, repeats: int) -> dict[str, Any]:
+    """In this process (its host-memory policy set at its start): each pair's distill step,
+    timed, and the page faults one step takes."""
+    out = {}
+    for name in PAIRS:
+        pair = pairs.build(name, quick)
+        runner = steps.distill_runner(pair, _mesh(), pairs.init_teacher(pair))
+        timing = harness.time_interleaved({'distill_step': runner}, repeats=repeats)
+        before = _minor_faults()
+        jax.block_until_ready(runner())
+        out[name] = {'times_s': timing['distill_step'].times_s,
+                     'minor_faults_per_step': _minor_faults() - before}
+    return out
+
+
+def host_memory(quick: bool, repeats: int, processes: int = 3) -> dict[str, Any]:
+    """The distill step under ``--host_memory=reuse`` / under the C library's defaults.
+
+    The policy is process-wide, so it cannot be interleaved within one process: this starts
+    ``processes`` pairs of fresh processes, alternating the policies (reuse, system, reuse,
+    ...) so that drift hits both alike; a "round" is one such pair of processes (its ratio
+    of medians), and each policy's times are pooled over its processes.
+    """
+    goal = None
+    runs: dict[str, list[dict]] = {'reuse': [], 'system': []}
+    for _ in range(processes):
+        for policy in runs:
+            done = subprocess.run(
+                [sys.executable, '-m', 'benchmarks.run', '--probe', policy, '--repeats',
+                 str(repeats)] + (['--quick'] if quick else []),
+                capture_output=True, text=True, env=hostmem.environ(policy), check=False)
+            lines = [x for x in done.stdout.splitlines() if x.startswith('BENCHMARK_RESULT ')]
+            if done.returncode != 0 or not lines:
+                tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
+                raise RuntimeError(f'host_memory probe ({policy}) failed: {tail}')
+            runs[policy].append(json.loads(lines[-1][len('BENCHMARK_RESULT '):]))
+    results = {}
+    for name in PAIRS:
+        timings = {f'{policy}': harness.Timing(policy, [t for run in runs[policy]
+                                                        for t in run[name]['times_s']])
+                   for policy in runs}
+        rounds = [float(np.median(a[name]['times_s']) / np.median(b[name]['times_s']))
+                  for a, b in zip(runs['reuse'], runs['system'])]
+        q1, q3 = (float(q) for q in np.percentile(rounds, [25, 75]))
+        results[name] = {
+            'ratio': harness.ratio(timings, 'reuse', 'system'), 'ratio_per_round': rounds,
+            'ratio_per_round_median': float(np.median(rounds)), 'ratio_per_round_iqr': [q1, q3],
+            'meets_goal': None, 'timings': {k: t.summary() for k, t in timings.items()},
+            'minor_faults_per_step': {p: [run[name]['minor_faults_per_step'] for run in runs[p]]
+                                      for p in runs}}
+    return {'description': 'distill step with --host_memory=reuse (XLA:CPU reuses the last '
+                           "step's pages) / with the C library's defaults, one process per "
+                           'policy, alternated', 'goal_max': goal, 'results': results}
+
+
 COMPARISONS: dict[str, Callable[[bool, int], dict[str, Any]]] = {
     'distill_over_limit': distill_over_limit,
     'vs_naive_jax': vs_naive_jax,
@@ -238,4 +299,5 @@ COMPARISONS: dict[str, Callable[[bool, int], dict[str, Any]]] = {
     'scaling_8dev': scaling_8dev,
     'cpu_mfu': cpu_mfu,
     'bf16_teacher': bf16_teacher,
+    'host_memory': host_memory,
 }

@@ -23,6 +23,7 @@ MEANING = {
     'scaling_8dev': '8 forced devices / 1 device',
     'cpu_mfu': 'achieved / peak matmul FLOP/s (higher is better)',
     'bf16_teacher': 'bf16 teacher / fp32 teacher',
+    'host_memory': 'reused / system host memory',
 }
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from benchmarks import report
 
 NAMES = ('distill_over_limit', 'vs_naive_jax', 'vs_pytorch', 'cached_over_student_only',
-         'chunked_kl_memory_ratio', 'scaling_8dev', 'cpu_mfu', 'bf16_teacher')
+         'chunked_kl_memory_ratio', 'scaling_8dev', 'cpu_mfu', 'bf16_teacher', 'host_memory')
 MARKER = 'BENCHMARK_RESULT '
 TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed for '
                  '`repeats` rounds, the candidates interleaved and their order rotated every '
@@ -38,7 +38,9 @@ TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed
 
 
 def _worker_env(name: str) -> dict[str, str]:
-    env = dict(os.environ)
+    from jaxdistill import hostmem
+
+    env = hostmem.environ('auto')  # what the CLI runs under (jaxdistill/hostmem.py)
     env['JAX_PLATFORMS'] = 'cpu'
     env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8' if name == 'scaling_8dev'
                         else '')
@@ -51,16 +53,23 @@ def _worker_env(name: str) -> dict[str, str]:
 
 
 def run_worker(name: str, quick: bool, repeats: int) -> dict[str, Any]:
-    """Runs one comparison in this process; adds its load averages and wall time."""
+    """Runs one comparison in this process; adds its load averages and wall time.
+
+    The process was started with the host-memory policy the CLI takes (`_worker_env`,
+    ``--host_memory=auto``), so every candidate in it, peers included, runs under it;
+    ``host_memory`` measures what that policy is worth, one process per policy.
+    """
     import jax
 
     from benchmarks import comparisons, harness
+    from jaxdistill import hostmem
 
     before, start = harness.load_average(), time.perf_counter()
     record = comparisons.COMPARISONS[name](quick, repeats)
     record.setdefault('status', 'ok')
     record.update(load_average_before=before, load_average_after=harness.load_average(),
                   wall_s=time.perf_counter() - start, repeats=repeats,
+                  host_memory=hostmem.in_force(),
                   devices=[str(d) for d in jax.devices()])
     return record
 
@@ -96,10 +105,24 @@ def main(argv: list[str] | None = None) -> None:
                                                     '(default 7, --quick 5)')
     parser.add_argument('--out', help='JSON output (default benchmarks/results[_quick].json; '
                                       'the markdown goes next to it)')
+    parser.add_argument('--merge', action='store_true',
+                        help='keep the other comparisons of the existing output file (each '
+                             'record has its own load, repeats and wall time)')
     parser.add_argument('--timeout', type=float, default=3600, help='seconds per comparison')
     parser.add_argument('--worker', choices=NAMES, help=argparse.SUPPRESS)
+    parser.add_argument('--probe', choices=('reuse', 'system'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 7)
+    if args.probe:  # one process of host_memory: the distill steps under one policy
+        from jaxdistill import hostmem
+
+        if hostmem.in_force() != args.probe:
+            raise SystemExit(f'--probe {args.probe} started without its environment')
+        from benchmarks import comparisons
+
+        print(MARKER + json.dumps(comparisons.host_memory_probe(args.quick, repeats)),
+              flush=True)
+        return
     if args.worker:
         print(MARKER + json.dumps(run_worker(args.worker, args.quick, repeats)), flush=True)
         return
@@ -111,14 +134,17 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only or NAMES:
         comparisons[name] = run_in_subprocess(name, args.quick, repeats, args.timeout)
         print(_summary_line(name, comparisons[name]), flush=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = args.out or os.path.join(here, 'results_quick.json' if args.quick else 'results.json')
+    if args.merge and os.path.exists(out):
+        with open(out) as f:
+            comparisons = {**json.load(f)['comparisons'], **comparisons}
     command = 'python -m benchmarks.run' + (' --quick' if args.quick else '')
     results = {'schema_version': report.SCHEMA_VERSION, 'command': command,
                'quick': args.quick, 'timing_method': TIMING_METHOD,
                'machine': harness.machine_info(), 'load_average_before': before,
                'load_average_after': harness.load_average(), 'comparisons': comparisons}
     report.validate(results)
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = args.out or os.path.join(here, 'results_quick.json' if args.quick else 'results.json')
     with open(out, 'w') as f:
         json.dump(results, f, indent=2)
         f.write('\n')

@@ -30,6 +30,11 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Processes in a multi-process run (1: force one).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+_HOST_MEMORY = flags.DEFINE_enum(
+    'host_memory', 'auto', ['auto', 'reuse', 'system'],
+    'XLA:CPU step memory: reuse the previous step\'s pages (no page faults; resident memory '
+    'stays at its peak) or the C library\'s defaults; auto: reuse when computing on a CPU '
+    'under glibc (jaxdistill/hostmem.py).')
 
 
 def _fail(message: str) -> None:
@@ -74,9 +79,13 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f'unexpected arguments {argv[1:]}: every option is a --flag')
     logging.set_verbosity(logging.ERROR)  # library chatter; our own output is print()
-    from jaxdistill import distributed, run  # after flag parsing, so --help stays fast
+    from jaxdistill import hostmem
 
     try:
+        # First: it may restart this process with glibc's tunables (jaxdistill/hostmem.py).
+        hostmem.ensure(_HOST_MEMORY.value)
+        from jaxdistill import distributed, run  # after flag parsing: --help stays fast
+
         # Before anything touches a device: JAX then sees every process's devices.
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         distributed.check_shared_dir(_WORKDIR.value)

@@ -105,6 +105,7 @@ def test_other_config_on_same_workdir_is_refused(smoke_run, data_dir):
     (['--config.data.batch_size=30'], 'data.batch_size=30 is not divisible by the 8'),
     (['--config.distill.losses[0].name=kdd'], "unknown loss 'kdd'"),
     (['--config.student.kwargs.num_classes=7'], 'teacher has 10 outputs but student has 7'),
+    (['--host_memory=keep'], 'flag --host_memory=keep: value should be one of'),
 ])
 def test_bad_input_is_one_line(tmp_path, data_dir, overrides, message):
     workdir = tmp_path / 'never'
