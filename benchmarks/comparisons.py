@@ -34,12 +34,15 @@ def _case(timings: dict[str, harness.Timing], numerator: str, denominator, goal:
           **extra: Any) -> dict[str, Any]:
     """One result row: the ratio of medians, the round-by-round ratios, every raw time."""
     value = harness.ratio(timings, numerator, denominator)
-    rounds = harness.paired_ratios(timings, numerator, denominator)
-    q1, q3 = (float(q) for q in np.percentile(rounds, [25, 75]))
-    return {'ratio': value, 'ratio_per_round': rounds, 'ratio_per_round_median':
-            float(np.median(rounds)), 'ratio_per_round_iqr': [q1, q3],
+    return {'ratio': value, **_round_stats(harness.paired_ratios(timings, numerator, denominator)),
             'meets_goal': None if goal is None else bool(value <= goal),
             'timings': {name: t.summary() for name, t in timings.items()}, **extra}
+
+
+def _round_stats(rounds: list[float]) -> dict[str, Any]:
+    q1, q3 = (float(q) for q in np.percentile(rounds, [25, 75]))
+    return {'ratio_per_round': rounds, 'ratio_per_round_median': float(np.median(rounds)),
+            'ratio_per_round_iqr': [q1, q3]}
 
 
 def _mesh():
@@ -260,28 +263,21 @@ def host_memory(quick: bool, repeats: int, processes: int = 3) -> dict[str, Any]
     """
     goal = None
     runs: dict[str, list[dict]] = {'reuse': [], 'system': []}
+    from benchmarks import run as run_lib
+
     for _ in range(processes):
         for policy in runs:
-            done = subprocess.run(
-                [sys.executable, '-m', 'benchmarks.run', '--probe', policy, '--repeats',
-                 str(repeats)] + (['--quick'] if quick else []),
-                capture_output=True, text=True, env=hostmem.environ(policy), check=False)
-            lines = [x for x in done.stdout.splitlines() if x.startswith('BENCHMARK_RESULT ')]
-            if done.returncode != 0 or not lines:
-                tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
-                raise RuntimeError(f'host_memory probe ({policy}) failed: {tail}')
-            runs[policy].append(json.loads(lines[-1][len('BENCHMARK_RESULT '):]))
+            args = ['--probe', policy, '--repeats', str(repeats)] + (['--quick'] if quick else [])
+            runs[policy].append(run_lib.run_marked(args, hostmem.environ(policy)))
     results = {}
     for name in PAIRS:
-        timings = {f'{policy}': harness.Timing(policy, [t for run in runs[policy]
-                                                        for t in run[name]['times_s']])
+        timings = {policy: harness.Timing(policy, [t for run in runs[policy]
+                                                   for t in run[name]['times_s']])
                    for policy in runs}
         rounds = [float(np.median(a[name]['times_s']) / np.median(b[name]['times_s']))
                   for a, b in zip(runs['reuse'], runs['system'])]
-        q1, q3 = (float(q) for q in np.percentile(rounds, [25, 75]))
         results[name] = {
-            'ratio': harness.ratio(timings, 'reuse', 'system'), 'ratio_per_round': rounds,
-            'ratio_per_round_median': float(np.median(rounds)), 'ratio_per_round_iqr': [q1, q3],
+            'ratio': harness.ratio(timings, 'reuse', 'system'), **_round_stats(rounds),
             'meets_goal': None, 'timings': {k: t.summary() for k, t in timings.items()},
             'minor_faults_per_step': {p: [run[name]['minor_faults_per_step'] for run in runs[p]]
                                       for p in runs}}

@@ -40,8 +40,8 @@ TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed
 def _worker_env(name: str) -> dict[str, str]:
     from jaxdistill import hostmem
 
-    env = hostmem.environ('auto')  # what the CLI runs under (jaxdistill/hostmem.py)
-    env['JAX_PLATFORMS'] = 'cpu'
+    # What the CLI runs under (jaxdistill/hostmem.py), decided for the CPU the worker uses.
+    env = hostmem.environ('auto', dict(os.environ, JAX_PLATFORMS='cpu'))
     env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8' if name == 'scaling_8dev'
                         else '')
     env.setdefault('JAX_COMPILATION_CACHE_DIR',
@@ -74,20 +74,34 @@ def run_worker(name: str, quick: bool, repeats: int) -> dict[str, Any]:
     return record
 
 
-def run_in_subprocess(name: str, quick: bool, repeats: int, timeout_s: float) -> dict[str, Any]:
-    """A comparison's record from its own process, or an error record saying why not."""
-    command = [sys.executable, '-m', 'benchmarks.run', '--worker', name,
-               '--repeats', str(repeats)] + (['--quick'] if quick else [])
+class WorkerError(RuntimeError):
+    """A ``benchmarks.run`` subprocess gave no record; the message says why."""
+
+
+def run_marked(args: list[str], env: dict[str, str], timeout_s: float | None = None
+               ) -> dict[str, Any]:
+    """Runs ``python -m benchmarks.run ARGS`` and returns the record it printed after
+    `MARKER`; raises `WorkerError` with the reason if it timed out, failed or printed none."""
+    command = [sys.executable, '-m', 'benchmarks.run', *args]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=_worker_env(name),
+        done = subprocess.run(command, capture_output=True, text=True, env=env,
                               timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return {'status': 'error', 'reason': f'timed out after {timeout_s:.0f} s'}
+        raise WorkerError(f'timed out after {timeout_s:.0f} s') from None
     lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
-        return {'status': 'error', 'reason': f'exit {done.returncode}: {tail}'}
+        raise WorkerError(f'exit {done.returncode}: {tail}')
     return json.loads(lines[-1][len(MARKER):])
+
+
+def run_in_subprocess(name: str, quick: bool, repeats: int, timeout_s: float) -> dict[str, Any]:
+    """A comparison's record from its own process, or an error record saying why not."""
+    args = ['--worker', name, '--repeats', str(repeats)] + (['--quick'] if quick else [])
+    try:
+        return run_marked(args, _worker_env(name), timeout_s)
+    except WorkerError as e:
+        return {'status': 'error', 'reason': str(e)}
 
 
 def _summary_line(name: str, record: dict[str, Any]) -> str:

@@ -256,19 +256,16 @@ def _dense_forward_kl(zs: Array, zt: Array, axis: int) -> Array:
     ``p_s - p_t`` alone. The student's logsumexp is `_logsumexp`'s (shared with the
     cross-entropy). Identical inputs give exactly 0 in value and gradient.
     """
-    logp_s = zs - _logsumexp(zs, axis, None)
-    logp_t = zt - _logsumexp(zt, axis, None)
-    return jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), axis=axis)
+    (logp_s, _), (logp_t, p_t) = _log_softmax(zs, axis, None), _log_softmax(zt, axis, None)
+    return jnp.sum(_forward_kl_terms(logp_s, None, logp_t, p_t, temperature=1), axis=axis)
 
 
 @_dense_forward_kl.defjvp
 def _dense_forward_kl_jvp(axis, primals, tangents):
     zs, zt = primals
     dzs, dzt = tangents
-    kl = _dense_forward_kl(zs, zt, axis)
-    logp_s = zs - _logsumexp(zs, axis, None)
-    logp_t = zt - _logsumexp(zt, axis, None)
-    p_s, p_t = jnp.exp(logp_s), jnp.exp(logp_t)
+    (logp_s, p_s), (logp_t, p_t) = _log_softmax(zs, axis, None), _log_softmax(zt, axis, None)
+    kl = jnp.sum(_forward_kl_terms(logp_s, p_s, logp_t, p_t, temperature=1), axis=axis)
     d_teacher = p_t * (logp_t - logp_s - jnp.expand_dims(kl, axis))
     return kl, jnp.sum((p_s - p_t) * dzs + d_teacher * dzt, axis=axis)
 
@@ -281,8 +278,8 @@ def _divergence(name, student_logits, teacher_logits, temperature, where, axis, 
     if mask is None and name in ('kd', 'forward_kl'):
         kl = _dense_forward_kl(_tempered(zs, temperature), _tempered(zt, temperature), axis)
         return temperature**2 * kl if name == 'kd' else kl
-    logp_s, p_s = _log_softmax(zs / temperature, axis, mask)
-    logp_t, p_t = _log_softmax(zt / temperature, axis, mask)
+    logp_s, p_s = _log_softmax(_tempered(zs, temperature), axis, mask)
+    logp_t, p_t = _log_softmax(_tempered(zt, temperature), axis, mask)
     terms = POINTWISE[name](logp_s, p_s, logp_t, p_t, temperature=temperature, **hyper)
     return _masked_sum(terms, axis, mask)
 
@@ -545,7 +542,7 @@ def dkd_parts(
 
     def decouple(z):
         """Target and rest log-masses, and the log-softmax over the non-target classes."""
-        logp, p = _log_softmax(z / temperature, axis, mask)
+        logp, p = _log_softmax(_tempered(z, temperature), axis, mask)
         logp_y = jnp.sum(jnp.where(target, logp, 0.0), axis=axis)
         p_y = jnp.sum(jnp.where(target, p, 0.0), axis=axis)
         # log(1 - p_y) as a logsumexp over the other classes: stays finite when p_y -> 1.
@@ -637,8 +634,8 @@ def dist_parts(
     mask = jnp.ones(zs.shape, bool) if mask is None else mask
     vocab = zs.shape[axis]
     zs, zt, mask = (jnp.moveaxis(x, axis, -1).reshape(-1, vocab) for x in (zs, zt, mask))
-    _, p_s = _log_softmax(zs / temperature, -1, mask)
-    _, p_t = _log_softmax(zt / temperature, -1, mask)
+    _, p_s = _log_softmax(_tempered(zs, temperature), -1, mask)
+    _, p_t = _log_softmax(_tempered(zt, temperature), -1, mask)
     inter = _masked_mean(1.0 - _pearson(p_s, p_t, mask, -1), None, jnp.any(mask, axis=-1))
     intra = _masked_mean(1.0 - _pearson(p_s, p_t, mask, 0), None, jnp.any(mask, axis=0))
     total = temperature**2 * (beta * inter + gamma * intra)
@@ -721,7 +718,7 @@ def topk_kl(
         raise ConfigError(
             f'teacher_topk_logprobs {lt.shape} / teacher_topk_ids {ids.shape} do not match '
             f'student_logits {zs.shape}: pass [..., k] arrays with k <= vocab on axis {axis}')
-    zs = zs / temperature
+    zs = _tempered(zs, temperature)
     if mask is None:  # gather the k logits, no [..., V] log-softmax (benchmarks/NOTES.md)
         lse = _logsumexp(zs, -1, None)
         logp_s_k = jnp.take_along_axis(zs, ids, axis=-1) - lse
@@ -729,7 +726,7 @@ def topk_kl(
         logp_s, _ = _log_softmax(zs, -1, mask)
         logp_s_k = jnp.take_along_axis(logp_s, ids, axis=-1)
     if mode == 'renormalise':
-        lt = jax.nn.log_softmax(lt / temperature, axis=-1)
+        lt = jax.nn.log_softmax(_tempered(lt, temperature), axis=-1)
     p_t = jnp.exp(lt)
     present = p_t > 0
     lt = jnp.where(present, lt, 0.0)  # -inf teacher entries: 0 * log 0 = 0, no NaN.

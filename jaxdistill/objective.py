@@ -87,8 +87,8 @@ def _schedule(value: Any, total_steps: int, key: str) -> Schedule | float:
 
 
 def _at(value: Schedule | float, step: jax.Array) -> jax.Array | float:
-    # A constant stays a Python float: XLA then sees `z / 1.0` as `z`, and the KD term's
-    # student log-softmax at T = 1 is the very op the cross-entropy computes (shared).
+    # A constant stays a Python float, so the losses can see T = 1 and skip the division
+    # (`losses._tempered`): the KD term's student logsumexp is then the cross-entropy's.
     return jnp.asarray(value(step), jnp.float32) if callable(value) else float(value)
 
 
