@@ -87,8 +87,8 @@ def vs_pytorch(quick: bool, repeats: int) -> dict[str, Any]:
                    'no_grad, same architectures and batch)')
     if importlib.util.find_spec('torch') is None:
         return {'description': description, 'goal_max': goal, 'status': 'skipped',
-                'reason': "torch is not installed: pip install -e '.[bench]' (the CPU build "
-                          'from download.pytorch.org/whl/cpu suffices)', 'results': {}}
+                'reason': "torch is not installed: pip install -e '.[bench]' (PyTorch's "
+                          'CPU build suffices)', 'results': {}}
     import torch
 
     from benchmarks import torch_peer
