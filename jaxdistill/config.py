@@ -58,6 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
     # data-parallel student (student.sharding_rules=()). See docs/scaling.md.
     c.teacher.sharding_rules = DEFAULT_RULES
 
+    # task='lm': the teacher's tokenizer when it is not the student's (data.tokenizer):
+    # '' (an hf: teacher's own tokenizer.json, else data.tokenizer), 'byte', 'bpe'
+    # (data.vocab_size merges), 'bpe:N', or 'hf:DIR'. Differing tokenizers switch on
+    # distill.cross_tokenizer (jaxdistill/crosstok).
+    c.teacher.tokenizer = ''
+    c.teacher.seq_len = 0  # the teacher's row length across tokenizers; 0: data.seq_len
     c.teacher.weight = 1.0  # its weight when several teachers are combined (see `teachers`)
     # More teachers, each a dict with the keys of `teacher` (module, kwargs, checkpoint, steps,
     # logits_key, weight); one without a checkpoint is trained in WORKDIR/teacher_<i>.
@@ -155,6 +161,11 @@ def base_config() -> ml_collections.ConfigDict:
     # probability distill.on_policy.lmbda, by the student's own completions of its prompts,
     # which the teacher then scores inside the step.
     c.distill.teacher_signal = 'online'
+    # Teacher and student with different tokenizers (task='lm'): both tokenize the same text,
+    # aligned by byte offsets in the data pipeline; losses 'uld' and 'aligned_kl' (docs/losses.md).
+    # Switched on by itself, with a note, when teacher.tokenizer differs from data.tokenizer or
+    # a loss needs it.
+    c.distill.cross_tokenizer = False
     c.distill.cache = ml_collections.ConfigDict()
     c.distill.cache.k = 32  # top-k teacher log-probabilities kept per token
     c.distill.cache.dtype = 'float16'  # 'float16', or 'uint8' (quantised per token)

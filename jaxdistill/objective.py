@@ -58,6 +58,7 @@ FEATURE_LOSSES = ('feature_mse', 'feature_cosine', 'attention_transfer', 'rkd', 
 RELATIONAL = ('rkd', 'similarity_mse')  # relations between examples: any widths
 PROJECTED = ('feature_mse', 'feature_cosine')  # a learned projection when widths differ
 SCHEDULED = ('weight', 'temperature')
+CROSS_TOKEN = ('uld', 'aligned_kl')  # teacher and student tokenize differently (crosstok)
 
 
 def _schedule(value: Any, total_steps: int, key: str) -> Schedule | float:
@@ -134,6 +135,9 @@ class Objective:
     # arrive stacked ``[K, ...]`` and each teacher-based logit term is the weighted sum of
     # its value against every teacher. None: one teacher distribution.
     teacher_weights: tuple[float, ...] | None = None
+    # Teacher and student with different tokenizers: the shared vocabulary of the
+    # cross-tokenizer terms (`crosstok.data.CrossVocab`), set once the models are known.
+    cross: Any = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -246,6 +250,11 @@ class Objective:
             kwargs['temperature'] = _at(term.temperature, step)
         if term.name in NEEDS_LABELS:
             kwargs['labels'] = targets if integer_labels else jnp.argmax(targets, axis=-1)
+        if term.name in CROSS_TOKEN:
+            from jaxdistill.crosstok import objective as cross_objective
+
+            return cross_objective.term(term.name, kwargs, student_logits, targets, mask,
+                                        teacher_logits, self.cross)
         if isinstance(teacher_logits, SparseTeacher):
             return self._sparse_term(term, student_logits, teacher_logits, kwargs, mask)
         fn = losses.get(term.name)
@@ -309,6 +318,12 @@ def build(entries: Sequence[Mapping[str, Any]], total_steps: int,
         if name == 'ce':
             if entry:
                 raise ConfigError(f"{where} ('ce') takes only a weight, got {sorted(entry)}")
+        elif name in CROSS_TOKEN:
+            from jaxdistill.crosstok import objective as cross_objective
+
+            if 'temperature' in entry and not isinstance(entry['temperature'], (int, float)):
+                raise ConfigError(f'{where}.temperature must be a number for {name!r}')
+            cross_objective.validate(name, entry, where)
         else:
             losses.get(name)  # unknown names raise with the known ones listed
             if 'temperature' in entry:

@@ -124,12 +124,17 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
         data_rng, dropout_rng = jax.random.split(rng)
         inputs, targets, mask, labelled, teacher_logits = prepare(batch, data_rng)
         teacher_features = {}
+        # another tokenizer: the teacher reads its own tokens (`crosstok.data.CrossTeacher`)
+        cross = teacher_logits if hasattr(teacher_logits, 'alignment') else None
         if teacher is not None:
             teacher_logits, _, teacher_features = teacher.apply(
-                teacher_model['params'], teacher_model['state'], inputs, train=False,
+                teacher_model['params'], teacher_model['state'],
+                inputs if cross is None else cross.inputs, train=False,
                 taps=objective.teacher_taps)
             teacher_logits, teacher_features = jax.lax.stop_gradient(
                 (teacher_logits, teacher_features))
+            if cross is not None:
+                teacher_logits = cross._replace(logits=teacher_logits)
 
         def loss_fn(trained):
             params, aux = trained

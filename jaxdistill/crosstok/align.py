@@ -169,6 +169,7 @@ class Stream:
     changed: np.ndarray  # bool [N]
     changed_chars: int = 0  # characters covered by changed tokens
     changed_docs: int = 0
+    doc_starts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def clean(self) -> np.ndarray:
@@ -221,7 +222,7 @@ def encode_stream(tokenizer: Any, docs: Sequence[str], key: str = 'teacher.token
                  else None)
     bos, eos = int(tokenizer.bos_id), int(tokenizer.eos_id)
     ids_parts, start_parts, end_parts, changed_parts = [], [], [], []
-    base, changed_chars, changed_docs = 0, 0, 0
+    base, changed_chars, changed_docs, count, doc_starts = 0, 0, 0, 0, []
     for d, text in enumerate(docs):
         data = text.encode('utf-8')
         if tok is None:
@@ -243,6 +244,8 @@ def encode_stream(tokenizer: Any, docs: Sequence[str], key: str = 'teacher.token
                                                        surfaces)
             changed_chars += chars
             changed_docs += bool(chars)
+        doc_starts.append(count)
+        count += len(ids) + 2
         ids_parts += [[bos], ids, [eos]]
         start_parts += [[base], base + 1 + start, [base + 1 + len(data)]]
         end_parts += [[base + 1], base + 1 + end, [base + 2 + len(data)]]
@@ -255,7 +258,8 @@ def encode_stream(tokenizer: Any, docs: Sequence[str], key: str = 'teacher.token
     cat = (lambda parts, dt: np.concatenate([np.asarray(p, dt) for p in parts])
            if parts else np.zeros(0, dt))
     return Stream(cat(ids_parts, np.int32), cat(start_parts, np.int64),
-                  cat(end_parts, np.int64), cat(changed_parts, bool), changed_chars, changed_docs)
+                  cat(end_parts, np.int64), cat(changed_parts, bool), changed_chars, changed_docs,
+                  np.asarray(doc_starts, np.int64))
 
 
 def _joined(surfaces: list[bytes | None], ids: np.ndarray) -> bytes:
@@ -307,6 +311,7 @@ class Aligner:
         self.t_first = np.searchsorted(teacher.start, student.start[first], side='left')
         after = np.searchsorted(teacher.end, student.end[last], side='right')
         self.t_count = np.clip(after - self.t_first, 0, self.U + 1)
+        self.truncated = int(np.sum(after - self.t_first > self.U + 1))  # rows cut short
 
     def rows(self, row_ids: np.ndarray) -> dict[str, np.ndarray]:
         """The teacher's tokens and the alignment of rows ``row_ids``, ``[B, ...]`` arrays:

@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 
 from jaxdistill import mesh as mesh_lib
 from jaxdistill.adapter import Model
+from jaxdistill.crosstok import data as crosstok
 from jaxdistill.data import corpus as corpus_lib
 from jaxdistill.data import packed as packed_lib
 from jaxdistill.data import text
@@ -75,6 +76,9 @@ class LanguageModelTask:
         else:
             self._open_pytext(d)
         self.sample = text.as_source(self.train_rows).take([0])['inputs']
+        # teacher and student with different tokenizers (None: one tokenizer)
+        self.cross = crosstok.setup(config, self, data_dir(d))
+        self.teacher_sample = self.cross.teacher_sample() if self.cross else self.sample
 
     def _open_pytext(self, d) -> None:
         ddir = data_dir(d)
@@ -116,25 +120,34 @@ class LanguageModelTask:
             'undecodable_bytes': meta['undecodable_bytes']}
 
     # -- checks ---------------------------------------------------------------------
-    def _vocab(self, model: Model, key: str) -> int:
-        params_state = jax.eval_shape(model.init, jax.random.key(0), self.sample)
+    def _vocab(self, model: Model, key: str, sample=None) -> int:
+        sample = self.sample if sample is None else sample
+        params_state = jax.eval_shape(model.init, jax.random.key(0), sample)
         logits = jax.eval_shape(
-            lambda ps: model.apply(ps[0], ps[1], self.sample, train=False)[0], params_state)
-        if logits.ndim != 3 or logits.shape[:2] != self.sample.shape:
+            lambda ps: model.apply(ps[0], ps[1], sample, train=False)[0], params_state)
+        if logits.ndim != 3 or logits.shape[:2] != sample.shape:
             raise ConfigError(f'{key} returns logits of shape {logits.shape} for tokens '
-                              f'{self.sample.shape}; expected [batch, length, vocab]')
+                              f'{sample.shape}; expected [batch, length, vocab]')
         return logits.shape[-1]
 
     def check_models(self, teacher: Model, student: Model) -> None:
-        """Both models cover the tokenizer's ids and share one vocabulary."""
-        t_vocab = self._vocab(teacher, 'teacher.module')
+        """Both models cover the tokenizer's ids and share one vocabulary (or, across
+        tokenizers, each model covers its own tokenizer's ids)."""
+        t_vocab = self._vocab(teacher, 'teacher.module', self.teacher_sample)
         s_vocab = self._vocab(student, 'student.module')
-        if t_vocab != s_vocab:
+        if self.cross:
+            t_tok = self.cross.teacher_tokenizer
+            if t_vocab < t_tok.vocab_size:
+                raise ConfigError(f'the teacher has {t_vocab} outputs but its tokenizer '
+                                  f'(teacher.tokenizer) has {t_tok.vocab_size} ids: name the '
+                                  "tokenizer it was trained with in teacher.tokenizer")
+            self.cross_vocab = self.cross.vocab(s_vocab, t_vocab)
+        elif t_vocab != s_vocab:
             raise ConfigError(
                 f'teacher vocabulary {t_vocab} != student vocabulary {s_vocab}: token-level '
                 'distillation needs one tokenizer; set teacher.kwargs.vocab_size and '
-                'student.kwargs.vocab_size equal (cross-tokenizer distillation is not '
-                'attempted)')
+                "student.kwargs.vocab_size equal, or name the teacher's own tokenizer in "
+                'teacher.tokenizer (cross-tokenizer distillation, jaxdistill/crosstok)')
         if s_vocab < self.tokenizer.vocab_size:
             raise ConfigError(
                 f'the models have {s_vocab} outputs but the {self.config.data.tokenizer} '
@@ -149,12 +162,15 @@ class LanguageModelTask:
     def batches_from(self, rows, seed: int) -> grain.MapDataset:
         """Batches of other row-aligned arrays (the train rows with a teacher cache, or the
         teacher's completions), shuffled exactly as the train rows are."""
+        if self.cross:
+            rows = self.cross.source(rows, 'train')
         return text.train_batches(rows, global_batch=self.config.data.batch_size,
                                   seed=seed, process_index=jax.process_index(),
                                   process_count=jax.process_count())
 
     def test_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        return text.eval_batches(self.test_rows, global_batch=self.config.data.eval_batch_size,
+        rows = self.cross.source(self.test_rows, 'test') if self.cross else self.test_rows
+        return text.eval_batches(rows, global_batch=self.config.data.eval_batch_size,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
 
@@ -170,6 +186,10 @@ class LanguageModelTask:
         for split, s in self.stats.items():
             out.update({f'{split}_rows': int(s['rows']), f'{split}_tokens': int(s['tokens']),
                         f'{split}_bytes': int(s['bytes'])})
+        if self.cross:
+            out.update(teacher_tokenizer=getattr(self.cross.teacher_tokenizer, 'name', ''),
+                       teacher_vocab_size=self.cross.teacher_tokenizer.vocab_size,
+                       **self.cross.stats)
         return {**out, **self.data_provenance}
 
     # -- the step -------------------------------------------------------------------
@@ -180,6 +200,8 @@ class LanguageModelTask:
             del rng
             # cached top-k (teacher_signal='cached'); 'labelled' False: on-policy samples
             teacher = cache.decode(batch) if 'topk_ids' in batch else None
+            if 'teacher_inputs' in batch:  # another tokenizer: its tokens and the alignment
+                teacher = crosstok.step_teacher(batch)
             labelled = batch.get('labelled')
             return StepInputs(batch['inputs'], batch['targets'], batch['mask'],
                               None if labelled is None else labelled[:, None], teacher)
@@ -231,6 +253,10 @@ class LanguageModelTask:
 
     def evaluator(self, mesh: Mesh, teacher: Model, teacher_vars: dict,
                   student: Model) -> Evaluator:
+        if self.cross:
+            from jaxdistill.crosstok.evaluate import Evaluator as CrossEvaluator
+
+            return CrossEvaluator(self, mesh, teacher, teacher_vars, student, self.cross_vocab)
         return Evaluator(self, mesh, teacher, teacher_vars, student)
 
 

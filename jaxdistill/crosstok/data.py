@@ -1,0 +1,250 @@
+"""The cross-tokenizer data path: the teacher's tokenizer, aligned batches, the step's view.
+
+``teacher.tokenizer`` names the teacher's tokenizer (``''``: an ``hf:`` teacher's own
+``tokenizer.json``, else ``data.tokenizer``; or ``'byte'``, ``'bpe'`` (``data.vocab_size``
+merges), ``'bpe:N'``, ``'hf:DIR'``); ``data.tokenizer`` stays the student's.
+``distill.cross_tokenizer`` switches the alignment on; it is switched on by itself, with a
+one-line note, when the two tokenizers differ or a loss needs it (``uld``, ``aligned_kl``).
+
+Both tokenizations of every document are held on the host (`align.Stream`, ~20 bytes per
+token each); each batch's teacher tokens and alignment arrays are cut from them in the data
+pipeline (`AlignedSource.take`, on the prefetch thread), so the step only gathers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxdistill.crosstok import align
+from jaxdistill.crosstok.losses import Alignment
+from jaxdistill.errors import ConfigError
+
+LOSSES = ('uld', 'aligned_kl')  # the losses that compare two tokenizations
+ALLOWED = LOSSES + ('ce',)  # what an objective may hold when the tokenizers differ
+
+
+class CrossTeacher(NamedTuple):
+    """What a cross-tokenizer batch gives the step about the teacher (`StepInputs.teacher`).
+
+    The step runs the teacher on ``inputs`` and fills ``logits`` (``online``); a cached
+    teacher comes as ``sparse`` top-k with the exact ``target_logprobs`` instead.
+    """
+
+    inputs: Any  # [B, U] teacher token ids
+    targets: Any  # [B, U]
+    mask: Any  # [B, U]
+    alignment: Alignment
+    logits: Any = None  # [B, U, V_t], filled inside the step
+    sparse: Any = None  # a `losses.SparseTeacher` from the cache
+    target_logprobs: Any = None  # [B, U] from the cache
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CrossVocab:
+    """The static side of the alignment that the objective needs (closed over by the step)."""
+
+    shared_student: np.ndarray
+    shared_teacher: np.ndarray
+    student_to_teacher: np.ndarray  # [tokenizer vocab] teacher id of each student id, or -1
+    student_vocab: int  # model output sizes
+    teacher_vocab: int
+
+    @property
+    def fold(self) -> bool:
+        """One bucket for the outside mass, unless exactly one side has no outside id."""
+        out_s = self.student_vocab > len(self.shared_student)
+        out_t = self.teacher_vocab > len(self.shared_teacher)
+        return out_s == out_t
+
+
+def wanted(config) -> bool:
+    names = {e['name'] for e in config.distill.losses}
+    return bool(config.distill.cross_tokenizer) or bool(names & set(LOSSES))
+
+
+def teacher_tokenizer(config, student_tokenizer, data_dir: str):
+    """The teacher's tokenizer named by ``teacher.tokenizer`` (see the module docstring)."""
+    import pathlib
+
+    from jaxdistill.data import text
+    from jaxdistill.hf import teacher as hf_teacher
+    from jaxdistill.hf.tokenizer import load_lm_tokenizer
+
+    spec = str(config.teacher.tokenizer or '')
+    ckpt = str(config.teacher.checkpoint or '')
+    if spec in ('', 'teacher') and hf_teacher.is_hf(ckpt):
+        return load_lm_tokenizer(hf_teacher.resolve(ckpt), key='teacher.tokenizer')
+    if spec == 'teacher':
+        raise ConfigError("teacher.tokenizer='teacher' reads tokenizer.json beside an hf: "
+                          f'teacher, and teacher.checkpoint={ckpt!r} is not one: set '
+                          "teacher.tokenizer='hf:DIR', 'byte' or 'bpe:N'")
+    if not spec:
+        return student_tokenizer
+    if spec.startswith('hf:'):
+        return load_lm_tokenizer(pathlib.Path(spec[3:]).expanduser(), key='teacher.tokenizer')
+    kind, _, size = spec.partition(':')
+    if kind not in ('byte', 'bpe') or (size and not size.isdigit()):
+        raise ConfigError(f"teacher.tokenizer={spec!r} is unknown: use '' (the teacher's own), "
+                          "'byte', 'bpe', 'bpe:N' or 'hf:DIR'")
+    vocab = int(size) if size else int(config.data.vocab_size)
+    if kind == 'bpe' and vocab < 300:
+        raise ConfigError(f"teacher.tokenizer={spec!r} needs a BPE size >= 300: write "
+                          "'bpe:2048' (or set data.vocab_size)")
+    return text.get_tokenizer(kind, data_dir=data_dir, vocab_size=vocab)
+
+
+class AlignedSource:
+    """Packed student rows plus, per row, the teacher's tokens and the alignment arrays."""
+
+    def __init__(self, rows: Any, aligner: align.Aligner):
+        from jaxdistill.data import text
+
+        self.rows, self.aligner = text.as_source(rows), aligner
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self.take(np.array([i])).items()}
+
+    def take(self, ids) -> dict[str, np.ndarray]:
+        ids = np.asarray(ids)
+        return {**self.rows.take(ids), **self.aligner.rows(ids)}
+
+
+def step_teacher(batch: dict) -> CrossTeacher:
+    """The batch's `CrossTeacher` (inside the jitted step)."""
+    from jaxdistill.signals import cache
+
+    alignment = Alignment(batch['xt_pos'], batch['xt_aligned'], batch['xt_same'],
+                          batch['xt_span'], batch['xt_teacher_span'], batch['xt_span_mask'])
+    sparse = cache.decode(batch) if 'topk_ids' in batch else None
+    return CrossTeacher(batch['teacher_inputs'], batch['teacher_targets'],
+                        batch['teacher_mask'], alignment, None, sparse,
+                        batch.get('xt_target_lp'))
+
+
+def with_logits(teacher: CrossTeacher, logits: jax.Array) -> CrossTeacher:
+    return teacher._replace(logits=logits)
+
+
+def _documents(config, split: str, data_dir: str) -> list[str]:
+    from jaxdistill.data import corpus as corpus_lib
+    from jaxdistill.data import text
+
+    d = config.data
+    if not corpus_lib.as_globs(d.files) and d.name in (text.NAME,):
+        return text.load_texts(data_dir, split)
+    return list(corpus_lib.from_config(d).documents(split))
+
+
+class CrossTokenizer:
+    """Both tokenizations of the train and test text, aligned (built once per run)."""
+
+    def __init__(self, config, task, data_dir: str, teacher_tok):
+        from jaxdistill.data import text
+
+        self.student_tokenizer, self.teacher_tokenizer = task.tokenizer, teacher_tok
+        self.seq_len = int(config.data.seq_len)
+        self.teacher_len = int(config.teacher.seq_len or config.data.seq_len)
+        self.map = align.vocab_map(task.tokenizer, teacher_tok)
+        s_surf = align.vocab_surfaces(task.tokenizer, 'data.tokenizer')
+        t_surf = align.vocab_surfaces(teacher_tok, 'teacher.tokenizer')
+        self.aligners, self.teacher_rows = {}, {}
+        for split, rows in (('train', task.train_rows), ('test', task.test_rows)):
+            docs = _documents(config, split, data_dir)
+            s = align.encode_stream(task.tokenizer, docs, 'data.tokenizer', s_surf)
+            t = align.encode_stream(teacher_tok, docs, 'teacher.tokenizer', t_surf)
+            al = align.Aligner(s, t, self.seq_len, self.teacher_len, self.map,
+                               pad_id=teacher_tok.pad_id)
+            _check_rows(al, rows, split)
+            self.aligners[split] = al
+            if split == 'test':  # the teacher's own rows: its scores as in its own run
+                self.teacher_rows[split] = text.pack(
+                    _stream_docs(t), self.teacher_len, bos_id=teacher_tok.bos_id,
+                    eos_id=teacher_tok.eos_id, pad_id=teacher_tok.pad_id)
+        train = self.aligners['train']
+        self.stats = {'shared_vocab': int(len(self.map.shared_student)),
+                      'teacher_len': self.teacher_len,
+                      'teacher_rows_truncated': int(train.truncated),
+                      'normalisation_changed_chars': int(train.t.changed_chars
+                                                         + train.s.changed_chars)}
+
+    def source(self, rows, split: str = 'train') -> AlignedSource:
+        return AlignedSource(rows, self.aligners[split])
+
+    def vocab(self, student_vocab: int, teacher_vocab: int) -> CrossVocab:
+        return CrossVocab(self.map.shared_student, self.map.shared_teacher,
+                          self.map.student_to_teacher, int(student_vocab), int(teacher_vocab))
+
+    def teacher_sample(self) -> np.ndarray:
+        return self.aligners['train'].rows(np.array([0]))['teacher_inputs']
+
+
+def _stream_docs(stream: align.Stream) -> list[np.ndarray]:
+    """The documents' token ids back from a stream (without their BOS and EOS)."""
+    bounds = [*stream.doc_starts.tolist(), len(stream.ids)]
+    return [stream.ids[a + 1:b - 1] for a, b in zip(bounds, bounds[1:])]
+
+
+def _check_rows(al: align.Aligner, rows, split: str) -> None:
+    """The student stream cuts the rows the task packed (first and last row compared)."""
+    from jaxdistill.data import text
+
+    source = text.as_source(rows)
+    n = len(source)
+    if n != al.num_rows:
+        raise ConfigError(f'cross-tokenizer alignment: the {split} split packs into {n} rows '
+                          f'but its text into {al.num_rows}: the packed rows are not of this '
+                          'text (remove data.cache_dir\'s packed rows to rebuild them)')
+    ids = np.array([0, n - 1])
+    got, mine = source.take(ids), al.student_rows(ids)
+    for k in ('inputs', 'targets', 'mask'):
+        if not np.array_equal(np.asarray(got[k]), mine[k]):
+            raise ConfigError(f'cross-tokenizer alignment: the packed {split} rows differ from '
+                              'the text tokenized again; remove the packed rows to rebuild them')
+
+
+def setup(config, task, data_dir: str) -> CrossTokenizer | None:
+    """The run's `CrossTokenizer` when the alignment is on (see the module docstring)."""
+    from jaxdistill.data.packed import tokenizer_sha256
+
+    teacher_tok = teacher_tokenizer(config, task.tokenizer, data_dir)
+    differ = tokenizer_sha256(teacher_tok) != tokenizer_sha256(task.tokenizer)
+    if not (differ or wanted(config)):
+        return None
+    names = [e['name'] for e in config.distill.losses]
+    if differ and not config.distill.cross_tokenizer and jax.process_index() == 0:
+        print(f'note: the teacher\'s tokenizer ({_describe(teacher_tok)}) is not the student\'s '
+              f'({_describe(task.tokenizer)}): distill.cross_tokenizer is on (losses '
+              f'{", ".join(n for n in names if n in LOSSES) or "none"})')
+    for i, name in enumerate(names):
+        if name not in ALLOWED:
+            raise ConfigError(
+                f'distill.losses[{i}]={name!r} compares two distributions over one vocabulary, '
+                f'and distill.cross_tokenizer is on: use {" / ".join(LOSSES)} (with ce)')
+    if not set(names) & set(LOSSES):
+        raise ConfigError("distill.cross_tokenizer is on but distill.losses has no cross-"
+                          "tokenizer term: add {'name': 'aligned_kl'} or {'name': 'uld'}")
+    if config.teachers:
+        raise ConfigError('distill.cross_tokenizer distils one teacher: set teachers=()')
+    if config.distill.teacher_signal not in ('online', 'cached'):
+        raise ConfigError(f'distill.teacher_signal={config.distill.teacher_signal!r} does not '
+                          "work across tokenizers: use 'online' or 'cached'")
+    if differ and not config.teacher.checkpoint:
+        raise ConfigError('teacher.checkpoint is empty, and a teacher trained here would read '
+                          "the student's tokens: train it with its own tokenizer first "
+                          '(--config.data.tokenizer=... in its own workdir) and set '
+                          'teacher.checkpoint to that workdir')
+    if int(config.teacher.seq_len) < 0:
+        raise ConfigError(f'teacher.seq_len={config.teacher.seq_len} must be >= 0 (0: '
+                          'data.seq_len)')
+    return CrossTokenizer(config, task, data_dir, teacher_tok)
+
+
+def _describe(tokenizer) -> str:
+    return f'{getattr(tokenizer, "name", type(tokenizer).__name__)}, {tokenizer.vocab_size} ids'
