@@ -98,6 +98,13 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     mesh_lib.check_batch(mesh, config.data.batch_size)
     mesh_lib.check_batch(mesh, config.data.eval_batch_size, 'data.eval_batch_size')
+    accum = config.train.grad_accum_steps
+    shards = mesh_lib.batch_size_per_shard(mesh)
+    if accum > 1 and (config.data.batch_size // accum) % shards:
+        raise ConfigError(f'train.grad_accum_steps={accum}: micro-batches of data.batch_size / '
+                          f'{accum} = {config.data.batch_size // accum} rows do not divide over '
+                          f'the {shards} batch shards: use a batch of a multiple of '
+                          f'{accum * shards}')
     student = Model(modules.resolve(config.student.module, config.student.kwargs,
                                     key='student.module'),
                     config.student.logits_key, 'student',
