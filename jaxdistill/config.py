@@ -151,6 +151,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.sampling.top_k = 0  # 0: off
     c.distill.sampling.top_p = 1.0  # 1: off
     c.distill.sampling.batch_size = 256  # rows generated at once ('sequence')
+    # A keyed green-list watermark in the teacher's samples ('sequence'; Kirchenbauer et al.
+    # 2023): +delta on the logits of a gamma share of tokens chosen by hash(key, previous
+    # token). key 0: off. Detect it with jaxdistill.audit.watermark (docs/audit.md).
+    c.distill.sampling.watermark = ml_collections.ConfigDict(dict(key=0, gamma=0.25, delta=2.0))
     c.distill.on_policy = ml_collections.ConfigDict()
     # GKD's lambda: the probability that a step trains on the student's own samples
     c.distill.on_policy.lmbda = 0.5
