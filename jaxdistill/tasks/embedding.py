@@ -43,12 +43,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxdistill import evaluate, hf, hf_teacher, objective
+from jaxdistill import evaluate, hf, objective
 from jaxdistill import mesh as mesh_lib
 from jaxdistill.adapter import Model
 from jaxdistill.data import sentences, text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import CheckpointError, ConfigError
+from jaxdistill.hf import teacher as hf_teacher
 from jaxdistill.tasks import StepInputs
 
 DATASETS = (sentences.NAME,)
