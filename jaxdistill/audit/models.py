@@ -144,16 +144,15 @@ def _sample(config) -> np.ndarray:
 
 
 def _load_hf(spec: str, flag: str) -> Loaded:
-    from jaxdistill import hf_decoder, hf_teacher
+    """A Hugging Face causal LM (`jaxdistill.hf.load_causal_lm`: architecture from its
+    config.json, weights checked tensor by tensor)."""
+    from jaxdistill import hf
 
-    path = hf_teacher.resolve(spec, flag)
-    cfg_file = hf_teacher.model_dir(path) / 'config.json'
-    if not cfg_file.exists():
-        raise AuditError(f'{flag}={spec}: no config.json next to the safetensors; the audit '
-                         'imports Llama-style causal LMs (model_type llama)')
-    module = hf_decoder.from_llama_config(json.loads(cfg_file.read_text()))
-    hf_teacher.check(spec, module, flag)
-    params = hf_teacher.load_params(path, module)
+    path = os.path.expanduser(spec[len('hf:'):])
+    if not os.path.isdir(path):
+        raise AuditError(f'{flag}={spec}: no such directory; give hf:DIR with config.json and '
+                         'model.safetensors of a causal LM')
+    module, params, _ = hf.load_causal_lm(path)
     return Loaded(spec, Model(module, '', 'hf'), {'params': params, 'state': {}}, None, 'hf', '')
 
 
