@@ -224,3 +224,40 @@ def test_generate_with_a_watermark():
     hit = wm.detect_text(np.asarray(marked), np.asarray(mask), 42, 0.25, v)
     miss = wm.detect_text(np.asarray(plain), np.asarray(mask), 42, 0.25, v)
     assert hit['green_fraction'] > miss['green_fraction'] + 0.2
+
+
+# -------------------------------------------------------------------- protections
+def test_protections_serve_distributions():
+    from jaxdistill.audit import protect
+
+    rng = np.random.default_rng(8)
+    z = jnp.asarray(rng.normal(size=(6, 10)) * 3, jnp.float32)
+    p = np.asarray(jax.nn.softmax(z, -1))
+    top2 = np.exp(np.asarray(protect.topk(z, 2)))
+    np.testing.assert_allclose(top2.sum(-1), 1, atol=1e-5)
+    kept = np.argsort(-p, -1)[:, :2]
+    expected = np.take_along_axis(p, kept, -1) / np.take_along_axis(p, kept, -1).sum(-1,
+                                                                                     keepdims=True)
+    np.testing.assert_allclose(np.take_along_axis(top2, kept, -1), expected, rtol=1e-5)
+    rounded = np.exp(np.asarray(protect.round_probs(z, 1)))
+    q = np.round(p * 10) / 10
+    np.testing.assert_allclose(rounded, q / q.sum(-1, keepdims=True), atol=1e-6)
+    x = jnp.asarray(rng.random((6, 8, 8, 1)), jnp.float32)
+    t1 = np.asarray(protect.temperature(z, x, 1.0))
+    np.testing.assert_array_equal(t1, np.asarray(protect.temperature(z, x, 1.0)))  # per query
+    assert (np.argmax(t1, -1) == np.argmax(p, -1)).all()  # a temperature keeps the top-1
+    u = np.asarray(protect.query_uniform(jnp.asarray(rng.random((4000, 5)), jnp.float32)))
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.02
+
+
+def test_protection_config_errors():
+    from jaxdistill.audit import protect
+    from tests.helpers import load_config
+
+    c = load_config('digits.py')
+    c.distill.protection.name = 'topkk'
+    with pytest.raises(Exception, match=r"distill.protection.name='topkk' is not one of"):
+        protect.check(c.distill.protection)
+    c.distill.protection.name, c.distill.protection.k = 'topk', 0
+    with pytest.raises(Exception, match='distill.protection.k=0 must be >= 1'):
+        protect.check(c.distill.protection)

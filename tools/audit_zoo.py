@@ -42,24 +42,48 @@ DIGITS = dict(config='configs/digits.py', teachers=(0, 1, 2), students=(1, 2, 3)
                       '--config.train.eval_every=0', '--config.train.checkpoint_every=800',
                       '--config.train.log_every=400', '--config.data.labelled_fraction=1.0'])
 LM = dict(config='configs/lm_text.py', teachers=(0, 1), students=(1, 2),
-          signals=('online', 'cached', 'sequence', 'sequence_wm'),
+          signals=('sequence_wm', 'sequence', 'online', 'cached'),
           common=['--config.teacher.steps=400', '--config.train.steps=200',
                   '--config.train.eval_every=0', '--config.train.checkpoint_every=200',
                   '--config.train.log_every=100'])
-DOMAINS = {'digits': DIGITS, 'lm': LM}
+# Protections: students at 10 % labels (where distillation helps, README) from the digits
+# zoo's teachers, one run per protection; 'none' also trains the labels-only baseline.
+PROTECT = dict(config='configs/digits.py', teachers=(0, 1), zoo='digits',
+               protections={'none': [], 'topk1': ['name=topk', 'k=1'],
+                            'topk2': ['name=topk', 'k=2'], 'round1': ['name=round', 'decimals=1'],
+                            'temperature': ['name=temperature', 'spread=1.0'],
+                            'antidistill': ['name=antidistill', 'lam=2.0']},
+               common=['--config.train.steps=800', '--config.train.eval_every=0',
+                       '--config.train.checkpoint_every=800', '--config.train.log_every=400'])
+DOMAINS = {'digits': DIGITS, 'lm': LM, 'protect': PROTECT}
 WATERMARK = ['--config.distill.sampling.watermark.key=1234',
              '--config.distill.sampling.watermark.gamma=0.25',
              '--config.distill.sampling.watermark.delta=2.0']
 
 
+def plan_protect(root: str) -> list[dict]:
+    d, runs = PROTECT, []
+    zoo = os.path.join(os.path.dirname(root.rstrip('/')), 'zoo_digits')
+    for a in d['teachers']:
+        for name, keys in d['protections'].items():
+            argv = [f'--config={d["config"]}', f'--config.seed={a}',
+                    f'--config.teacher.checkpoint={os.path.join(zoo, f"A{a}")}',
+                    *(f'--config.distill.protection.{k}' for k in keys)]
+            if name != 'none':
+                argv.append('--config.train.baseline=False')
+            runs.append(dict(name=f'P{a}_{name}', teacher=f'A{a}', signal=name, seed=a,
+                             baseline=name == 'none', argv=argv))
+    return runs
+
+
 def plan(domain: str, root: str) -> list[dict]:
     """Every run of the zoo, in build order: ``{name, workdir, argv, teacher, signal, seed}``."""
     d = DOMAINS[domain]
-    runs = []
-    for a in d['teachers']:
+    runs = [] if domain != 'protect' else plan_protect(root)
+    for a in d['teachers'] if domain != 'protect' else ():
         runs.append(dict(name=f'A{a}', teacher=f'A{a}', signal='online', seed=a,
                          baseline=True, argv=[f'--config={d["config"]}', f'--config.seed={a}']))
-    for j in d['students']:
+    for j in d.get('students', ()):
         for a in d['teachers']:
             for signal in d['signals']:
                 preset = {'online': '', 'cached': ':cached', 'sequence': ':sequence',
@@ -193,7 +217,111 @@ def audit(domain: str, root: str, seed: int = 0) -> dict:
             json.dump(result, f, indent=1)
         print(f'{t["teacher"]}: ' + json.dumps({a: v['all'] for a, v in
                                                  result['summary'].items()}), flush=True)
+    if domain == 'lm':
+        result['watermark'] = audit_watermark(root, zoo, probe, outs, seed)
+        with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
+            json.dump(result, f, indent=1)
     return result
+
+
+def _lm_generations(loaded, probe, seed: int, prompt_len: int = 32, new: int = 96):
+    """The suspect's sampled continuations (T = 1) of the probe rows' first tokens."""
+    import jax
+
+    from jaxdistill import sampling
+
+    prompts = probe.inputs[:, :prompt_len]
+    lengths = np.full(len(prompts), prompt_len, np.int32)
+    tokens, mask = sampling.generate(loaded.model.module, loaded.variables['params'], prompts,
+                                     lengths, new, jax.random.key(seed))
+    return np.asarray(tokens), np.asarray(mask)
+
+
+def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0) -> dict:
+    """Watermark radioactivity on every lm model, and the watermark's cost to each teacher."""
+    import jax
+
+    from jaxdistill import sampling
+    from jaxdistill.audit import fingerprints as fp
+    from jaxdistill.audit import models as audit_models
+    from jaxdistill.audit import watermark as wm
+
+    key, gamma, delta = (float(a.split('=')[1]) for a in WATERMARK)
+    key = int(key)
+    prev = probe.inputs[probe.token_mask]
+    rows = []
+    for m in zoo:
+        logits = outs[m['path']]
+        loaded = audit_models.load(m['path'], m['path'])
+        tokens, mask = _lm_generations(loaded, probe, seed)
+        row = {'path': m['path'], 'role': m['role'], 'signal': m['signal'],
+               'teacher': m['teacher'], 'seed': m['seed'],
+               'distribution': wm.detect_distribution(prev, np.exp(fp.log_softmax(logits)),
+                                                      key, gamma),
+               'text': wm.detect_text(tokens, mask, key, gamma, logits.shape[-1])}
+        if m['role'] == 'teacher':  # its cost: the watermarked distribution on real text
+            biased = fp.log_softmax(logits + delta * wm.green(prev, logits.shape[-1], key, gamma))
+            labels = probe.labels
+            clean = fp.log_softmax(logits)
+            row['perplexity'] = float(np.exp(-clean[np.arange(len(labels)), labels].mean()))
+            row['perplexity_watermarked'] = float(
+                np.exp(-biased[np.arange(len(labels)), labels].mean()))
+            marked, mmask = sampling.generate(
+                loaded.model.module, loaded.variables['params'], probe.inputs[:, :32],
+                np.full(len(probe.inputs), 32, np.int32), 96, jax.random.key(seed),
+                watermark=(key, gamma, delta))
+            row['text_watermarked'] = wm.detect_text(np.asarray(marked), np.asarray(mmask), key,
+                                                     gamma, logits.shape[-1])
+        rows.append(row)
+        print(f"  watermark {m['path']}: z text {row['text']['z']:.2f} "
+              f"distribution {row['distribution']['z']:.2f}", flush=True)
+    return {'key': key, 'gamma': gamma, 'delta': delta, 'rows': rows}
+
+
+def audit_protect(root: str, seed: int = 0) -> dict:
+    """The protections table: each protection's cost to the teacher (its served outputs'
+    test accuracy and NLL) and the student's gain over the labels-only baseline."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdistill import tasks
+    from jaxdistill.audit import fingerprints as fp
+    from jaxdistill.audit import models as audit_models
+    from jaxdistill.audit import protect
+
+    rows = []
+    for r in plan('protect', root):
+        results = os.path.join(r['workdir'], 'results.json')
+        base = os.path.join(root, f'P{r["seed"]}_none', 'results.json')
+        if not (os.path.exists(results) and os.path.exists(base)):
+            continue
+        with open(results) as f:
+            res = json.load(f)
+        with open(base) as f:
+            baseline = json.load(f)['baseline']
+        config = audit_models.read_config(r['workdir'])
+        task = tasks.build(config)
+        teacher = audit_models.load(res['provenance']['teacher_checkpoint'], 'teacher')
+        probe = audit_models.probe_from_run(config, seed=seed, ambiguous=0, max_tokens=0,
+                                            source=r['workdir'])
+        student = audit_models.load(os.path.join(r['workdir'], 'student'), 'student').model
+        served = protect.wrap(teacher.model, config, task, student)
+        z = np.asarray(jax.jit(lambda v, x, s=served: s.apply(v['params'], v['state'], x)[0])(
+            teacher.variables, jnp.asarray(probe.inputs)))
+        logp = fp.log_softmax(z)
+        labels = probe.labels
+        rows.append({'protection': r['signal'], 'seed': r['seed'],
+                     'teacher_accuracy': float(np.mean(np.argmax(z, -1) == labels)),
+                     'teacher_nll': float(-logp[np.arange(len(labels)), labels].mean()),
+                     'student_accuracy': res['student']['accuracy'],
+                     'student_agreement': res['student']['agreement'],
+                     'baseline_accuracy': baseline['accuracy'],
+                     'gain': res['student']['accuracy'] - baseline['accuracy']})
+        print(f"  {r['name']}: {rows[-1]}", flush=True)
+    out = {'rows': rows, 'load_average': os.getloadavg()[0]}
+    with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
+        json.dump(out, f, indent=1)
+    return out
 
 
 def main() -> None:
@@ -205,6 +333,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.phase == 'build':
         build(args.domain, args.root)
+    elif args.domain == 'protect':
+        audit_protect(args.root, seed=args.seed)
     else:
         audit(args.domain, args.root, seed=args.seed)
 
