@@ -25,6 +25,7 @@ from jaxdistill import modules, objective, report, signals, tasks, train
 from jaxdistill import teachers as teachers_lib
 from jaxdistill.adapter import Model
 from jaxdistill.audit import protect
+from jaxdistill.crosstok import data as crosstok
 from jaxdistill.errors import ConfigError, closest
 
 
@@ -96,6 +97,7 @@ def _first_difference(old, new, prefix: str = '') -> str | None:
 def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     """Every check that needs no write to the workdir; raises one-line errors."""
     config_lib.validate(config)
+    crosstok.check_config(config)  # teacher.tokenizer, and what a cross-tokenizer run holds
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     mesh_lib.check_batch(mesh, config.data.batch_size)
     mesh_lib.check_batch(mesh, config.data.eval_batch_size, 'data.eval_batch_size')

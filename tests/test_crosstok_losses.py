@@ -131,7 +131,7 @@ def test_gradients():
     with jax.enable_x64(True):
         check_grads(lambda a: xl.uld(a, zt, temperature=2.0), (zs,), order=1, modes=['rev'], **kw)
         for fold in (True, False):
-            check_grads(lambda a: xl.vocab_kl(a, zt, shared_student=SHARED_S,
+            check_grads(lambda a, fold=fold: xl.vocab_kl(a, zt, shared_student=SHARED_S,
                                               shared_teacher=SHARED_T, fold=fold),
                         (zs,), order=1, modes=['rev'], **kw)
         ls = jnp.array([-0.3, -2.0, -7.0], jnp.float64)

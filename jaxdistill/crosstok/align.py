@@ -377,6 +377,16 @@ class Aligner:
                 'xt_teacher_span': np.where(t_in, t_span, S).astype(np.int32),
                 'xt_span_mask': span_mask}
 
+    def teacher_ends(self, row_ids: np.ndarray) -> np.ndarray:
+        """``[B, U]`` byte end of each teacher input token from its row's first byte (-1:
+        padding): what a teacher cache records to prove it was made from these tokens."""
+        R = np.asarray(row_ids, np.int64).reshape(-1)
+        k = np.arange(self.U)[None, :]
+        tg = np.minimum(self.t_first[R][:, None] + k, max(len(self.t.ids) - 1, 0))
+        origin = self.s.start[np.minimum(R * self.T, len(self.s.ids) - 1)][:, None]
+        real = k < self.t_count[R][:, None]
+        return np.where(real, self.t.end[tg] - origin, -1).astype(np.int32)
+
     def student_rows(self, row_ids: np.ndarray) -> dict[str, np.ndarray]:
         """The student's own packed rows (as `data.text.pack` makes them), for checks."""
         R = np.asarray(row_ids, np.int64).reshape(-1)

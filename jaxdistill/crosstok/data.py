@@ -181,6 +181,26 @@ class CrossTokenizer:
         return CrossVocab(self.map.shared_student, self.map.shared_teacher,
                           self.map.student_to_teacher, int(student_vocab), int(teacher_vocab))
 
+    def teacher_train_rows(self) -> dict[str, np.ndarray]:
+        """Every train row's teacher tokens (row order), for the teacher cache."""
+        al = self.aligners['train']
+        ids = np.arange(al.num_rows)
+        r = al.rows(ids)
+        return {'inputs': r['teacher_inputs'], 'targets': r['teacher_targets'],
+                'ends': al.teacher_ends(ids)}
+
+    def check_cache(self, arrays: dict[str, np.ndarray], path: str) -> None:
+        """A cache's teacher tokens and offsets are this run's (else it was built with
+        another tokenizer or text): one line naming the path."""
+        rows = self.teacher_train_rows()
+        if ('xt_teacher_ids' not in arrays
+                or not np.array_equal(arrays['xt_teacher_ids'], rows['inputs'])
+                or not np.array_equal(arrays['xt_teacher_end'], rows['ends'])):
+            raise ConfigError(f'distill.cache.path={path} holds teacher tokens that are not '
+                              "this run's teacher.tokenizer's of this text: it was built with "
+                              'another tokenizer; point distill.cache.path elsewhere or remove '
+                              'it to rebuild it')
+
     def teacher_sample(self) -> np.ndarray:
         return self.aligners['train'].rows(np.array([0]))['teacher_inputs']
 
@@ -222,6 +242,38 @@ def setup(config, task, data_dir: str) -> CrossTokenizer | None:
         print(f'note: the teacher\'s tokenizer ({_describe(teacher_tok)}) is not the student\'s '
               f'({_describe(task.tokenizer)}): distill.cross_tokenizer is on (losses '
               f'{", ".join(n for n in names if n in LOSSES) or "none"})')
+    _check(config, differ)
+    return CrossTokenizer(config, task, data_dir, teacher_tok)
+
+
+def _describe(tokenizer) -> str:
+    return f'{getattr(tokenizer, "name", type(tokenizer).__name__)}, {tokenizer.vocab_size} ids'
+
+
+def check_config(config) -> None:
+    """The checks that need no tokenizer (before the teacher is looked for): the spec of
+    ``teacher.tokenizer``, and what a run declared cross-tokenizer may hold."""
+    spec = str(config.teacher.tokenizer or '')
+    kind, _, size = spec.partition(':')
+    if spec and spec != 'teacher' and not spec.startswith('hf:') and (
+            kind not in ('byte', 'bpe') or (size and not size.isdigit())):
+        raise ConfigError(f"teacher.tokenizer={spec!r} is unknown: use '' (the teacher's own), "
+                          "'byte', 'bpe', 'bpe:N' or 'hf:DIR'")
+    from jaxdistill.crosstok.objective import validate
+
+    for i, entry in enumerate(config.distill.losses):
+        entry = dict(entry)
+        if entry.get('name') in LOSSES:
+            name = entry.pop('name')
+            entry.pop('weight', None)
+            validate(name, entry, f'distill.losses[{i}]')
+    declared = spec and spec not in ('teacher', str(config.data.tokenizer))
+    if config.task == 'lm' and (declared or wanted(config)):
+        _check(config, bool(declared))
+
+
+def _check(config, differ: bool) -> None:
+    names = [e['name'] for e in config.distill.losses]
     for i, name in enumerate(names):
         if name not in ALLOWED:
             raise ConfigError(
@@ -240,11 +292,10 @@ def setup(config, task, data_dir: str) -> CrossTokenizer | None:
                           "the student's tokens: train it with its own tokenizer first "
                           '(--config.data.tokenizer=... in its own workdir) and set '
                           'teacher.checkpoint to that workdir')
+    if int(config.train.get('grad_accum_steps', 1)) > 1:
+        raise ConfigError('train.grad_accum_steps > 1 is not supported with '
+                          'distill.cross_tokenizer (its terms average over aligned positions, '
+                          'not tokens): set train.grad_accum_steps=1')
     if int(config.teacher.seq_len) < 0:
         raise ConfigError(f'teacher.seq_len={config.teacher.seq_len} must be >= 0 (0: '
                           'data.seq_len)')
-    return CrossTokenizer(config, task, data_dir, teacher_tok)
-
-
-def _describe(tokenizer) -> str:
-    return f'{getattr(tokenizer, "name", type(tokenizer).__name__)}, {tokenizer.vocab_size} ids'

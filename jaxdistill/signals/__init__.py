@@ -130,6 +130,8 @@ def prepare(config, workdir: str, task, teacher, teacher_vars, teacher_sha256: s
         expected = cache.fingerprint(config, task, teacher_sha256)
         spec = cache.build(config, task, teacher, teacher_vars, mesh, path, expected, say)
         arrays = cache.load(path, expected, len(task.train_rows['inputs']))
+        if getattr(task, 'cross', None):  # its teacher tokens are this run's, offsets too
+            task.cross.check_cache(arrays, path)
         return StudentSignal(cache.attach(task.train_rows, arrays), False, False, provenance={
             'teacher_cache': path, 'cache_k': int(config.distill.cache.k),
             'cache_dtype': config.distill.cache.dtype,

@@ -35,6 +35,11 @@ from jaxdistill.signals import store
 
 DTYPES = ('float16', 'uint8')
 KEYS = ('topk_ids', 'topk_lp', 'topk_scale')  # what `attach` adds to each row
+# Across tokenizers (`jaxdistill.crosstok`) the cache is per *teacher* token of each row: it
+# also keeps the exact log-probability of every actual teacher token, and the teacher's tokens
+# and byte offsets, checked against the run's own on load.
+CROSS_KEYS = ('xt_target_lp',)
+CROSS_CHECK = ('xt_teacher_ids', 'xt_teacher_end')
 
 
 def directory(config, workdir: str) -> str:
@@ -56,7 +61,17 @@ def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
     return {'kind': 'teacher_topk', 'dataset': task.dataset, 'tokenizer': config.data.tokenizer,
             'vocab_size': int(task.tokenizer.vocab_size), 'seq_len': int(config.data.seq_len),
             'train_rows_sha256': rows_sha256(task.train_rows), 'k': int(c.k), 'dtype': c.dtype,
-            'teacher_params_sha256': teacher_sha256}
+            'teacher_params_sha256': teacher_sha256, **_cross_fingerprint(task)}
+
+
+def _cross_fingerprint(task) -> dict[str, Any]:
+    cross = getattr(task, 'cross', None)
+    if not cross:
+        return {}
+    from jaxdistill.data.packed import tokenizer_sha256
+
+    return {'teacher_tokenizer_sha256': tokenizer_sha256(cross.teacher_tokenizer),
+            'teacher_len': int(cross.teacher_len)}
 
 
 def encode(logprobs: np.ndarray, ids: np.ndarray, dtype: str, vocab_size: int
@@ -94,11 +109,14 @@ def bytes_per_token(spec: dict[str, Any]) -> float:
 
 
 def _topk_fn(teacher, k: int):
-    def topk(teacher_vars, inputs):
+    def topk(teacher_vars, inputs, targets=None):
         logits, _, _ = teacher.apply(teacher_vars['params'], teacher_vars['state'], inputs,
                                      train=False)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        return jax.lax.top_k(logp, k)
+        if targets is None:
+            return jax.lax.top_k(logp, k)
+        target = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        return (*jax.lax.top_k(logp, k), target)
 
     return jax.jit(topk)
 
@@ -112,10 +130,21 @@ def _chunks(rows: dict[str, np.ndarray], topk, teacher_vars, mesh, batch: int, d
     own = jax.process_index() * local
     for start in range(0, n, batch):
         ids = np.minimum(start + own + np.arange(local), n - 1)
-        inputs = mesh_lib.to_global(mesh, {'inputs': rows['inputs'][ids]})['inputs']
-        values, top = mesh_lib.to_host(topk(teacher_vars, inputs))
         keep = min(batch, n - start)
-        yield encode(values[:keep], top[:keep], dtype, vocab_size)
+        if 'ends' not in rows:
+            inputs = mesh_lib.to_global(mesh, {'inputs': rows['inputs'][ids]})['inputs']
+            values, top = mesh_lib.to_host(topk(teacher_vars, inputs))
+            yield encode(values[:keep], top[:keep], dtype, vocab_size)
+            continue
+        both = mesh_lib.to_global(mesh, {'inputs': rows['inputs'][ids],
+                                         'targets': rows['targets'][ids]})
+        values, top, target = mesh_lib.to_host(topk(teacher_vars, both['inputs'],
+                                                    both['targets']))
+        rows_kept = start + np.arange(keep)
+        yield {**encode(values[:keep], top[:keep], dtype, vocab_size),
+               'xt_target_lp': target[:keep].astype(np.float32),
+               'xt_teacher_ids': rows['inputs'][rows_kept].astype(np.int32),
+               'xt_teacher_end': rows['ends'][rows_kept]}
 
 
 def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[str, Any],
@@ -128,11 +157,13 @@ def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[s
         say(f'teacher cache: {spec["rows"]} rows at {path} ({bytes_per_token(spec):.0f} '
             'bytes/token): reused')
         return spec
-    vocab = int(task.tokenizer.vocab_size)
-    say(f'teacher cache: top-{c.k} {c.dtype} log-probabilities of {len(task.train_rows["inputs"])}'
-        f' train rows -> {path}')
+    cross = getattr(task, 'cross', None)
+    vocab = int((cross.teacher_tokenizer if cross else task.tokenizer).vocab_size)
+    rows = cross.teacher_train_rows() if cross else task.train_rows
+    say(f'teacher cache: top-{c.k} {c.dtype} log-probabilities of {len(rows["inputs"])}'
+        f' train rows -> {path}' + (' (per teacher token)' if cross else ''))
     topk = _topk_fn(teacher, int(c.k))
-    chunks = _chunks(task.train_rows, topk, teacher_vars, mesh, config.data.eval_batch_size,
+    chunks = _chunks(rows, topk, teacher_vars, mesh, config.data.eval_batch_size,
                      c.dtype, vocab)
     if jax.process_index() == 0:
         spec = store.write(path, expected, chunks)
@@ -157,7 +188,7 @@ def load(path: str, expected: dict[str, Any], rows: int) -> dict[str, np.ndarray
 
 def attach(rows: dict[str, np.ndarray], cache: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The packed rows with their cached top-k (``source[i]`` then carries both)."""
-    return {**rows, **{k: cache[k] for k in KEYS}}
+    return {**rows, **{k: cache[k] for k in KEYS + CROSS_KEYS if k in cache}}
 
 
 def check_k(config, vocab_size: int) -> None:
