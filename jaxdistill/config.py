@@ -169,6 +169,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.sampling.top_k = 0  # 0: off
     c.distill.sampling.top_p = 1.0  # 1: off
     c.distill.sampling.batch_size = 256  # rows generated at once ('sequence')
+    # A keyed green-list watermark in the teacher's samples ('sequence'; Kirchenbauer et al.
+    # 2023): +delta on the logits of a gamma share of tokens chosen by hash(key, previous
+    # token). key 0: off. Detect it with jaxdistill.audit.watermark (docs/audit.md).
+    c.distill.sampling.watermark = ml_collections.ConfigDict(dict(key=0, gamma=0.25, delta=2.0))
+    # An output protection on everything the student learns from (online teacher, cache):
+    # name '' (none), 'topk' (k), 'round' (decimals), 'temperature' (spread), 'antidistill'
+    # (lam, proxy_seed). Students are still scored against the unprotected teacher.
+    # jaxdistill/audit/protect.py; measured in docs/audit.md.
+    c.distill.protection = ml_collections.ConfigDict(dict(
+        name='', k=1, decimals=1, spread=1.0, lam=2.0, proxy_seed=0))
     c.distill.on_policy = ml_collections.ConfigDict()
     # GKD's lambda: the probability that a step trains on the student's own samples
     c.distill.on_policy.lmbda = 0.5
@@ -245,6 +255,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, 'task', TASKS)
     _check_choice(config, 'distill.ensemble', ENSEMBLE_MODES)
     signals.check_config(config)
+    _check_protection(config)
     _check_teachers(config)
     _check_choice(config, 'optimizer.name', OPTIMIZERS)
     _check_choice(config, 'optimizer.schedule', SCHEDULES)
@@ -320,6 +331,11 @@ def _check_best(config) -> None:
 
 TEACHER_KEYS = ('module', 'kwargs', 'checkpoint', 'steps', 'logits_key', 'weight',
                 'sharding_rules')
+
+
+def _check_protection(config) -> None:
+    from jaxdistill.audit import protect
+    protect.check(config.distill.protection)
 
 
 def _check_teachers(config) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -167,6 +167,7 @@ class Objective:
                  student_features: Mapping[str, jax.Array] | None = None,
                  teacher_features: Mapping[str, jax.Array] | None = None,
                  projections: Mapping[str, jax.Array] | None = None,
+                 window: Window | None = None,
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns ``(loss, metrics)``: the mean over valid examples of the weighted sum.
 
@@ -175,18 +176,21 @@ class Objective:
         feature terms read the tapped ``*_features`` and learned ``projections``.
         ``label_mask`` marks the rows whose labels may be used: terms that read labels
         (``ce``, ``dkd``) average over those rows only, the others over every valid row.
+        ``window`` (gradient accumulation, from `accumulation_window`): this batch is one
+        micro-batch of a larger one; each term is scaled to its share of that batch's mean.
         """
         total = jnp.zeros((), jnp.float32)
         metrics = {}
-        for term, metric in zip(self.terms, self.metric_names):
+        for i, (term, metric) in enumerate(zip(self.terms, self.metric_names)):
             if term.taps:
                 value = self._feature_term(term, student_features, teacher_features,
                                            projections or {}, mask)
             else:
-                rows = mask
-                if label_mask is not None and term.spec.needs_labels:
-                    rows = label_mask if mask is None else mask & label_mask
+                rows = rows_of(term, mask, label_mask)
                 value = self._term(term, step, student_logits, teacher_logits, targets, rows)
+            if window is not None:
+                value = window.share(value, window.counts[i], rows_of(
+                    term, mask, label_mask), student_logits.shape[:-1])
             metrics[metric] = value
             total = total + _at(term.weight, step) * value
         metrics['loss'] = total
@@ -255,6 +259,44 @@ def _label_term(spec: losses.LossSpec, student_logits, targets, integer_labels: 
         raise ConfigError(f'loss {spec.name!r} takes integer labels, and this task gives label '
                           'probabilities (mixup): set data.mixup=0 or use ce')
     return spec.soft_labels(student_logits, targets)
+
+
+def rows_of(term: Term, mask, label_mask):
+    """The rows a logit term averages over: ``mask``, and for label terms ``label_mask``."""
+    if label_mask is not None and term.spec.needs_labels:
+        return label_mask if mask is None else mask & label_mask
+    return mask
+
+
+def _count(rows, shape) -> jax.Array:
+    if rows is None:
+        return jnp.asarray(math.prod(shape), jnp.float32)
+    return jnp.sum(jnp.broadcast_to(rows, shape), dtype=jnp.float32)
+
+
+class Window(NamedTuple):
+    """A gradient-accumulation window: per term, the valid entries of the *whole* batch its
+    mean divides by (None: a feature or batch-level term, averaged over the micro-batches)."""
+
+    counts: tuple[jax.Array | None, ...]
+    micro_batches: int
+
+    def share(self, value, count, rows, shape) -> jax.Array:
+        """A micro-batch's term mean as its share of the whole batch's mean: ``sum / count``
+        becomes ``sum / total``, so the shares add up to one large batch's value."""
+        if count is None:
+            return value / self.micro_batches
+        return value * _count(rows, shape) / jnp.maximum(count, 1.0)
+
+
+def accumulation_window(objective: Objective, logits_shape: tuple[int, ...], mask, label_mask,
+           micro_batches: int) -> Window:
+    """The `Window` of a batch split into ``micro_batches``, from its (whole-batch) masks;
+    ``logits_shape`` is the whole batch's ``[B, ..., V]``."""
+    counts = tuple(None if t.taps or t.spec.batch_level
+                   else _count(rows_of(t, mask, label_mask), logits_shape[:-1])
+                   for t in objective.terms)
+    return Window(counts, micro_batches)
 
 
 def _describe(value):
