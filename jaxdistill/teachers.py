@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import jax
 import ml_collections
 
 from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import hf_teacher, modules, objective, train
+from jaxdistill import hf_teacher, modules, objective, paths, train
 from jaxdistill import mesh as mesh_lib
 from jaxdistill.adapter import Model
 from jaxdistill.ensemble import Ensemble
@@ -64,7 +63,7 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> list[Teacher
         elif checkpoint:
             directory = _stage_dir(checkpoint, key)
         else:
-            directory = os.path.join(workdir, name)
+            directory = paths.join(workdir, name)
         steps = e.get('steps', -1)  # as config.teacher_steps for `teacher`
         steps = config.train.steps if steps == -1 else steps
         teachers.append(Teacher(name, key, model, e['module'], checkpoint, directory, steps,
