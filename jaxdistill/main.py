@@ -3,8 +3,9 @@
 Override any key with ``--config.a.b=value``. Bad input (an unknown key, a wrong type,
 a missing file) is reported in one line and exits with status 2.
 
-Multi-process runs start the same command on every host (``launch/``): on TPU VMs and
-under SLURM the processes find each other on their own; elsewhere pass
+Multi-process runs start the same command on every host (``launch/``): on TPU VMs, under
+SLURM, Open MPI (``mpirun``) and Kubernetes the processes find each other on their own
+(JAX's cluster detection); elsewhere pass
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
 """
 
@@ -26,10 +27,13 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and r
 flags.mark_flags_as_required(['config', 'workdir'])
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', '', 'HOST:PORT of process 0 for a multi-process run (empty: '
-    'auto-detected on TPU VMs and under SLURM, else a single process).')
+    'detected by JAX on TPU VMs, under SLURM, mpirun and Kubernetes, else a single process).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Processes in a multi-process run (1: force one).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+_COORDINATOR_TIMEOUT = flags.DEFINE_float(
+    'coordinator_timeout', 300, 'Seconds a process waits for the coordinator (process 0) '
+    'before stopping with an error.')
 _HOST_MEMORY = flags.DEFINE_enum(
     'host_memory', 'auto', ['auto', 'reuse', 'system'],
     'XLA:CPU step memory: reuse the previous step\'s pages (no page faults; resident memory '
@@ -87,7 +91,8 @@ def main(argv: list[str]) -> None:
         from jaxdistill import distributed, run  # after flag parsing: --help stays fast
 
         # Before anything touches a device: JAX then sees every process's devices.
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               _COORDINATOR_TIMEOUT.value)
         distributed.check_shared_dir(_WORKDIR.value)
         run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except Preempted:
@@ -101,5 +106,10 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
 
 
-if __name__ == '__main__':
+def cli() -> None:
+    """The ``jaxdistill`` console script: the same as ``python -m jaxdistill.main``."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+    cli()

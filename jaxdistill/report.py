@@ -127,8 +127,12 @@ def _preamble(results: dict[str, Any]) -> str:
 
 
 def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str) -> bool:
-    """Training loss per stage (and test accuracy where evaluated) against steps."""
-    import matplotlib
+    """Training loss per stage (and test accuracy where evaluated) against steps; False
+    (nothing written) without matplotlib (the ``demo`` extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
