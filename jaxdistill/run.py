@@ -22,6 +22,7 @@ from jaxdistill import mesh as mesh_lib
 from jaxdistill import modules, objective, paths, report, signals, tasks, telemetry, train
 from jaxdistill import teachers as teachers_lib
 from jaxdistill.adapter import Model
+from jaxdistill.audit import protect
 from jaxdistill.errors import ConfigError, closest
 
 
@@ -85,6 +86,13 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     mesh_lib.check_batch(mesh, config.data.batch_size)
     mesh_lib.check_batch(mesh, config.data.eval_batch_size, 'data.eval_batch_size')
+    accum = config.train.grad_accum_steps
+    shards = mesh_lib.batch_size_per_shard(mesh)
+    if accum > 1 and (config.data.batch_size // accum) % shards:
+        raise ConfigError(f'train.grad_accum_steps={accum}: micro-batches of data.batch_size / '
+                          f'{accum} = {config.data.batch_size // accum} rows do not divide over '
+                          f'the {shards} batch shards: use a batch of a multiple of '
+                          f'{accum * shards}')
     student = Model(modules.resolve(config.student.module, config.student.kwargs,
                                     key='student.module'),
                     config.student.logits_key, 'student',
@@ -155,6 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             teachers_lib.train_teacher(t, p.task, config, p.mesh, p.sample, is_main)
     all_vars = [load_teacher(p, i) for i in range(len(p.teachers))]
     teacher_model = teachers_lib.combined(p.teachers, config.distill.ensemble)
+    # what the student learns from may be protected (distill.protection); `judge` is not
+    teacher_model = protect.wrap(teacher_model, config, p.task, p.student)
     teacher_vars = teachers_lib.combined_vars(all_vars)
     judge = teachers_lib.combined(p.teachers, 'probs')  # students are scored against it
     say = print if is_main else (lambda *_: None)

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import mesh as mesh_lib
+from jaxdistill import objective as objective_lib
 from jaxdistill import telemetry
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints
@@ -113,17 +114,24 @@ def abstract_state(model: Model, optimizer, rng, sample, mesh,
 def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Mesh,
                     state_shardings, prepare: Callable[[dict, jax.Array], StepInputs],
                     seed: int, teacher: Model | None = None,
-                    teacher_shardings=None) -> Callable:
+                    teacher_shardings=None, grad_accum_steps: int = 1) -> Callable:
     """Returns ``step(state, teacher_model, batch) -> (state, metrics)``, jitted once.
 
     ``prepare(batch, rng)`` (from the task) turns a batch into the models' inputs, the
     targets and the masks; the step itself knows nothing of images or tokens.
+
+    ``grad_accum_steps=N`` splits the prepared batch into N micro-batches (rows ``m``,
+    ``m + N``, ... so each stays spread over the data axis), runs the teacher and the student
+    on one at a time under ``lax.scan`` and sums their gradients: every token and example
+    term is normalised by the whole batch's valid count (`objective.accumulation_window`),
+    so the update is the one-batch update, in about 1/N of the activation memory. Feature
+    and batch-level terms (``rkd``, ``dist``, ...) are averaged over the micro-batches, and
+    mutable state (BatchNorm statistics) is updated once per micro-batch.
     """
 
-    def step_fn(state: TrainState, teacher_model, batch):
-        rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        data_rng, dropout_rng = jax.random.split(rng)
-        inputs, targets, mask, labelled, teacher_logits = prepare(batch, data_rng)
+    def micro_loss(trained, model_state, step, micro: StepInputs, teacher_model, dropout_rng,
+                   window):
+        inputs, targets, mask, labelled, teacher_logits = micro
         teacher_features = {}
         if teacher is not None:
             teacher_logits, _, teacher_features = teacher.apply(
@@ -135,15 +143,57 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
         def loss_fn(trained):
             params, aux = trained
             logits, new_state, features = student.apply(
-                params, state.model_state, inputs, train=True, rng=dropout_rng,
+                params, model_state, inputs, train=True, rng=dropout_rng,
                 taps=objective.student_taps)
-            loss, metrics = objective(state.step, logits, teacher_logits, targets, mask,
+            loss, metrics = objective(step, logits, teacher_logits, targets, mask,
                                       label_mask=labelled, student_features=features,
-                                      teacher_features=teacher_features, projections=aux)
+                                      teacher_features=teacher_features, projections=aux,
+                                      window=window)
             return loss, (new_state, metrics)
 
-        trained = (state.params, state.aux)
         (_, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+        return grads, new_state, metrics
+
+    def accumulate(state: TrainState, teacher_model, prepared: StepInputs, dropout_rng):
+        n = grad_accum_steps
+        micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(x.shape[0] // n, n, *x.shape[1:]),
+                                                    1, 0), prepared)
+        first = jax.tree.map(lambda x: x[0], micro)
+        logits = jax.eval_shape(lambda p: student.apply(p, state.model_state, first.inputs,
+                                                        train=False)[0], state.params)
+        batch = jax.tree.leaves(prepared.inputs)[0].shape[0]
+        window = objective_lib.accumulation_window(
+            objective, (batch,) + tuple(logits.shape[1:]), prepared.mask,
+            prepared.label_mask, n)
+        trained = (state.params, state.aux)
+
+        def body(carry, xs):
+            grads, model_state, metrics = carry
+            m, one = xs
+            g, model_state, out = micro_loss(trained, model_state, state.step, one,
+                                             teacher_model, jax.random.fold_in(dropout_rng, m),
+                                             window)
+            add = lambda a, b: jax.tree.map(jnp.add, a, b)
+            return (add(grads, g), model_state, add(metrics, out)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, trained)
+        metric_zeros = {k: jnp.zeros((), jnp.float32)
+                        for k in (*objective.metric_names, 'loss')}
+        (grads, model_state, metrics), _ = jax.lax.scan(
+            body, (zeros, state.model_state, metric_zeros), (jnp.arange(n), micro))
+        return grads, model_state, metrics
+
+    def step_fn(state: TrainState, teacher_model, batch):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        data_rng, dropout_rng = jax.random.split(rng)
+        prepared = prepare(batch, data_rng)
+        if grad_accum_steps == 1:
+            grads, new_state, metrics = micro_loss((state.params, state.aux), state.model_state,
+                                                   state.step, prepared, teacher_model,
+                                                   dropout_rng, None)
+        else:
+            grads, new_state, metrics = accumulate(state, teacher_model, prepared, dropout_rng)
+        trained = (state.params, state.aux)
         updates, opt_state = optimizer.update(grads, state.opt_state, trained)
         params, aux = optax.apply_updates(trained, updates)
         metrics['grad_norm'] = optax.global_norm(grads)
@@ -238,7 +288,8 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
         step_fn = make_train_step(stage.model, stage.objective, optimizer, mesh=mesh,
                                   state_shardings=shardings, prepare=stage.prepare,
                                   seed=stage.seed, teacher=stage.teacher,
-                                  teacher_shardings=stage.teacher_shardings)
+                                  teacher_shardings=stage.teacher_shardings,
+                                  grad_accum_steps=tcfg.grad_accum_steps)
         if tcfg.skip_nonfinite:
             step_fn = _keep_model_state_on_skip(step_fn)
         with PreemptionWatch() as watch:
