@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, train
+from jaxdistill import modules, objective, paths, train
 from jaxdistill.adapter import Model
 from jaxdistill.ensemble import Ensemble
 from jaxdistill.errors import CheckpointError
@@ -70,7 +70,7 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> list[Teacher
         elif checkpoint:
             directory = _stage_dir(checkpoint, key)
         else:
-            directory = os.path.join(workdir, name)
+            directory = paths.join(workdir, name)
         steps = e.get('steps', -1)  # as config.teacher_steps for `teacher`
         steps = config.train.steps if steps == -1 else steps
         teachers.append(Teacher(name, key, model, e['module'], checkpoint, directory, steps,
@@ -78,7 +78,22 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> list[Teacher
     return teachers
 
 
+EXPECTED = ('a jaxdistill workdir, its teacher/ stage directory, one numbered step directory '
+            'of it, an Orbax checkpoint directory of the variables, or hf:DIR (Hugging Face '
+            'safetensors)')
+
+
 def _stage_dir(checkpoint: str, key: str) -> str:
+    path = epath.Path(ckpt_lib.abspath(checkpoint))
+    try:
+        is_file = path.is_file()
+    except ImportError:  # gs:// without gcsfs: find_teacher says so
+        is_file = False
+    if is_file:
+        hint = (f'; for Hugging Face weights give hf:{path.parent}'
+                if path.suffix in ('.safetensors', '.json', '.bin') else '')
+        raise CheckpointError(f'{key}.checkpoint={checkpoint!r} is a file; expected a '
+                              f'directory: {EXPECTED}{hint}')
     try:
         return ckpt_lib.find_teacher(checkpoint)
     except CheckpointError as e:
