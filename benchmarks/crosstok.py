@@ -89,9 +89,11 @@ def _step(config):
     task = tasks.build(config)
     mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
     student = Model(modules.resolve(config.student.module, config.student.kwargs,
-                                    key='student.module'), '', 'student', mesh_lib.normalize_rules(config.student.sharding_rules))
+                                    key='student.module'), '', 'student',
+                    mesh_lib.normalize_rules(config.student.sharding_rules))
     teacher = Model(modules.resolve(config.teacher.module, config.teacher.kwargs,
-                                    key='teacher.module'), '', 'teacher', mesh_lib.normalize_rules(config.teacher.sharding_rules))
+                                    key='teacher.module'), '', 'teacher',
+                    mesh_lib.normalize_rules(config.teacher.sharding_rules))
     task.check_models(teacher, student)
     obj = objective.build(config.distill.losses, 1000)
     if task.cross:

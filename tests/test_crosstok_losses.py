@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,9 +158,10 @@ def test_aligned_kl_with_identical_tokenizers_is_kd():
     alignment = xl.Alignment(r['xt_pos'], r['xt_aligned'], r['xt_same'], r['xt_span'],
                              r['xt_teacher_span'], r['xt_span_mask'])
     lt = jax.nn.log_softmax(zt, -1)
-    out = jax.jit(lambda a, b: xl.aligned_kl_term(
-        a, sr['targets'], b, xl.target_logprobs(b, r['teacher_targets']), alignment,
-        shared_student=vm.shared_student, shared_teacher=vm.shared_teacher, fold=True,
+    vocab = types.SimpleNamespace(shared_student=vm.shared_student,
+                                  shared_teacher=vm.shared_teacher, fold=True)
+    out = jax.jit(lambda a, b: xl.aligned_kl(
+        a, sr['targets'], b, xl.target_logprobs(b, r['teacher_targets']), alignment, vocab,
         temperature=2.0))(zs, lt)
     kd = losses.token_mean(losses.kd(zs, zt, temperature=2.0), sr['mask'])
     np.testing.assert_allclose(out['token'], kd, rtol=1e-6, atol=1e-6)

@@ -259,14 +259,17 @@ def check_config(config) -> None:
             kind not in ('byte', 'bpe') or (size and not size.isdigit())):
         raise ConfigError(f"teacher.tokenizer={spec!r} is unknown: use '' (the teacher's own), "
                           "'byte', 'bpe', 'bpe:N' or 'hf:DIR'")
-    from jaxdistill.crosstok.objective import validate
+    from jaxdistill import losses
 
     for i, entry in enumerate(config.distill.losses):
         entry = dict(entry)
         if entry.get('name') in LOSSES:
             name = entry.pop('name')
             entry.pop('weight', None)
-            validate(name, entry, f'distill.losses[{i}]')
+            try:
+                losses.validate_hyper(name, **entry)
+            except ConfigError as e:
+                raise ConfigError(f'distill.losses[{i}]: {e}') from None
     declared = spec and spec not in ('teacher', str(config.data.tokenizer))
     if config.task == 'lm' and (declared or wanted(config)):
         _check(config, bool(declared))

@@ -27,7 +27,7 @@ a batch's alignment arrays and reduces them over the valid positions of the glob
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -205,15 +205,37 @@ def uld_term(student_logits: Array, teacher_logprobs: Array, alignment: Alignmen
     return {'total': _mean(value, alignment.aligned)}
 
 
-def aligned_kl_term(student_logits: Array, student_targets: Array, teacher_logprobs: Array,
-                    teacher_target_logprobs: Array, alignment: Alignment, *,
-                    shared_student: Array, shared_teacher: Array, fold: bool,
-                    temperature: float = 1.0, span_weight: float = 1.0,
-                    token_weight: float = 1.0) -> dict[str, Array]:
-    """``aligned_kl``: ``span_weight * mean span_kl + token_weight * mean vocab_kl``.
+def aligned_kl(student_logits: Array, student_targets: Array, teacher_logprobs: Array,
+               teacher_target_logprobs: Array, alignment: Alignment, vocab: Any, *,
+               temperature: float = 1.0, span_weight: float = 1.0,
+               token_weight: float = 1.0) -> dict[str, Array]:
+    """Aligned KL: ``span_weight * mean span_kl + token_weight * mean vocab_kl``.
 
-    ``span`` averages over the batch's valid spans, ``token`` over its same-string
-    positions; both parts are returned (``{'total', 'span', 'token'}``).
+    Args:
+      student_logits: ``[B, T, V_s]``; student_targets: ``[B, T]``.
+      teacher_logprobs: ``[B, U, V_t]`` teacher log-probabilities (T = 1) on its own tokens;
+        teacher_target_logprobs: ``[B, U]``, those of its actual next tokens.
+      alignment: the batch's `Alignment`; vocab: the shared ids (``shared_student``,
+        ``shared_teacher``) and ``fold`` (`crosstok.data.CrossVocab`).
+      temperature, span_weight, token_weight: the hyper-parameters.
+
+    Returns:
+      ``{'total', 'span', 'token'}`` scalars: ``span`` averages over the batch's valid spans,
+      ``token`` over its same-string positions (0 where there are none).
+
+    Examples:
+      >>> import types
+      >>> import jax.numpy as jnp
+      >>> z = jnp.log(jnp.array([[[0.6, 0.4], [0.5, 0.5]]]))  # one row, two positions
+      >>> a = Alignment(pos=jnp.array([[0, 1]]), aligned=jnp.array([[True, True]]),
+      ...               same=jnp.array([[True, True]]), span=jnp.array([[0, 1]]),
+      ...               teacher_span=jnp.array([[0, 1]]), span_mask=jnp.array([[True, True]]))
+      >>> v = types.SimpleNamespace(shared_student=jnp.arange(2), shared_teacher=jnp.arange(2),
+      ...                           fold=True)
+      >>> targets = jnp.array([[0, 1]])
+      >>> out = aligned_kl(z, targets, z, target_logprobs(z, targets), a, v)
+      >>> float(out['total'])  # the teacher is the student: nothing to learn
+      0.0
     """
     num_spans = alignment.span_mask.shape[-1]
     ll_s = span_logprobs(target_logprobs(student_logits, student_targets), alignment.span,
@@ -222,7 +244,36 @@ def aligned_kl_term(student_logits: Array, student_targets: Array, teacher_logpr
     span = _mean(span_kl(ll_s, ll_t, temperature=temperature, where=alignment.span_mask),
                  alignment.span_mask)
     token = _mean(vocab_kl(student_logits, at_positions(teacher_logprobs, alignment.pos),
-                           shared_student=shared_student, shared_teacher=shared_teacher,
-                           temperature=temperature, fold=fold, where=alignment.same),
+                           shared_student=vocab.shared_student,
+                           shared_teacher=vocab.shared_teacher, temperature=temperature,
+                           fold=vocab.fold, where=alignment.same),
                   alignment.same)
     return {'total': span_weight * span + token_weight * token, 'span': span, 'token': token}
+
+
+def _register() -> None:
+    from jaxdistill.losses.registry import NON_NEGATIVE, Doc, register
+
+    register('uld', uld, kind='cross_token', doc=Doc(
+        '`Σ_i |sort↓(p_s)_i − sort↓(p_t)_i|` at positions that have read the same text, the '
+        'shorter vocabulary padded with zeros',
+        'teacher and student tokenize differently; nothing about the vocabularies is known',
+        'Boizard et al. 2024, arXiv 2402.12030 (ULD)',
+        notes='per aligned position (`crosstok.align`); averaged over the batch\'s aligned '
+              'positions; with `ce` as in the paper'))
+    register('aligned_kl', aligned_kl, kind='cross_token',
+             rules={'span_weight': NON_NEGATIVE, 'token_weight': NON_NEGATIVE}, doc=Doc(
+                 '(a) per span cut identically by both tokenizers, binary KL of `(p_t, 1 − p_t)` '
+                 'vs `(p_s, 1 − p_s)`, `p = exp(log p(span text) / T)`; (b) at positions whose '
+                 'next token is one string in both vocabularies, `T² KL` over the shared '
+                 'vocabulary (mapped by string) plus one bucket for the mass outside it',
+                 'teacher and student tokenize differently and share many token strings',
+                 'Minixhofer et al. 2025, arXiv 2503.20083 (ALM); GOLD vocabulary mapping '
+                 '(TRL)',
+                 notes='`span_weight·(a) + token_weight·(b)`, (a) averaged over valid spans, (b) '
+                       'over same-string positions; with identical tokenizers (b) is `kd`; '
+                       'where only one side has ids outside the shared set, (b) renormalises '
+                       'over the shared ids instead of folding'))
+
+
+_register()

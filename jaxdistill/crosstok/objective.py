@@ -15,24 +15,7 @@ import jax.numpy as jnp
 
 from jaxdistill.crosstok import losses as xl
 from jaxdistill.crosstok.data import CrossTeacher, CrossVocab
-from jaxdistill.errors import ConfigError, closest
-
-HYPER = {'uld': ('temperature',), 'aligned_kl': ('temperature', 'span_weight', 'token_weight')}
-
-
-def validate(name: str, hyper: Mapping[str, Any], key: str) -> None:
-    """Config-time checks of a cross-tokenizer term's hyper-parameters (one line each)."""
-    known = HYPER[name]
-    for k, v in hyper.items():
-        if k not in known:
-            raise ConfigError(f'{key}: loss {name!r} has no hyper-parameter {k!r}: '
-                              f'{closest(k, known)} (hyper-parameters: {", ".join(known)})')
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f'{key}.{k}={v!r} must be a number')
-        if k == 'temperature' and not v > 0:
-            raise ConfigError(f'{key}.temperature={v} must be > 0 (e.g. 1.0)')
-        if k.endswith('_weight') and not v >= 0:
-            raise ConfigError(f'{key}.{k}={v} must be >= 0')
+from jaxdistill.errors import ConfigError
 
 
 def teacher_logprobs(teacher: CrossTeacher, vocab: CrossVocab) -> tuple[jax.Array, jax.Array]:
@@ -51,19 +34,17 @@ def teacher_logprobs(teacher: CrossTeacher, vocab: CrossVocab) -> tuple[jax.Arra
     return jax.lax.stop_gradient(logp), jax.lax.stop_gradient(target)
 
 
-def term(name: str, hyper: Mapping[str, Any], student_logits: jax.Array, targets: jax.Array,
+def term(spec, hyper: Mapping[str, Any], student_logits: jax.Array, targets: jax.Array,
          mask: jax.Array | None, teacher: CrossTeacher, vocab: CrossVocab) -> jax.Array:
     """The term's value: a mean over the global batch's aligned positions (and spans)."""
+    if not isinstance(teacher, CrossTeacher) or vocab is None:
+        raise ConfigError(f'loss {spec.name!r} compares two tokenizations: it needs '
+                          "task='lm' with teacher.tokenizer set (distill.cross_tokenizer)")
     a = teacher.alignment
     if mask is not None:  # rows an evaluation pads with are masked out of every part
         a = a._replace(aligned=a.aligned & mask, same=a.same & mask,
                        span_mask=a.span_mask & jnp.any(mask, axis=-1, keepdims=True))
     logp, target_lp = teacher_logprobs(teacher, vocab)
-    t = hyper.get('temperature', 1.0)
-    if name == 'uld':
-        return xl.uld_term(student_logits, logp, a, temperature=t)['total']
-    return xl.aligned_kl_term(
-        student_logits, targets, logp, target_lp, a, shared_student=vocab.shared_student,
-        shared_teacher=vocab.shared_teacher, fold=vocab.fold, temperature=t,
-        span_weight=hyper.get('span_weight', 1.0),
-        token_weight=hyper.get('token_weight', 1.0))['total']
+    if spec.name == 'uld':
+        return xl.uld_term(student_logits, logp, a, **hyper)['total']
+    return spec.fn(student_logits, targets, logp, target_lp, a, vocab, **hyper)['total']
