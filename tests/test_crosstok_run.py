@@ -49,7 +49,7 @@ def _cross_config(data_dir, teacher_dir='', **over):
     ({'distill.teacher_signal': 'sequence', 'distill.sampling.prompt_len': 8},
      "'sequence' does not work across tokenizers"),
     ({'distill.losses': ({'name': 'aligned_kl', 'spam': 1.0},)}, "no hyper-parameter 'spam'"),
-    ({'distill.losses': ({'name': 'uld', 'temperature': 0.0},)}, 'temperature=0.0 must be > 0'),
+    ({'distill.losses': ({'name': 'uld', 'temperature': 0.0},)}, 'temperature=0.0 is invalid for loss .uld.'),
 ])
 def test_bad_cross_tokenizer_configs_are_one_line_errors(data_dir, tmp_path, over, match):
     c = _cross_config(data_dir, teacher_dir=str(tmp_path / 'no_teacher_needed'), **over)
@@ -117,3 +117,12 @@ def test_cached_teacher_and_a_cache_from_another_tokenizer(bpe_teacher, data_dir
                                                     'teacher.tokenizer': 'bpe:299'})
     with pytest.raises((ConfigError, DataError), match='teacher_tokenizer_sha256'):
         run.train_and_evaluate(other, str(tmp_path / 'c'), devices=jax.devices()[:1])
+
+
+def test_lm_cross_config_presets():
+    c = load_config('lm_cross.py', 'smoke,uld')
+    assert [e['name'] for e in c.distill.losses] == ['uld', 'ce']
+    assert c.teacher.tokenizer == 'bpe:512' and c.teacher.seq_len == c.data.seq_len // 2
+    assert load_config('lm_cross.py').distill.losses[0]['name'] == 'aligned_kl'
+    with pytest.raises(ValueError, match='unknown preset'):
+        load_config('lm_cross.py', 'kd')

@@ -255,7 +255,7 @@ def _register() -> None:
     from jaxdistill.losses.registry import NON_NEGATIVE, Doc, register
 
     register('uld', uld, kind='cross_token', doc=Doc(
-        '`Σ_i |sort↓(p_s)_i − sort↓(p_t)_i|` at positions that have read the same text, the '
+        '`Σ_i \\|sort↓(p_s)_i − sort↓(p_t)_i\\|` at positions that have read the same text, the '
         'shorter vocabulary padded with zeros',
         'teacher and student tokenize differently; nothing about the vocabularies is known',
         'Boizard et al. 2024, arXiv 2402.12030 (ULD)',
