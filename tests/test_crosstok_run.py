@@ -49,7 +49,8 @@ def _cross_config(data_dir, teacher_dir='', **over):
     ({'distill.teacher_signal': 'sequence', 'distill.sampling.prompt_len': 8},
      "'sequence' does not work across tokenizers"),
     ({'distill.losses': ({'name': 'aligned_kl', 'spam': 1.0},)}, "no hyper-parameter 'spam'"),
-    ({'distill.losses': ({'name': 'uld', 'temperature': 0.0},)}, 'temperature=0.0 is invalid for loss .uld.'),
+    ({'distill.losses': ({'name': 'uld', 'temperature': 0.0},)},
+     'temperature=0.0 is invalid for loss .uld.'),
 ])
 def test_bad_cross_tokenizer_configs_are_one_line_errors(data_dir, tmp_path, over, match):
     c = _cross_config(data_dir, teacher_dir=str(tmp_path / 'no_teacher_needed'), **over)
