@@ -24,6 +24,7 @@ MEANING = {
     'cpu_mfu': 'achieved / peak matmul FLOP/s (higher is better)',
     'bf16_teacher': 'bf16 teacher / fp32 teacher',
     'host_memory': 'reused / system host memory',
+    'text_packing': 'packing peak-RSS growth, 4x corpus / 1x corpus',
 }
 
 
