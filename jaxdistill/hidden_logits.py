@@ -16,7 +16,7 @@ memory. ``distill.token_loss``:
   A teacher that is not a plain decoder (an ensemble, a protected teacher) gives its dense
   logits (no gradient flows into them), chunked alongside; a cached sparse teacher too.
 * ``'vocab_sharded'``: pointwise teacher terms (``kd``, ``jsd``, ...) through
-  `jaxdistill.token_losses.vocab_sharded_loss`, the logits split over the mesh's ``tensor``
+  `jaxdistill.losses.token.vocab_sharded_loss`, the logits split over the mesh's ``tensor``
   axis (``mesh.tensor > 1``), only per-token statistics crossing devices; other terms dense.
 * ``'auto'`` (default): ``'chunked'`` when the student is a decoder with a vocabulary of at
   least `AUTO_VOCAB` and every logit term can be chunked, else ``'dense'``.
@@ -66,11 +66,9 @@ def head(model) -> Any:
 
 def _chunkable(objective) -> str | None:
     """Why the objective's logit terms cannot be chunked, or None."""
-    from jaxdistill.objective import BATCH_LEVEL
-
     if objective.teacher_weights is not None:
         return "distill.ensemble='terms' (teacher logits stacked per teacher)"
-    batch = [t.name for t in objective.terms if not t.taps and t.name in BATCH_LEVEL]
+    batch = [t.name for t in objective.terms if not t.taps and t.spec.batch_level]
     return f'batch-level loss {batch[0]!r}' if batch else None
 
 
@@ -153,7 +151,7 @@ def chunked_means(objective, step, student: HiddenLogits, teacher, targets, rows
 def sharded_means(objective, step, student_logits, teacher_logits, rows: dict, mesh
                   ) -> dict[int, jax.Array]:
     """``{term index: value}`` of the pointwise teacher terms on vocabulary-sharded logits."""
-    from jaxdistill import token_losses
+    from jaxdistill.losses import token as token_losses
 
     out = {}
     if not hasattr(teacher_logits, 'shape') or teacher_logits.ndim != student_logits.ndim:

@@ -22,13 +22,13 @@ import optax
 from jax.sharding import Mesh
 
 from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import hidden_logits
+from jaxdistill import hidden_logits, telemetry
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints
 from jaxdistill.data.prefetch import prefetch
-from jaxdistill.metrics import MetricWriter, Progress
+from jaxdistill.metrics import MetricWriter, Progress, wandb_args
 from jaxdistill.objective import Objective
 from jaxdistill.preemption import NonFiniteGuard, Preempted, PreemptionWatch
 from jaxdistill.tasks import StepInputs
@@ -297,6 +297,7 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
     next step boundary and raises `preemption.Preempted` (exit status 0).
     """
     tcfg = config.train
+    started = time.perf_counter()  # time to first step: restore or init, compile, step 1
     optimizer = make_optimizer(config.optimizer, stage.steps)
     if tcfg.skip_nonfinite:  # a skipped step leaves params and optimizer state as they were
         optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=stage.steps + 1)
@@ -322,7 +323,8 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
         if tcfg.skip_nonfinite:
             step_fn = _keep_model_state_on_skip(step_fn)
         with PreemptionWatch() as watch:
-            state = _Loop(stage, tcfg, mesh, ckpts, meta, is_main).run(state, step_fn, watch)
+            loop = _Loop(stage, config, mesh, ckpts, meta, is_main, started)
+            state = loop.run(state, step_fn, watch)
     finally:
         ckpts.close()  # waits for the last async save
     return StageResult(state.model, meta)
@@ -369,14 +371,29 @@ def _keep_model_state_on_skip(step_fn: Callable) -> Callable:
 class _Loop:
     """One stage's steps: metrics, evaluation, checkpoints, preemption, divergence."""
 
-    def __init__(self, stage: Stage, tcfg, mesh: Mesh, ckpts: StageCheckpoints,
-                 meta: dict[str, Any], is_main: bool):
+    def __init__(self, stage: Stage, config, mesh: Mesh, ckpts: StageCheckpoints,
+                 meta: dict[str, Any], is_main: bool, started: float):
+        tcfg = config.train
         self.stage, self.tcfg, self.mesh, self.ckpts, self.meta = stage, tcfg, mesh, ckpts, meta
-        self.is_main, self._warned = is_main, False
-        self.writer = MetricWriter(stage.directory + '_metrics', enabled=is_main)
+        self.is_main, self._warned, self.started = is_main, False, started
+        resolved = json.loads(config.to_json_best_effort())
+        workdir = stage.directory.rstrip('/').rsplit('/', 1)[0]
+        self.writer = MetricWriter(
+            stage.directory + '_metrics', enabled=is_main, hparams=resolved,
+            wandb=wandb_args(tcfg.wandb_project, workdir, stage.name))
         self.guard = NonFiniteGuard(stage.name, ckpts.directory, not tcfg.skip_nonfinite)
         self.clock = _TrainClock()
         self.digest = meta['data']['digest']
+        self.schedule = learning_rate_schedule(config.optimizer, stage.steps)
+        lm = config.task == 'lm'
+        self.throughput = telemetry.Throughput(
+            config.data.batch_size * (config.data.seq_len if lm else 1),
+            'tokens' if lm else 'examples',
+            peak=telemetry.peak_flops(jax.devices()[0].device_kind, tcfg.peak_tflops),
+            devices=mesh.size)
+        window = tcfg.profile_steps if tcfg.profile_steps and \
+            tcfg.profile_steps[1] <= stage.steps else ()
+        self.profiler = telemetry.Profiler(window, f'{workdir}/profile/{stage.name}', is_main)
 
     def _fetch(self, step: int):
         """On the prefetch thread: this step's batch on the mesh, and its digest."""
@@ -389,16 +406,20 @@ class _Loop:
         self.guard.last_saved = start or None
         try:
             batches = prefetch(self._fetch, start, stage.steps)
-            for step, (batch_hash, batch) in zip(range(start, stage.steps), batches):
+            for step in range(start, stage.steps):
+                with self.throughput.waiting():
+                    batch_hash, batch = next(batches)
                 if stage.batch_hook is not None:
                     batch = stage.batch_hook(state, batch, step)
+                self.profiler.before(step)
                 state, metrics = step_fn(state, stage.teacher_model, batch)
                 done = step + 1
+                self.profiler.after(done, metrics)
                 self.digest = ckpt_lib.advance_digest(self.digest, batch_hash)
                 self.guard.push(done, metrics)
                 if step == start:  # the first step compiles: start the clocks after it
                     jax.block_until_ready(metrics)
-                    self.clock.start(done)
+                    self._first_step(done, step_fn, state, batch)
                     progress.t0, progress.start = self.clock.t0, done
                 if done % tcfg.log_every == 0 or done == stage.steps:
                     self._log(done, state, metrics, progress)
@@ -411,12 +432,24 @@ class _Loop:
                     progress.done('preempted')
                     self._preempted(done, watch)
         finally:
+            self.profiler.close()
             self.writer.close()
         progress.done(f'{self.meta.get("steps_per_second", 0.0):.1f} steps/s overall')
         return state
 
+    def _first_step(self, done: int, step_fn: Callable, state: TrainState, batch) -> None:
+        """Clocks start after the first (compiling) step; its FLOPs give the MFU."""
+        self.clock.start(done)
+        self.throughput.restart(done)
+        self.writer.write(done, {'train/time_to_first_step': time.perf_counter() - self.started})
+        if self.is_main:
+            self.throughput.flops_per_step = telemetry.step_flops(
+                step_fn, state, self.stage.teacher_model, batch)
+
     def _log(self, done: int, state: TrainState, metrics, progress: Progress) -> None:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars['train/learning_rate'] = float(self.schedule(done - 1))
+        scalars.update(self.throughput.scalars(done))
         if self.tcfg.skip_nonfinite:
             scalars['train/nonfinite_skips'] = float(state.opt_state.total_notfinite)
         self.meta['history'].append({'step': done, **scalars})
@@ -426,7 +459,7 @@ class _Loop:
     def _evaluate(self, done: int, state: TrainState) -> dict[str, float] | None:
         if not (self.stage.evaluate and self.tcfg.eval_every and done % self.tcfg.eval_every == 0):
             return None
-        with self.clock.paused():
+        with self.clock.paused(), self.throughput.paused():
             scores = {f'eval/{k}': v for k, v in self.stage.evaluate(state.model).items()}
         self.meta['history'].append({'step': done, **scores})
         self.writer.write(done, scores)
@@ -443,7 +476,7 @@ class _Loop:
                     data={**meta['data'], 'position': done, 'digest': self.digest})
         meta['steps_per_second'] = (meta['timed_steps'] / meta['train_seconds']
                                     if meta['train_seconds'] > 0 else 0.0)
-        with self.clock.paused():
+        with self.clock.paused(), self.throughput.paused():
             self.ckpts.save(done, state.model, state.train, dict(meta), self._ranking(scores))
         self.guard.last_saved = done
 
