@@ -28,7 +28,7 @@ from benchmarks import report
 
 NAMES = ('distill_over_limit', 'vs_naive_jax', 'vs_pytorch', 'cached_over_student_only',
          'chunked_kl_memory_ratio', 'scaling_8dev', 'cpu_mfu', 'bf16_teacher', 'host_memory',
-         'text_packing')
+         'text_packing', 'hf_lm')
 MARKER = 'BENCHMARK_RESULT '
 TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed for '
                  '`repeats` rounds, the candidates interleaved and their order rotated every '
