@@ -193,6 +193,7 @@ class Objective:
                  student_features: Mapping[str, jax.Array] | None = None,
                  teacher_features: Mapping[str, jax.Array] | None = None,
                  projections: Mapping[str, jax.Array] | None = None,
+                 window: Window | None = None,
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns ``(loss, metrics)``: the mean over valid examples of the weighted sum.
 
@@ -201,10 +202,12 @@ class Objective:
         feature terms read the tapped ``*_features`` and learned ``projections``.
         ``label_mask`` marks the rows whose labels may be used: terms that read labels
         (``ce``, ``dkd``) average over those rows only, the others over every valid row.
+        ``window`` (gradient accumulation, from `accumulation_window`): this batch is one
+        micro-batch of a larger one; each term is scaled to its share of that batch's mean.
         """
         total = jnp.zeros((), jnp.float32)
         metrics = {}
-        for term, metric in zip(self.terms, self.metric_names):
+        for i, (term, metric) in enumerate(zip(self.terms, self.metric_names)):
             if term.taps:
                 value = self._feature_term(term, student_features, teacher_features,
                                            projections or {}, mask)
@@ -213,6 +216,9 @@ class Objective:
                 if label_mask is not None and term.name in LABEL_LOSSES + NEEDS_LABELS:
                     rows = label_mask if mask is None else mask & label_mask
                 value = self._term(term, step, student_logits, teacher_logits, targets, rows)
+            if window is not None:
+                value = window.share(value, window.counts[i], rows_of(
+                    term, mask, label_mask), student_logits.shape[:-1])
             metrics[metric] = value
             total = total + _at(term.weight, step) * value
         metrics['loss'] = total
@@ -273,6 +279,44 @@ class Objective:
                 return fn(student_logits, dense, **kwargs)
             value = fn(student_logits, dense, **kwargs)
         return losses.token_mean(value, mask)
+
+
+def rows_of(term: Term, mask, label_mask):
+    """The rows a logit term averages over: ``mask``, and for label terms ``label_mask``."""
+    if label_mask is not None and term.name in LABEL_LOSSES + NEEDS_LABELS:
+        return label_mask if mask is None else mask & label_mask
+    return mask
+
+
+def _count(rows, shape) -> jax.Array:
+    if rows is None:
+        return jnp.asarray(math.prod(shape), jnp.float32)
+    return jnp.sum(jnp.broadcast_to(rows, shape), dtype=jnp.float32)
+
+
+class Window(NamedTuple):
+    """A gradient-accumulation window: per term, the valid entries of the *whole* batch its
+    mean divides by (None: a feature or batch-level term, averaged over the micro-batches)."""
+
+    counts: tuple[jax.Array | None, ...]
+    micro_batches: int
+
+    def share(self, value, count, rows, shape) -> jax.Array:
+        """A micro-batch's term mean as its share of the whole batch's mean: ``sum / count``
+        becomes ``sum / total``, so the shares add up to one large batch's value."""
+        if count is None:
+            return value / self.micro_batches
+        return value * _count(rows, shape) / jnp.maximum(count, 1.0)
+
+
+def accumulation_window(objective: Objective, logits_shape: tuple[int, ...], mask, label_mask,
+           micro_batches: int) -> Window:
+    """The `Window` of a batch split into ``micro_batches``, from its (whole-batch) masks;
+    ``logits_shape`` is the whole batch's ``[B, ..., V]``."""
+    counts = tuple(None if t.taps or t.name in BATCH_LEVEL
+                   else _count(rows_of(t, mask, label_mask), logits_shape[:-1])
+                   for t in objective.terms)
+    return Window(counts, micro_batches)
 
 
 def _describe(value):

@@ -16,7 +16,6 @@ reads the same completions and a changed setting is refused.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,13 +25,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import sampling
+from jaxdistill import paths, sampling
 from jaxdistill.signals import store
 from jaxdistill.signals.cache import rows_sha256
 
 
 def directory(workdir: str) -> str:
-    return os.path.join(workdir, 'teacher_sequences')
+    return paths.join(workdir, 'teacher_sequences')
 
 
 def new_tokens(config) -> int:
