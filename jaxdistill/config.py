@@ -8,6 +8,7 @@ issues are a public interface: extend them, never rename or drop one.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -136,6 +137,18 @@ def base_config() -> ml_collections.ConfigDict:
     # also train the same student on labels alone; task='embedding' has no labels: the
     # baseline is then the student at initialisation (untrained), scored the same way
     c.train.baseline = True
+    # (start, stop): trace steps [start, stop) of each stage long enough with jax.profiler into
+    # WORKDIR/profile/STAGE (TensorBoard's profile plugin, Perfetto); () = off
+    c.train.profile_steps = ()
+    # JAX's persistent compilation cache: 'auto' = WORKDIR/compilation_cache (a resumed run
+    # loads its compiled steps instead of compiling again), 'off', or a directory. A
+    # JAX_COMPILATION_CACHE_DIR set in the environment wins.
+    c.train.compilation_cache = 'auto'
+    # Weights & Biases project to log every stage's scalars and the config to ('' = off;
+    # pip install "jaxdistill[wandb]"); TensorBoard and metrics.jsonl are always written
+    c.train.wandb_project = ''
+    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs (jaxdistill/telemetry.py)
+    c.train.peak_tflops = 0.0
 
     c.distill = ml_collections.ConfigDict()
     # Several teachers: 'probs' distils from the weighted mean of their probabilities,
@@ -169,6 +182,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.distill.sampling.top_k = 0  # 0: off
     c.distill.sampling.top_p = 1.0  # 1: off
     c.distill.sampling.batch_size = 256  # rows generated at once ('sequence')
+    # A keyed green-list watermark in the teacher's samples ('sequence'; Kirchenbauer et al.
+    # 2023): +delta on the logits of a gamma share of tokens chosen by hash(key, previous
+    # token). key 0: off. Detect it with jaxdistill.audit.watermark (docs/audit.md).
+    c.distill.sampling.watermark = ml_collections.ConfigDict(dict(key=0, gamma=0.25, delta=2.0))
+    # An output protection on everything the student learns from (online teacher, cache):
+    # name '' (none), 'topk' (k), 'round' (decimals), 'temperature' (spread), 'antidistill'
+    # (lam, proxy_seed). Students are still scored against the unprotected teacher.
+    # jaxdistill/audit/protect.py; measured in docs/audit.md.
+    c.distill.protection = ml_collections.ConfigDict(dict(
+        name='', k=1, decimals=1, spread=1.0, lam=2.0, proxy_seed=0))
     c.distill.on_policy = ml_collections.ConfigDict()
     # GKD's lambda: the probability that a step trains on the student's own samples
     c.distill.on_policy.lmbda = 0.5
@@ -245,6 +268,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, 'task', TASKS)
     _check_choice(config, 'distill.ensemble', ENSEMBLE_MODES)
     signals.check_config(config)
+    _check_protection(config)
     _check_teachers(config)
     _check_choice(config, 'optimizer.name', OPTIMIZERS)
     _check_choice(config, 'optimizer.schedule', SCHEDULES)
@@ -259,6 +283,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(config, 'train.checkpoint_every', config.train.checkpoint_every)
     _positive(config, 'train.keep_checkpoints', config.train.keep_checkpoints)
     _check_best(config)
+    _check_telemetry(config)
     _check_accum(config)
     if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError(
@@ -284,6 +309,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             'distill.losses must be a non-empty list of {name, weight, ...} entries, '
             "e.g. --config.distill.losses=\"({'name': 'kd', 'weight': 1.0},)\"")
+
+
+def _check_telemetry(config) -> None:
+    from jaxdistill import telemetry
+
+    telemetry.check_profile_steps(config.train.profile_steps, config.train.steps)
+    if config.train.wandb_project and importlib.util.find_spec('wandb') is None:
+        raise ConfigError(f'train.wandb_project={config.train.wandb_project!r} needs wandb, '
+                          'which is not installed: pip install "jaxdistill[wandb]" (or set '
+                          "train.wandb_project='')")
+    if config.train.peak_tflops < 0:
+        raise ConfigError(f'train.peak_tflops={config.train.peak_tflops} must be >= 0 '
+                          '(0: from the device kind)')
 
 
 GLOB_KEYS = ('data.files', 'data.test_files')
@@ -320,6 +358,11 @@ def _check_best(config) -> None:
 
 TEACHER_KEYS = ('module', 'kwargs', 'checkpoint', 'steps', 'logits_key', 'weight',
                 'sharding_rules')
+
+
+def _check_protection(config) -> None:
+    from jaxdistill.audit import protect
+    protect.check(config.distill.protection)
 
 
 def _check_teachers(config) -> None:

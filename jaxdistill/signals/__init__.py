@@ -66,6 +66,9 @@ def check_config(config) -> None:
                               f'top_k={s.top_k} >= 0 (0 and 1.0 disable them)')
         if s.batch_size <= 0:
             raise ConfigError(f'distill.sampling.batch_size={s.batch_size} must be positive')
+        from jaxdistill.audit import watermark
+
+        watermark.check(s.watermark)
     if not 0 <= d.on_policy.lmbda <= 1:
         raise ConfigError(f'distill.on_policy.lmbda={d.on_policy.lmbda} must be in [0, 1]')
 

@@ -16,7 +16,6 @@ reads the same completions and a changed setting is refused.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,13 +25,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import sampling
+from jaxdistill import paths, sampling
 from jaxdistill.signals import store
 from jaxdistill.signals.cache import rows_sha256
 
 
 def directory(workdir: str) -> str:
-    return os.path.join(workdir, 'teacher_sequences')
+    return paths.join(workdir, 'teacher_sequences')
 
 
 def new_tokens(config) -> int:
@@ -48,7 +47,16 @@ def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
             'prompt_len': int(s.prompt_len), 'max_new_tokens': int(new_tokens(config)),
             'temperature': float(s.temperature), 'top_k': int(s.top_k),
             'top_p': float(s.top_p), 'seed': int(config.seed),
-            'teacher_params_sha256': teacher_sha256}
+            'teacher_params_sha256': teacher_sha256, **_watermark(config)}
+
+
+def _watermark(config) -> dict[str, Any]:
+    """The watermark's settings, when one is on (absent otherwise, so stores written
+    before watermarks existed keep their fingerprint)."""
+    from jaxdistill.audit import watermark as wm
+
+    spec = wm.spec(config.distill.sampling.get('watermark'))
+    return {} if spec is None else {'watermark': dict(zip(('key', 'gamma', 'delta'), spec))}
 
 
 def prompt_lengths(inputs: jax.Array, mask: jax.Array, prompt_len: int) -> jax.Array:
@@ -70,11 +78,14 @@ def as_rows(tokens: jax.Array, generated: jax.Array, seq_len: int) -> dict[str, 
 def complete(module, params, rows: dict[str, jax.Array], rng: jax.Array, config
              ) -> dict[str, jax.Array]:
     """Completes the prompts of ``rows`` with ``module`` (a `Decoder`); returns new rows."""
+    from jaxdistill.audit import watermark as wm
+
     s = config.distill.sampling
     lengths = prompt_lengths(rows['inputs'], rows['mask'], s.prompt_len)
     tokens, generated = sampling.generate(
         module, params, rows['inputs'][:, :s.prompt_len], lengths, new_tokens(config), rng,
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+        watermark=wm.spec(s.get('watermark')))
     return as_rows(tokens, generated, config.data.seq_len)
 
 
