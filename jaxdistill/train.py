@@ -28,6 +28,7 @@ from jaxdistill import telemetry
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints
 from jaxdistill.data.prefetch import prefetch
+from jaxdistill.evaluate import count_params  # noqa: F401  (train.count_params: run, export)
 from jaxdistill.metrics import MetricWriter, Progress, wandb_args
 from jaxdistill.objective import Objective
 from jaxdistill.preemption import NonFiniteGuard, Preempted, PreemptionWatch
@@ -484,6 +485,3 @@ def params_sha256(params: Any) -> str:
         digest.update(arr.tobytes())
     return digest.hexdigest()
 
-
-def count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

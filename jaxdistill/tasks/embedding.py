@@ -266,10 +266,6 @@ def _embed_fn(model: Model, mesh: Mesh) -> Callable:
     return jax.jit(embed, out_shardings=mesh_lib.batch_sharding(mesh))
 
 
-def _count(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
 def similarity_scores(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     return {'spearman': evaluate.similarity_spearman(student, teacher),
             'nn_agreement_at_10': evaluate.nn_agreement(student, teacher, NEIGHBOURS)}
@@ -284,7 +280,7 @@ class Evaluator:
         teacher_fn, self._student_fn = _embed_fn(teacher, mesh), _embed_fn(student, mesh)
         self.teacher_embeddings = task.embed(teacher_fn, teacher_vars, mesh)
         self.teacher_speed = task.throughput(teacher_fn, teacher_vars, mesh)
-        self.teacher_params = _count(teacher_vars['params'])
+        self.teacher_params = evaluate.count_params(teacher_vars['params'])
         self.test_examples = len(task.test_sentences)
 
     def teacher_scores(self) -> dict[str, float]:
@@ -296,4 +292,4 @@ class Evaluator:
         speed = self.task.throughput(self._student_fn, student_vars, self.mesh)
         return {**similarity_scores(embeddings, self.teacher_embeddings),
                 'sentences_per_second': speed, 'speedup': speed / self.teacher_speed,
-                'size_ratio': self.teacher_params / _count(student_vars['params'])}
+                'size_ratio': self.teacher_params / evaluate.count_params(student_vars['params'])}
