@@ -27,7 +27,8 @@ from typing import Any
 from benchmarks import report
 
 NAMES = ('distill_over_limit', 'vs_naive_jax', 'vs_pytorch', 'cached_over_student_only',
-         'chunked_kl_memory_ratio', 'scaling_8dev', 'cpu_mfu', 'bf16_teacher', 'host_memory')
+         'chunked_kl_memory_ratio', 'scaling_8dev', 'cpu_mfu', 'bf16_teacher', 'host_memory',
+         'text_packing', 'hf_lm')
 MARKER = 'BENCHMARK_RESULT '
 TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed for '
                  '`repeats` rounds, the candidates interleaved and their order rotated every '

@@ -185,6 +185,12 @@ def base_config() -> ml_collections.ConfigDict:
     # probability distill.on_policy.lmbda, by the student's own completions of its prompts,
     # which the teacher then scores inside the step.
     c.distill.teacher_signal = 'online'
+    # How token-level logit terms are computed (jaxdistill/hidden_logits.py): 'dense' (the
+    # models' [B, T, V] logits), 'chunked' (from the decoders' final hidden states and heads,
+    # distill.chunk_size tokens at a time: no [B, T, V] array), 'vocab_sharded' (logits split
+    # over mesh.tensor), or 'auto': chunked for decoder students with vocabularies >= 32k.
+    c.distill.token_loss = 'auto'
+    c.distill.chunk_size = 1024
     c.distill.cache = ml_collections.ConfigDict()
     c.distill.cache.k = 32  # top-k teacher log-probabilities kept per token
     c.distill.cache.dtype = 'float16'  # 'float16', or 'uint8' (quantised per token)

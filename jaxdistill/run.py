@@ -18,8 +18,18 @@ import numpy as np
 from jaxdistill import config as config_lib
 from jaxdistill import ensemble as ensemble_lib
 from jaxdistill import export as export_lib
+from jaxdistill import (
+    hidden_logits,
+    objective,
+    paths,
+    report,
+    signals,
+    students,
+    tasks,
+    telemetry,
+    train,
+)
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import objective, paths, report, signals, students, tasks, telemetry, train
 from jaxdistill import teachers as teachers_lib
 from jaxdistill.adapter import Model
 from jaxdistill.audit import protect
@@ -41,6 +51,7 @@ class Plan:
     teacher_dir: str  # where the first teacher's checkpoints are (trained here or given)
     projections: dict[str, tuple[int, int]]  # learned projections of feature losses
     teachers: list[teachers_lib.Teacher]  # every teacher, the first one first
+    token_loss: str = 'dense'  # distill.token_loss resolved (jaxdistill/hidden_logits.py)
     # what the students start from (student.checkpoint / from_teacher_layers), set once the
     # teacher is loaded; None: random from the seed
     init_params: Any = None
@@ -108,8 +119,11 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
         task.check_models(t.model, student)
     signals.check_models(config, teachers[0].model, student, obj)
     projections = _check_feature_taps(obj, student, teachers[0].model, task.sample)
+    token_loss = hidden_logits.resolve(config, student, obj,
+                                       getattr(student.module, 'vocab_size', None),
+                                       dict(mesh.shape))
     return Plan(config, workdir, mesh, task, teachers[0].model, student, obj, task.sample,
-                teachers[0].directory, projections, teachers)
+                teachers[0].directory, projections, teachers, token_loss)
 
 
 def _check_feature_taps(obj: objective.Objective, student: Model, teacher: Model,
@@ -220,7 +234,8 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
         stages.append(train.Stage('baseline', paths.join(p.workdir, 'baseline'), p.student,
                                   objective.label_only(), config.train.steps, seed,
                                   p.task.train_batches(seed, 'labelled'), evaluate=evaluator,
-                                  prepare=p.task.prepare_fn(mixup), init_params=p.init_params))
+                                  prepare=p.task.prepare_fn(mixup), token_loss=p.token_loss,
+                                  init_params=p.init_params))
     from_teacher = p.objective.needs_teacher or signal.label_only
     stages.append(train.Stage('student', paths.join(p.workdir, 'student'), p.student,
                               objective.label_only() if signal.label_only else p.objective,
@@ -234,7 +249,7 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
                               evaluate=evaluator, projections=p.projections,
                               teacher_identity=identity if from_teacher else None,
                               prepare=p.task.prepare_fn(mixup), batch_hook=signal.batch_hook,
-                              init_params=p.init_params))
+                              token_loss=p.token_loss, init_params=p.init_params))
     for stage in stages:
         result = train.run_stage(stage, config, p.mesh, p.sample, is_main)
         scores[stage.name] = {
@@ -286,6 +301,7 @@ def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:
         'losses': p.objective.describe(),
         'seed': config.seed,
         'task': p.task.name,
+        'token_loss': p.token_loss,
         **p.task.provenance(),
     }
     if len(p.teachers) > 1:
