@@ -84,20 +84,7 @@ def _check_config(config) -> None:
 
 def tokenizer_dir(config) -> pathlib.Path:
     """The directory of ``tokenizer.json``: beside the teacher's weights, or ``data.tokenizer``."""
-    spec = config.data.tokenizer
-    if spec == 'teacher':
-        spec = config.teacher.checkpoint
-        if not hf_teacher.is_hf(spec):
-            raise ConfigError(f"data.tokenizer='teacher' reads tokenizer.json beside an hf: "
-                              f'teacher checkpoint, and teacher.checkpoint={spec!r} is not '
-                              "one: set data.tokenizer='hf:DIR'")
-    elif not hf_teacher.is_hf(spec):
-        raise ConfigError(f"data.tokenizer={spec!r}: task='embedding' uses the teacher's "
-                          "tokenizer: set data.tokenizer='teacher' or 'hf:DIR'")
-    name = spec[len(hf_teacher.PREFIX):]
-    path = (hf_teacher.SHORTCUTS[name]() if name in hf_teacher.SHORTCUTS
-            else pathlib.Path(name).expanduser().absolute())
-    return hf_teacher.model_dir(path)
+    return hf_teacher.tokenizer_dir(config, 'embedding')
 
 
 def _model_limit(directory: pathlib.Path) -> int | None:
