@@ -28,6 +28,7 @@ from jaxdistill import objective as objective_lib
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints
 from jaxdistill.data.prefetch import prefetch
+from jaxdistill.evaluate import count_params  # noqa: F401  (train.count_params: run, export)
 from jaxdistill.metrics import MetricWriter, Progress, wandb_args
 from jaxdistill.objective import Objective
 from jaxdistill.preemption import NonFiniteGuard, Preempted, PreemptionWatch
@@ -80,9 +81,11 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
 
 def _init_fn(model: Model, optimizer, sample, projections: dict[str, tuple[int, int]],
              boxed: bool = False):
-    def init(rng):
+    def init(rng, given=None):
         model_rng, aux_rng = jax.random.split(rng)
         params, state = model.init(model_rng, sample, boxed=boxed)
+        if given is not None:  # a student that starts from given weights (jaxdistill.students)
+            params = jax.tree.map(lambda g, p: g.astype(p.dtype), given, params)
         init_proj = jax.nn.initializers.lecun_normal()
         aux = {key: init_proj(jax.random.fold_in(aux_rng, i), shape, jnp.float32)
                for i, (key, shape) in enumerate(sorted(projections.items()))}
@@ -94,12 +97,13 @@ def _init_fn(model: Model, optimizer, sample, projections: dict[str, tuple[int, 
 
 def create_train_state(model: Model, optimizer: optax.GradientTransformation, rng: jax.Array,
                        sample: jax.Array, mesh: Mesh,
-                       projections: dict[str, tuple[int, int]] | None = None
-                       ) -> tuple[TrainState, Any]:
-    """Initialises straight into the target shardings (no full copy on one device)."""
+                       projections: dict[str, tuple[int, int]] | None = None,
+                       init_params: Any = None) -> tuple[TrainState, Any]:
+    """Initialises straight into the target shardings (no full copy on one device);
+    ``init_params`` (plain arrays in the params' shardings) replace the random params."""
     init = _init_fn(model, optimizer, sample, projections or {})
     _, shardings = abstract_state(model, optimizer, rng, sample, mesh, projections)
-    return jax.jit(init, out_shardings=shardings)(rng), shardings
+    return jax.jit(init, out_shardings=shardings)(rng, init_params), shardings
 
 
 def abstract_state(model: Model, optimizer, rng, sample, mesh,
@@ -285,6 +289,8 @@ class Stage:
     batch_hook: Callable[[Any, dict, int], dict] | None = None
     # How logit terms are computed (`jaxdistill.hidden_logits`): 'dense', 'chunked', ...
     token_loss: str = 'dense'
+    # The parameters a fresh start begins from (None: random from the seed); see students.py
+    init_params: Any = None
 
 
 def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
@@ -341,7 +347,7 @@ def _restore_or_init(stage: Stage, config, ckpts: StageCheckpoints, optimizer, m
     found = ckpts.restore_latest(abstract.model, abstract.train)
     if found is None:
         state, shardings = create_train_state(stage.model, optimizer, rng, sample, mesh,
-                                              stage.projections)
+                                              stage.projections, stage.init_params)
         return state, shardings, {
             'stage': stage.name, 'steps': stage.steps, 'done': False, 'history': [],
             'train_seconds': 0.0, 'timed_steps': 0, **identity,
@@ -514,6 +520,3 @@ def params_sha256(params: Any) -> str:
         digest.update(arr.tobytes())
     return digest.hexdigest()
 
-
-def count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
