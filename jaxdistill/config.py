@@ -14,11 +14,10 @@ from typing import Any
 
 import ml_collections
 
-from jaxdistill import signals
+from jaxdistill import signals, tasks
 from jaxdistill.ensemble import MODES as ENSEMBLE_MODES
 from jaxdistill.errors import ConfigError, closest
 from jaxdistill.mesh import DEFAULT_RULES, check_rules
-from jaxdistill.tasks import TASKS
 
 # Sub-trees whose keys belong to the user (module constructor arguments).
 FREE_FORM = ('teacher.kwargs', 'student.kwargs')
@@ -137,23 +136,11 @@ def base_config() -> ml_collections.ConfigDict:
     # probability distill.on_policy.lmbda, by the student's own completions of its prompts,
     # which the teacher then scores inside the step.
     c.distill.teacher_signal = 'online'
-    c.distill.cache = ml_collections.ConfigDict()
-    c.distill.cache.k = 32  # top-k teacher log-probabilities kept per token
-    c.distill.cache.dtype = 'float16'  # 'float16', or 'uint8' (quantised per token)
-    c.distill.cache.path = ''  # empty: WORKDIR/teacher_cache
-    # Prompts and sampling for 'sequence' (the teacher samples) and 'on_policy' (the student
-    # samples): a prompt is the first prompt_len tokens of a packed train row, completed by
-    # max_new_tokens sampled tokens (0: the rest of the row, data.seq_len - prompt_len).
-    c.distill.sampling = ml_collections.ConfigDict()
-    c.distill.sampling.prompt_len = 32
-    c.distill.sampling.max_new_tokens = 0
-    c.distill.sampling.temperature = 1.0
-    c.distill.sampling.top_k = 0  # 0: off
-    c.distill.sampling.top_p = 1.0  # 1: off
-    c.distill.sampling.batch_size = 256  # rows generated at once ('sequence')
-    c.distill.on_policy = ml_collections.ConfigDict()
-    # GKD's lambda: the probability that a step trains on the student's own samples
-    c.distill.on_policy.lmbda = 0.5
+    # Each signal's own section (distill.cache for 'cached', distill.sampling for 'sequence'
+    # and 'on_policy', distill.on_policy), documented and defaulted in its jaxdistill/signals
+    # file.
+    for section, defaults in signals.defaults().items():
+        c.distill[section] = defaults
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = 'adamw'
@@ -221,7 +208,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f'{value!r} ({type(value).__name__}): fix it in the config or with '
                 f'--config.{key}=...')
     _check_choice(config, 'mode', MODES)
-    _check_choice(config, 'task', TASKS)
+    _check_choice(config, 'task', tasks.names())
     _check_choice(config, 'distill.ensemble', ENSEMBLE_MODES)
     signals.check_config(config)
     _check_teachers(config)
