@@ -100,6 +100,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = 'byte'
     c.data.vocab_size = 0
     c.data.seq_len = 128
+    # Your own text (task='lm' or 'embedding', jaxdistill/data/corpus.py): one glob or a list of
+    # globs of .jsonl (the text at data.text_key), .txt (a file is a document) or .parquet
+    # (the data.text_key column) files. Set, it replaces data.name; a TFDS dataset named by
+    # data.name (other than pytext / pysentences) is read the same way, at data.text_key.
+    c.data.files = ml_collections.FieldReference((), field_type=object)
+    c.data.text_key = 'text'
+    # Test documents: these files, or else the documents whose SHA-256 falls in the first
+    # data.test_fraction of the hash range (a pure function of the text).
+    c.data.test_files = ml_collections.FieldReference((), field_type=object)
+    c.data.test_fraction = 0.01
+    # task='lm' on data.files or a TFDS text dataset: tokenized and packed once into
+    # ArrayRecord rows in this directory (empty: jaxdistill_packed/ beside the data), with a
+    # fingerprint that refuses a stale or foreign cache (jaxdistill/data/packed.py).
+    c.data.cache_dir = ''
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # student (and baseline) steps
@@ -114,6 +128,10 @@ def base_config() -> ml_collections.ConfigDict:
     # A non-finite loss stops training, naming the step and the last good checkpoint;
     # True: skip such steps instead (no update) and count them (train/nonfinite_skips).
     c.train.skip_nonfinite = False
+    # Split each batch of data.batch_size rows into N micro-batches whose gradients are summed
+    # before one update: the same update as the whole batch at once (token losses are
+    # normalised by the whole batch's valid tokens), in 1/N of the activation memory.
+    c.train.grad_accum_steps = 1
     # also train the same student on labels alone; task='embedding' has no labels: the
     # baseline is then the student at initialisation (untrained), scored the same way
     c.train.baseline = True
@@ -141,6 +159,12 @@ def base_config() -> ml_collections.ConfigDict:
     # file.
     for section, defaults in signals.defaults().items():
         c.distill[section] = defaults
+    # An output protection on everything the student learns from (online teacher, cache):
+    # name '' (none), 'topk' (k), 'round' (decimals), 'temperature' (spread), 'antidistill'
+    # (lam, proxy_seed). Students are still scored against the unprotected teacher.
+    # jaxdistill/audit/protect.py; measured in docs/audit.md.
+    c.distill.protection = ml_collections.ConfigDict(dict(
+        name='', k=1, decimals=1, spread=1.0, lam=2.0, proxy_seed=0))
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = 'adamw'
@@ -198,6 +222,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     schema = _flatten(base_config())
     given = _flatten(config)
     for key, value in given.items():
+        if key in GLOB_KEYS and key in schema:
+            _check_globs(key, value)
+            continue
         if key not in schema:
             raise ConfigError(
                 f'unknown config key {key!r}: {closest(key, schema)} '
@@ -211,6 +238,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, 'task', tasks.names())
     _check_choice(config, 'distill.ensemble', ENSEMBLE_MODES)
     signals.check_config(config)
+    _check_protection(config)
     _check_teachers(config)
     _check_choice(config, 'optimizer.name', OPTIMIZERS)
     _check_choice(config, 'optimizer.schedule', SCHEDULES)
@@ -225,6 +253,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(config, 'train.checkpoint_every', config.train.checkpoint_every)
     _positive(config, 'train.keep_checkpoints', config.train.keep_checkpoints)
     _check_best(config)
+    _check_accum(config)
     if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError(
             f'optimizer.warmup_steps={config.optimizer.warmup_steps} must be in '
@@ -251,6 +280,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "e.g. --config.distill.losses=\"({'name': 'kd', 'weight': 1.0},)\"")
 
 
+GLOB_KEYS = ('data.files', 'data.test_files')
+
+
+def _check_globs(key: str, value: Any) -> None:
+    ok = isinstance(value, str) or (isinstance(value, (tuple, list))
+                                    and all(isinstance(v, str) and v for v in value))
+    if not ok:
+        raise ConfigError(f'{key}={value!r} must be a glob or a list of globs, e.g. '
+                          "'~/corpus/*.jsonl' or ('a/*.jsonl', 'b/*.txt')")
+
+
+def _check_accum(config) -> None:
+    n = config.train.grad_accum_steps
+    if n < 1:
+        raise ConfigError(f'train.grad_accum_steps={n} must be >= 1 (1: no accumulation)')
+    if config.data.batch_size % n:
+        raise ConfigError(f'train.grad_accum_steps={n} does not divide data.batch_size='
+                          f'{config.data.batch_size}: use a divisor of the batch, or a batch '
+                          f'of a multiple of {n}')
+
+
 def _check_best(config) -> None:
     _check_choice(config, 'train.best_mode', ('max', 'min'))
     metric = config.train.best_metric
@@ -264,6 +314,11 @@ def _check_best(config) -> None:
 
 TEACHER_KEYS = ('module', 'kwargs', 'checkpoint', 'steps', 'logits_key', 'weight',
                 'sharding_rules')
+
+
+def _check_protection(config) -> None:
+    from jaxdistill.audit import protect
+    protect.check(config.distill.protection)
 
 
 def _check_teachers(config) -> None:

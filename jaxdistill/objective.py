@@ -86,6 +86,27 @@ def _schedule(value: Any, total_steps: int, key: str) -> Schedule | float:
     raise ConfigError(f"{key}.schedule={kind!r} must be 'constant', 'linear' or 'cosine'")
 
 
+def _weight(value: Any, total_steps: int, key: str) -> Schedule | float:
+    """A term's weight: a number or schedule that is finite and >= 0 over its whole range.
+
+    A negative weight would make the optimiser *maximise* its term (a KL to the teacher
+    trained upwards, silently); constant, linear and cosine schedules are monotone, so
+    their range is spanned by ``start`` and ``end``.
+    """
+    weight = _schedule(value, total_steps, key)
+    if callable(weight):
+        raw = value.to_dict() if hasattr(value, 'to_dict') else dict(value)
+        start = float(raw.get('start', raw.get('value', 0.0)))
+        span = (start, float(raw.get('end', start)))
+        shown = f'{key}={raw} (from {span[0]:g} to {span[1]:g})'
+    else:
+        span, shown = (weight, weight), f'{key}={weight:g}'
+    if not all(math.isfinite(w) and w >= 0 for w in span):
+        raise ConfigError(f'{shown} must be finite and >= 0 throughout training: a negative weight '
+                          'maximises its loss (use 0 to switch a term off)')
+    return weight
+
+
 def _at(value: Schedule | float, step: jax.Array) -> jax.Array | float:
     # A constant stays a Python float, so the losses can see T = 1 and skip the division
     # (`losses._tempered`): the KD term's student logsumexp is then the cross-entropy's.
@@ -275,7 +296,7 @@ def build(entries: Sequence[Mapping[str, Any]], total_steps: int,
         name = entry.pop('name', None)
         if not isinstance(name, str):
             raise ConfigError(f"{where} has no 'name': e.g. {{'name': 'kd', 'weight': 0.9}}")
-        weight = _schedule(entry.pop('weight', 1.0), total_steps, f'{where}.weight')
+        weight = _weight(entry.pop('weight', 1.0), total_steps, f'{where}.weight')
         temperature = None
         taps = None
         if name in FEATURE_LOSSES:

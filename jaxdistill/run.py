@@ -24,6 +24,7 @@ from jaxdistill import mesh as mesh_lib
 from jaxdistill import modules, objective, report, signals, tasks, train
 from jaxdistill import teachers as teachers_lib
 from jaxdistill.adapter import Model
+from jaxdistill.audit import protect
 from jaxdistill.errors import ConfigError, closest
 
 
@@ -167,6 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             teachers_lib.train_teacher(t, p.task, config, p.mesh, p.sample, is_main)
     all_vars = [load_teacher(p, i) for i in range(len(p.teachers))]
     teacher_model = teachers_lib.combined(p.teachers, config.distill.ensemble)
+    # what the student learns from may be protected (distill.protection); `judge` is not
+    teacher_model = protect.wrap(teacher_model, config, p.task, p.student)
     teacher_vars = teachers_lib.combined_vars(all_vars)
     judge = teachers_lib.combined(p.teachers, 'probs')  # students are scored against it
     say = print if is_main else (lambda *_: None)

@@ -55,6 +55,11 @@ def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature: float = 1.0
     return jax.random.categorical(rng, z, axis=-1).astype(jnp.int32)
 
 
+def _watermark_bias(logits, prev, watermark):
+    from jaxdistill.audit import watermark as wm
+    return wm.bias(logits, prev, watermark)
+
+
 def _check(model: Any, prompts: Any, prompt_lengths: Any, max_new_tokens: int,
            temperature: float, top_k: int, top_p: float, greedy: bool) -> None:
     if not isinstance(model, Decoder):
@@ -83,8 +88,9 @@ def _check(model: Any, prompts: Any, prompt_lengths: Any, max_new_tokens: int,
 
 def generate(model: Decoder, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
              max_new_tokens: int, rng: jax.Array, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, greedy: bool = False,
-             eos_id: int | None = None) -> tuple[jax.Array, jax.Array]:
+             top_p: float = 1.0, greedy: bool = False, eos_id: int | None = None,
+             watermark: tuple[int, float, float] | None = None
+             ) -> tuple[jax.Array, jax.Array]:
     """Samples ``max_new_tokens`` after each left-aligned prompt; returns ``(tokens, mask)``.
 
     Args:
@@ -96,6 +102,8 @@ def generate(model: Decoder, params: Any, prompts: jax.Array, prompt_lengths: ja
       rng: a PRNG key; step ``n`` uses ``fold_in(rng, n)``.
       temperature, top_k, top_p, greedy: see :func:`sample_logits`.
       eos_id: a row stops after emitting this token.
+      watermark: ``(key, gamma, delta)``: add ``delta`` to the logits of the green list of
+        the previous token before sampling (`jaxdistill.audit.watermark`); None: off.
 
     Returns:
       ``tokens [B, P + N]`` int32 (prompt, then generated, zeros after) and ``mask
@@ -107,13 +115,13 @@ def generate(model: Decoder, params: Any, prompts: jax.Array, prompt_lengths: ja
                      jnp.asarray(prompt_lengths, jnp.int32), rng,
                      jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p),
                      max_new_tokens=max_new_tokens, top_k=int(top_k), nucleus=top_p < 1,
-                     greedy=bool(greedy), eos_id=eos_id)
+                     greedy=bool(greedy), eos_id=eos_id, watermark=watermark)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'top_k', 'nucleus',
-                                             'greedy', 'eos_id'))
+                                             'greedy', 'eos_id', 'watermark'))
 def _generate(model, params, prompts, lengths, rng, temperature, top_p, *, max_new_tokens,
-              top_k, nucleus, greedy, eos_id):
+              top_k, nucleus, greedy, eos_id, watermark=None):
     params = jax.lax.stop_gradient(params)
     top_p = top_p if nucleus else 1.0
     batch, prompt_len = prompts.shape
@@ -136,6 +144,8 @@ def _generate(model, params, prompts, lengths, rng, temperature, top_p, *, max_n
 
     def body(carry):
         n, tokens, mask, done, cache, next_logits = carry
+        if watermark is not None:  # green list of each row's previous token
+            next_logits = _watermark_bias(next_logits, tokens[rows, lengths + n - 1], watermark)
         tok = sample_logits(next_logits, jax.random.fold_in(rng, n), temperature=temperature,
                             top_k=top_k, top_p=top_p, greedy=greedy)
         tok = jnp.where(done, 0, tok)

@@ -3,8 +3,9 @@
 ``teacher`` is the first teacher; ``teachers`` adds more (each a dict with the keys of
 ``teacher``). A teacher with a ``checkpoint`` is restored from it: a jaxdistill workdir
 or stage directory (Orbax), or ``'hf:PATH'`` / ``'hf:minilm'``, Hugging Face safetensors
-(`jaxdistill.hf_teacher`: checked against the module at config time, imported at load
-time straight into the mesh's shardings). One without a checkpoint is
+(`jaxdistill.hf.teacher`: checked against the module at config time, imported at load
+time straight into the mesh's shardings; ``module='hf'`` builds the architecture from the
+checkpoint's config.json). One without a checkpoint is
 trained first on every label, in ``WORKDIR/teacher`` (the first) or
 ``WORKDIR/teacher_<i>`` (the others), with seed ``seed + 1 + i``. Several teachers reach
 the student as one `jaxdistill.ensemble.Ensemble`.
@@ -19,13 +20,15 @@ from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 
 from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import hf_teacher, modules, objective, train
 from jaxdistill import mesh as mesh_lib
+from jaxdistill import modules, objective, train
 from jaxdistill.adapter import Model
 from jaxdistill.ensemble import Ensemble
 from jaxdistill.errors import CheckpointError
+from jaxdistill.hf import teacher as hf_teacher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +58,13 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> list[Teacher
     teachers = []
     for i, (name, key, e) in enumerate(_entries(config)):
         rules = e.get('sharding_rules', config.teacher.sharding_rules)
-        model = Model(modules.resolve(e['module'], e.get('kwargs', {}), key=f'{key}.module'),
-                      e.get('logits_key', ''), name, mesh_lib.normalize_rules(rules))
         checkpoint = e.get('checkpoint', '')
+        if e['module'] == hf_teacher.MODULE:
+            module = hf_teacher.module_from_checkpoint(checkpoint, e.get('kwargs', {}),
+                                                       f'{key}.module')
+        else:
+            module = modules.resolve(e['module'], e.get('kwargs', {}), key=f'{key}.module')
+        model = Model(module, e.get('logits_key', ''), name, mesh_lib.normalize_rules(rules))
         if hf_teacher.is_hf(checkpoint):
             path = hf_teacher.check(checkpoint, model.module, f'{key}.checkpoint')
             directory = hf_teacher.PREFIX + str(path)
@@ -72,7 +79,22 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> list[Teacher
     return teachers
 
 
+EXPECTED = ('a jaxdistill workdir, its teacher/ stage directory, one numbered step directory '
+            'of it, an Orbax checkpoint directory of the variables, or hf:DIR (Hugging Face '
+            'safetensors)')
+
+
 def _stage_dir(checkpoint: str, key: str) -> str:
+    path = epath.Path(ckpt_lib.abspath(checkpoint))
+    try:
+        is_file = path.is_file()
+    except ImportError:  # gs:// without gcsfs: find_teacher says so
+        is_file = False
+    if is_file:
+        hint = (f'; for Hugging Face weights give hf:{path.parent}'
+                if path.suffix in ('.safetensors', '.json', '.bin') else '')
+        raise CheckpointError(f'{key}.checkpoint={checkpoint!r} is a file; expected a '
+                              f'directory: {EXPECTED}{hint}')
     try:
         return ckpt_lib.find_teacher(checkpoint)
     except CheckpointError as e:

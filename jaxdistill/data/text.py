@@ -202,7 +202,13 @@ class PackedSource:
         return {k: v[np.asarray(ids)] for k, v in self.arrays.items()}
 
 
-def train_batches(packed: dict[str, np.ndarray], *, global_batch: int, seed: int,
+def as_source(packed) -> PackedSource:
+    """Arrays (``{'inputs', 'targets', 'mask'}``) or anything with ``take`` and ``len`` (the
+    streamed rows of `jaxdistill.data.packed`) as a random-access row source."""
+    return packed if hasattr(packed, 'take') else PackedSource(packed)
+
+
+def train_batches(packed, *, global_batch: int, seed: int,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
     """This process's rows of global batch ``step`` as ``ds[step]`` (as `pipeline.train_dataset`).
 
@@ -214,7 +220,7 @@ def train_batches(packed: dict[str, np.ndarray], *, global_batch: int, seed: int
     if global_batch % process_count:
         raise ConfigError(f'data.batch_size={global_batch} is not divisible by the '
                           f'{process_count} processes: use a multiple of {process_count}')
-    source = PackedSource(packed)
+    source = as_source(packed)
     local = global_batch // process_count
     own = process_index * local  # this process's contiguous block of every global batch
     ids = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
@@ -222,11 +228,11 @@ def train_batches(packed: dict[str, np.ndarray], *, global_batch: int, seed: int
     return ids.map(lambda batch_ids: source.take(np.asarray(batch_ids)[own:own + local]))
 
 
-def eval_batches(packed: dict[str, np.ndarray], *, global_batch: int, process_index: int = 0,
+def eval_batches(packed, *, global_batch: int, process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Every row once, in order, in full batches; rows past the end repeat the last row with
     ``mask`` all False, so token means over ``mask`` count each real target once."""
-    source = PackedSource(packed)
+    source = as_source(packed)
     n, local = len(source), global_batch // process_count
     for start in range(0, n, global_batch):
         ids = start + np.arange(local) * process_count + process_index

@@ -63,15 +63,71 @@ def _fan_in(fan_in: int):
     return nn.initializers.normal(stddev=fan_in ** -0.5)
 
 
-def rope(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
-    """Rotates ``x [B, T, H, D]`` by its positions ``[B, T]`` (rotate-half, as Llama/NeoX)."""
-    half = x.shape[-1] // 2
+def rope_frequencies(head_dim: int, base: float = 10000.0,
+                     scaling: tuple[tuple[str, Any], ...] = ()) -> jax.Array:
+    """The ``head_dim / 2`` rotary inverse frequencies, with Hugging Face's ``rope_scaling``
+    (``linear``: divided by ``factor``; ``llama3``: Llama 3.1's per-wavelength blend)."""
+    half = head_dim // 2
     inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    spec = dict(scaling)
+    kind = spec.get('rope_type', spec.get('type', 'default'))
+    if kind == 'linear':
+        inv_freq = inv_freq / spec['factor']
+    elif kind == 'llama3':
+        factor, old = spec['factor'], spec['original_max_position_embeddings']
+        low, high = spec['low_freq_factor'], spec['high_freq_factor']
+        wavelen = 2 * jnp.pi / inv_freq
+        scaled = jnp.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        inv_freq = jnp.where(medium, smoothed, scaled)
+    elif kind != 'default':
+        raise ConfigError(f"rope_scaling type {kind!r} is not implemented (Decoder implements "
+                          f"{list(ROPE_TYPES)})")
+    return inv_freq
+
+
+ROPE_TYPES = ('default', 'linear', 'llama3')
+
+
+def rope(x: jax.Array, positions: jax.Array, base: float = 10000.0,
+         scaling: tuple[tuple[str, Any], ...] = ()) -> jax.Array:
+    """Rotates ``x [B, T, H, D]`` by its positions ``[B, T]`` (rotate-half, as Llama/NeoX)."""
+    inv_freq = rope_frequencies(x.shape[-1], base, scaling)
     angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq
     sin, cos = jnp.sin(angles), jnp.cos(angles)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+ACTIVATIONS = {'silu': nn.silu, 'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
+               'gelu': lambda x: nn.gelu(x, approximate=False)}
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with Gemma's ``(1 + scale)`` (``plus_one``; the scale then starts at 0)."""
+
+    eps: float
+    plus_one: bool
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+        scale = _param(self, 'scale', (x.shape[-1],), ('embed',), init, self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+
+
+def _norm(eps: float, plus_one: bool, dtype: Dtype, param_dtype: Dtype, name: str):
+    if plus_one:
+        return RMSNorm(eps, True, dtype, param_dtype, name=name)
+    init = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
+    return nn.RMSNorm(eps, dtype=dtype, param_dtype=param_dtype, scale_init=init, name=name)
 
 
 class Attention(nn.Module):
@@ -84,6 +140,9 @@ class Attention(nn.Module):
     param_dtype: Dtype
     decode: bool
     rope_base: float
+    qkv_bias: bool = False
+    sliding_window: int = 0
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -93,11 +152,16 @@ class Attention(nn.Module):
         def proj(name, heads):
             w = _param(self, name, (d, heads, hd), ('embed', 'heads', 'kv'), _fan_in(d),
                        self.param_dtype)
-            return jnp.einsum('btd,dhk->bthk', x, w.astype(self.dtype))
+            y = jnp.einsum('btd,dhk->bthk', x, w.astype(self.dtype))
+            if self.qkv_bias:
+                bias = _param(self, f'{name}_bias', (heads, hd), ('heads', 'kv'),
+                              nn.initializers.zeros, self.param_dtype)
+                y = y + bias.astype(self.dtype)
+            return y
 
-        q = rope(proj('query', h), positions, self.rope_base)
+        q = rope(proj('query', h), positions, self.rope_base, self.rope_scaling)
         q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'kv'))
-        key = rope(proj('key', k), positions, self.rope_base)
+        key = rope(proj('key', k), positions, self.rope_base, self.rope_scaling)
         value = proj('value', k)
         key_pos = jnp.broadcast_to(jnp.arange(t), (b, t))
         if self.decode:
@@ -106,6 +170,8 @@ class Attention(nn.Module):
         scores = jnp.einsum('btkgd,bskd->bkgts', q, key, preferred_element_type=jnp.float32)
         scores = scores * hd ** -0.5
         allowed = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, S]: causal
+        if self.sliding_window:  # Mistral: the last `sliding_window` positions, self included
+            allowed &= key_pos[:, None, :] > positions[:, :, None] - self.sliding_window
         scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum('bkgts,bskd->btkgd', probs, value).reshape(b, t, h, hd)
@@ -145,17 +211,22 @@ class DecoderLayer(nn.Module):
     decode: bool
     rope_base: float
     norm_eps: float
+    head_dim: int = 0  # 0: d_model // num_heads
+    qkv_bias: bool = False
+    norm_plus_one: bool = False
+    activation: str = 'silu'
+    sliding_window: int = 0
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
 
-    def _norm(self, name: str) -> nn.RMSNorm:
-        init = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
-        return nn.RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-                          scale_init=init, name=name)
+    def _norm(self, name: str) -> nn.Module:
+        return _norm(self.norm_eps, self.norm_plus_one, self.dtype, self.param_dtype, name)
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, None]:
         d = x.shape[-1]
-        attn = Attention(self.num_heads, self.num_kv_heads, d // self.num_heads, self.dtype,
-                         self.param_dtype, self.decode, self.rope_base, name='attn')
+        attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim or d // self.num_heads,
+                         self.dtype, self.param_dtype, self.decode, self.rope_base,
+                         self.qkv_bias, self.sliding_window, self.rope_scaling, name='attn')
         x = x + attn(self._norm('attn_norm')(x), positions)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         y = self._norm('mlp_norm')(x)
@@ -166,7 +237,8 @@ class DecoderLayer(nn.Module):
 
         gate = y @ kernel('gate', (d, self.mlp_dim), ('embed', 'mlp'))
         up = y @ kernel('up', (d, self.mlp_dim), ('embed', 'mlp'))
-        hidden = nn.with_logical_constraint(nn.silu(gate) * up, ('batch', 'length', 'mlp'))
+        hidden = ACTIVATIONS[self.activation](gate) * up
+        hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
         x = x + hidden @ kernel('down', (self.mlp_dim, d), ('mlp', 'embed'))
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), None
 
@@ -193,12 +265,32 @@ class Decoder(nn.Module):
     tie_embeddings: bool = True
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
+    # Hugging Face families (jaxdistill.hf builds these from config.json): an explicit
+    # head_dim (0: d_model // num_heads; Gemma), q/k/v biases (Qwen2), RMSNorm scaled by
+    # (1 + w) and embeddings by sqrt(d_model) (Gemma), the MLP's gate activation ('silu',
+    # 'gelu_tanh' for Gemma's GeGLU, 'gelu'), a sliding attention window (Mistral; 0: none)
+    # and rope_scaling as (key, value) pairs of HF's dict ('linear', 'llama3').
+    head_dim: int = 0
+    qkv_bias: bool = False
+    norm_plus_one: bool = False
+    scale_embeddings: bool = False
+    activation: str = 'silu'
+    sliding_window: int = 0
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
 
     def _check(self, tokens: jax.Array) -> int:
         kv = self.num_kv_heads or self.num_heads
-        if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+        if self.head_dim:
+            if self.head_dim % 2:
+                raise ConfigError(f'Decoder head_dim={self.head_dim} must be even (RoPE '
+                                  'rotates pairs)')
+        elif self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
             raise ConfigError(f'Decoder d_model={self.d_model} must split into num_heads='
                               f'{self.num_heads} heads of even size (RoPE rotates pairs)')
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f'Decoder activation={self.activation!r} is not one of '
+                              f'{list(ACTIVATIONS)}')
+        rope_frequencies(2, self.rope_base, self.rope_scaling)  # an unknown type fails here
         if self.num_heads % kv:
             raise ConfigError(f'Decoder num_kv_heads={kv} must divide num_heads='
                               f'{self.num_heads}: each key/value head serves a query group')
@@ -216,6 +308,8 @@ class Decoder(nn.Module):
         embedding = _param(self, 'embedding', (self.vocab_size, self.d_model),
                            ('vocab', 'embed'), _fan_in(self.d_model), self.param_dtype)
         x = jnp.take(embedding, tokens, axis=0).astype(self.dtype)
+        if self.scale_embeddings:  # Gemma: by sqrt(d_model), rounded to the compute dtype
+            x = x * jnp.asarray(self.d_model ** 0.5, self.dtype)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         if decode:
@@ -225,10 +319,8 @@ class Decoder(nn.Module):
                 positions = positions + index.value[:, None]
                 index.value = index.value + t
         x = self._layers(x, positions, kv, decode)
-        hidden = nn.RMSNorm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-                            scale_init=nn.with_logical_partitioning(nn.initializers.ones,
-                                                                    ('embed',)),
-                            name='final_norm')(x)
+        hidden = _norm(self.norm_eps, self.norm_plus_one, self.dtype, self.param_dtype,
+                       'final_norm')(x)
         if self.tie_embeddings:
             w = embedding.T
         else:
@@ -247,7 +339,10 @@ class Decoder(nn.Module):
                              prevent_cse=not self.scan_layers)
         kwargs = dict(num_heads=self.num_heads, num_kv_heads=kv, mlp_dim=self.mlp_dim,
                       dtype=self.dtype, param_dtype=self.param_dtype, decode=decode,
-                      rope_base=self.rope_base, norm_eps=self.norm_eps)
+                      rope_base=self.rope_base, norm_eps=self.norm_eps, head_dim=self.head_dim,
+                      qkv_bias=self.qkv_bias, norm_plus_one=self.norm_plus_one,
+                      activation=self.activation, sliding_window=self.sliding_window,
+                      rope_scaling=self.rope_scaling)
         if self.scan_layers:
             stack = nn.scan(layer, variable_axes={'params': 0, 'cache': 0},
                             split_rngs={'params': True}, in_axes=(nn.broadcast,),

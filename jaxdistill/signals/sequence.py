@@ -59,6 +59,10 @@ def sampling_defaults() -> ml_collections.ConfigDict:
     s.top_k = 0  # 0: off
     s.top_p = 1.0  # 1: off
     s.batch_size = 256  # rows generated at once ('sequence')
+    # A keyed green-list watermark in the teacher's samples ('sequence'; Kirchenbauer et al.
+    # 2023): +delta on the logits of a gamma share of tokens chosen by hash(key, previous
+    # token). key 0: off. Detect it with jaxdistill.audit.watermark (docs/audit.md).
+    s.watermark = ml_collections.ConfigDict(dict(key=0, gamma=0.25, delta=2.0))
     return s
 
 
@@ -81,6 +85,9 @@ def check_sampling(config) -> None:
                           f'top_k={s.top_k} >= 0 (0 and 1.0 disable them)')
     if s.batch_size <= 0:
         raise ConfigError(f'distill.sampling.batch_size={s.batch_size} must be positive')
+    from jaxdistill.audit import watermark
+
+    watermark.check(s.watermark)
 
 
 def check_sampler(config, model, key: str) -> None:
@@ -109,7 +116,16 @@ def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
             'prompt_len': int(s.prompt_len), 'max_new_tokens': int(new_tokens(config)),
             'temperature': float(s.temperature), 'top_k': int(s.top_k),
             'top_p': float(s.top_p), 'seed': int(config.seed),
-            'teacher_params_sha256': teacher_sha256}
+            'teacher_params_sha256': teacher_sha256, **_watermark(config)}
+
+
+def _watermark(config) -> dict[str, Any]:
+    """The watermark's settings, when one is on (absent otherwise, so stores written
+    before watermarks existed keep their fingerprint)."""
+    from jaxdistill.audit import watermark as wm
+
+    spec = wm.spec(config.distill.sampling.get('watermark'))
+    return {} if spec is None else {'watermark': dict(zip(('key', 'gamma', 'delta'), spec))}
 
 
 def prompt_lengths(inputs: jax.Array, mask: jax.Array, prompt_len: int) -> jax.Array:
@@ -131,11 +147,14 @@ def as_rows(tokens: jax.Array, generated: jax.Array, seq_len: int) -> dict[str, 
 def complete(module, params, rows: dict[str, jax.Array], rng: jax.Array, config
              ) -> dict[str, jax.Array]:
     """Completes the prompts of ``rows`` with ``module`` (a `Decoder`); returns new rows."""
+    from jaxdistill.audit import watermark as wm
+
     s = config.distill.sampling
     lengths = prompt_lengths(rows['inputs'], rows['mask'], s.prompt_len)
     tokens, generated = sampling.generate(
         module, params, rows['inputs'][:, :s.prompt_len], lengths, new_tokens(config), rng,
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+        watermark=wm.spec(s.get('watermark')))
     return as_rows(tokens, generated, config.data.seq_len)
 
 

@@ -1,7 +1,9 @@
 """Sentence embeddings: offline sentences, the teacher's own tokenizer; similarity fidelity.
 
 ``config.task='embedding'``: ``data.name='pysentences'`` (prose sentences of Python's
-documentation, `jaxdistill.data.sentences`), ``data.tokenizer='teacher'`` (the
+documentation, `jaxdistill.data.sentences`) or your own text, one sentence or passage per
+record (``data.files`` / a TFDS text dataset at ``data.text_key``, `jaxdistill.data.corpus`),
+``data.tokenizer='teacher'`` (the
 ``tokenizer.json`` beside an ``hf:`` teacher checkpoint) or ``'hf:DIR'``, and
 ``data.seq_len`` tokens per sentence. Every sentence is padded to ``seq_len`` (one shape,
 one compilation); longer ones are truncated, keeping the final ``[SEP]``, with a
@@ -31,6 +33,7 @@ initialisation* (the distilled student's step 0), scored the same way.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import time
 from collections.abc import Callable
@@ -43,12 +46,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxdistill import evaluate, hf, hf_teacher, objective
+from jaxdistill import evaluate, hf, objective
 from jaxdistill import mesh as mesh_lib
 from jaxdistill.adapter import Model
+from jaxdistill.data import corpus as corpus_lib
 from jaxdistill.data import sentences, text
 from jaxdistill.data.pipeline import data_dir
-from jaxdistill.errors import CheckpointError, ConfigError
+from jaxdistill.errors import CheckpointError, ConfigError, DataError
+from jaxdistill.hf import teacher as hf_teacher
 from jaxdistill.tasks import BaseTask, StepInputs
 
 DATASETS = (sentences.NAME,)
@@ -58,9 +63,6 @@ EXAMPLE_LOSS = "{'name': 'feature_cosine', 'student': 'mean_pool', 'teacher': 'm
 
 def _check_config(config) -> None:
     d = config.data
-    if d.name not in DATASETS:
-        raise ConfigError(f"data.name={d.name!r} is not a sentence dataset for task='embedding':"
-                          f' use one of {list(DATASETS)}')
     if d.mixup or d.labelled_fraction != 1:
         raise ConfigError("data.mixup and data.labelled_fraction apply to classification: set "
                           "data.mixup=0 and data.labelled_fraction=1 for task='embedding'")
@@ -148,13 +150,38 @@ class EmbeddingTask(BaseTask):
                               f'{limit} of {self.tokenizer_dir}: lower data.seq_len')
         self.vocab_size = tokenizer.get_vocab_size()
         ddir = data_dir(d)
-        self.train_sentences = sentences.load(ddir, 'train')
-        self.test_sentences = sentences.load(ddir, 'test')
+        if corpus_lib.as_globs(d.files) or d.name not in DATASETS:
+            self._read_corpus(corpus_lib.from_config(d))
+        else:
+            self.train_sentences = sentences.load(ddir, 'train')
+            self.test_sentences = sentences.load(ddir, 'test')
+            self.dataset = f'tfds:{sentences.NAME}/{sentences.version(ddir)}'
+            meta = sentences.metadata(ddir)
+            self._data_provenance = {'dataset_sha256': meta['sha256'],
+                                     'python_version': meta['python_version']}
         self.train_rows, self.truncated_train = _encode(tokenizer, self.train_sentences,
                                                         d.seq_len)
         self.test_rows, self.truncated_test = _encode(tokenizer, self.test_sentences, d.seq_len)
-        self.dataset = f'tfds:{sentences.NAME}/{sentences.version(ddir)}'
         self.sample = {k: v[:1] for k, v in self.train_rows.items()}
+
+    def _read_corpus(self, corpus: corpus_lib.Corpus) -> None:
+        """One sentence or passage per record of ``data.files`` (or a TFDS text dataset),
+        in file order; held in memory as padded rows (``2 * seq_len`` int32 per record)."""
+        corpus.check()
+        split: dict[str, list[str]] = {'train': [], 'test': []}
+        for name, doc in corpus.records():
+            split[name].append(doc)
+        self.train_sentences, self.test_sentences = split['train'], split['test']
+        for split, items in (('train', self.train_sentences), ('test', self.test_sentences)):
+            if not items:
+                raise DataError(f'{corpus.name}: the {split} split has no records; give more '
+                                'text, data.test_files, or a larger data.test_fraction')
+        digest = hashlib.sha256()
+        for s in self.train_sentences + ['\0'] + self.test_sentences:
+            digest.update(s.encode('utf-8', errors='surrogatepass') + b'\0')
+        self.dataset = corpus.name
+        self._data_provenance = {'dataset_sha256': digest.hexdigest(), 'python_version': None,
+                                 'undecodable_bytes': corpus.bad_bytes}
 
     # -- checks ---------------------------------------------------------------------
     def _check_model(self, model: Model, key: str) -> int:
@@ -188,10 +215,8 @@ class EmbeddingTask(BaseTask):
 
     def provenance(self) -> dict[str, Any]:
         d = self.config.data
-        meta = sentences.metadata(data_dir(d))
         return {'dataset': self.dataset, 'train_sentences': len(self.train_sentences),
-                'test_sentences': len(self.test_sentences),
-                'dataset_sha256': meta['sha256'], 'python_version': meta['python_version'],
+                'test_sentences': len(self.test_sentences), **self._data_provenance,
                 'tokenizer': str(self.tokenizer_dir / hf.TOKENIZER_FILE),
                 'vocab_size': self.vocab_size, 'seq_len': d.seq_len,
                 'truncated_train': self.truncated_train, 'truncated_test': self.truncated_test}

@@ -1,19 +1,29 @@
-"""Language modelling: packed next-token rows of offline text; perplexity and fidelity per token.
+"""Language modelling: packed next-token rows of text; perplexity, bits per byte, fidelity.
 
-``config.task='lm'``: the ``data`` block names a text dataset (``pytext``: Python's own
-documentation), a tokenizer (``data.tokenizer``: ``'byte'`` or ``'bpe'`` with
-``data.vocab_size``) and a row length (``data.seq_len``). Models map tokens ``[B, T]`` to
-logits ``[B, T, V]``; every loss is a per-token mean over ``mask`` (padding never counts).
+``config.task='lm'``: the ``data`` block names the text (``data.files``: your own .jsonl /
+.txt / .parquet files, or ``data.name``: ``pytext``, Python's own documentation, bundled, or
+any TFDS text dataset prepared as ArrayRecord, at ``data.text_key``), a tokenizer
+(``data.tokenizer``: ``'byte'`` or ``'bpe'`` with ``data.vocab_size``) and a row length
+(``data.seq_len``). ``pytext`` is small and packed in memory; everything else is tokenized and
+packed once, streaming, into ArrayRecord rows (`jaxdistill.data.packed`) that each process
+reads its batches from, so the corpus may be larger than memory. Models map tokens
+``[B, T]`` to logits ``[B, T, V]``; every loss is a per-token mean over ``mask`` (padding
+never counts).
 
-Scores on the test split, all per target token: ``perplexity`` (exp of the mean NLL),
+Scores on the test split, per target token: ``perplexity`` (exp of the mean NLL),
 ``accuracy`` (next-token top-1), ``agreement`` (student top-1 == teacher top-1) and
-``kl_to_teacher`` (KL(teacher || student) at T = 1, nats). They are sums reduced on
-device and divided on the host, so they do not depend on the device layout.
+``kl_to_teacher`` (KL(teacher || student) at T = 1, nats); and ``bits_per_byte``: the summed
+NLL of every target token over the test split's UTF-8 bytes, / ln 2, which compares models
+with different tokenizers. They are sums reduced on device and divided on the host, so they
+do not depend on the device layout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,19 +35,19 @@ from jax.sharding import Mesh
 
 from jaxdistill import mesh as mesh_lib
 from jaxdistill.adapter import Model
+from jaxdistill.data import corpus as corpus_lib
+from jaxdistill.data import packed as packed_lib
 from jaxdistill.data import text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import ConfigError
 from jaxdistill.tasks import BaseTask, StepInputs
 
-TEXT_DATASETS = (text.NAME,)
+TEXT_DATASETS = (text.NAME,)  # bundled, packed in memory; any other text streams from a cache
+BPE_SAMPLE_BYTES = 64 << 20  # a BPE for data.files learns its merges on this much train text
 
 
 def _check_config(config) -> None:
     d = config.data
-    if d.name not in TEXT_DATASETS:
-        raise ConfigError(f"data.name={d.name!r} is not a text dataset for task='lm': use one "
-                          f'of {list(TEXT_DATASETS)}')
     if d.seq_len < 2:
         raise ConfigError(f'data.seq_len={d.seq_len} must be >= 2 tokens for task=\'lm\'')
     if d.mixup:
@@ -63,6 +73,13 @@ class LanguageModelTask(BaseTask):
     def __init__(self, config):
         _check_config(config)
         self.config, d = config, config.data
+        if corpus_lib.as_globs(d.files) or d.name not in TEXT_DATASETS:
+            self._open_corpus(d)
+        else:
+            self._open_pytext(d)
+        self.sample = text.as_source(self.train_rows).take([0])['inputs']
+
+    def _open_pytext(self, d) -> None:
         ddir = data_dir(d)
         self.tokenizer = text.get_tokenizer(d.tokenizer, data_dir=ddir,
                                             vocab_size=d.vocab_size)
@@ -70,7 +87,36 @@ class LanguageModelTask(BaseTask):
         self.test_rows = text.load_packed(ddir, self.tokenizer, d.seq_len, 'test')
         info = text.builder(ddir).info
         self.dataset = f'tfds:{text.NAME}/{info.version}'
-        self.sample = self.train_rows['inputs'][:1]
+        self.stats = {split: {'rows': len(rows['inputs']), 'tokens': int(rows['mask'].sum()),
+                              'bytes': sum(len(t.encode('utf-8'))
+                                           for t in text.load_texts(ddir, split))}
+                      for split, rows in (('train', self.train_rows), ('test', self.test_rows))}
+        self.data_provenance = {}
+
+    def _open_corpus(self, d) -> None:
+        """Streams the text into packed ArrayRecord rows once (process 0; the others wait and
+        read them), then opens them lazily."""
+        corpus = corpus_lib.from_config(d)
+        root = os.path.expanduser(d.cache_dir) if d.cache_dir else corpus.default_cache_dir
+        many = jax.process_count() > 1
+        if jax.process_index() == 0:
+            self.tokenizer = _corpus_tokenizer(d, corpus, root)
+            rows, meta = packed_lib.open_or_pack(corpus, self.tokenizer, d.seq_len, root)
+        if many:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices('jaxdistill: packed text')
+            if jax.process_index() != 0:
+                self.tokenizer = _corpus_tokenizer(d, corpus, root, train=False)
+                rows, meta = packed_lib.open_or_pack(corpus, self.tokenizer, d.seq_len, root,
+                                                     is_writer=False)
+        self.train_rows, self.test_rows = rows['train'], rows['test']
+        self.dataset = corpus.name
+        self.stats = meta['splits']
+        self.data_provenance = {
+            'packed_cache': os.path.dirname(rows['train'].path),
+            'fingerprint_sha256': hashlib.sha256(json.dumps(
+                meta['fingerprint'], sort_keys=True).encode()).hexdigest(),
+            'undecodable_bytes': meta['undecodable_bytes']}
 
     # -- checks ---------------------------------------------------------------------
     def _vocab(self, model: Model, key: str) -> int:
@@ -103,7 +149,7 @@ class LanguageModelTask(BaseTask):
         del rows  # text has no labels to withhold: every row serves every stage
         return self.batches_from(self.train_rows, seed)
 
-    def batches_from(self, rows: dict[str, np.ndarray], seed: int) -> grain.MapDataset:
+    def batches_from(self, rows, seed: int) -> grain.MapDataset:
         """Batches of other row-aligned arrays (the train rows with a teacher cache, or the
         teacher's completions), shuffled exactly as the train rows are."""
         return text.train_batches(rows, global_batch=self.config.data.batch_size,
@@ -115,12 +161,19 @@ class LanguageModelTask(BaseTask):
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
 
+    @property
+    def test_bytes(self) -> int:
+        """UTF-8 bytes of the test documents: the denominator of bits per byte."""
+        return int(self.stats['test']['bytes'])
+
     def provenance(self) -> dict[str, Any]:
         d = self.config.data
-        return {'dataset': self.dataset, 'tokenizer': d.tokenizer,
-                'vocab_size': self.tokenizer.vocab_size, 'seq_len': d.seq_len,
-                'train_tokens': int(self.train_rows['mask'].sum()),
-                'test_tokens': int(self.test_rows['mask'].sum())}
+        out = {'dataset': self.dataset, 'tokenizer': d.tokenizer,
+               'vocab_size': self.tokenizer.vocab_size, 'seq_len': d.seq_len}
+        for split, s in self.stats.items():
+            out.update({f'{split}_rows': int(s['rows']), f'{split}_tokens': int(s['tokens']),
+                        f'{split}_bytes': int(s['bytes'])})
+        return {**out, **self.data_provenance}
 
     # -- the step -------------------------------------------------------------------
     def prepare_fn(self, mixup: float = 0.0) -> Callable[[dict, jax.Array], StepInputs]:
@@ -149,12 +202,13 @@ class LanguageModelTask(BaseTask):
         decoders = {k: v for k, v in models.items() if isinstance(v[0].module, Decoder)}
         if not decoders:
             return []
-        rows = self.test_rows['inputs']
+        rows = text.as_source(self.test_rows)
         prompt_len = max(1, min(32, self.config.data.seq_len // 2))
         new = min(new_tokens, *(m.module.max_len - prompt_len for m, _ in decoders.values()))
         if new < 1:
             return []
-        prompts = rows[np.linspace(0, len(rows) - 1, n).astype(int), :prompt_len]
+        picked = rows.take(np.linspace(0, len(rows) - 1, n).astype(int))
+        prompts = picked['inputs'][:, :prompt_len]
         lengths = np.full(len(prompts), prompt_len, np.int32)
         out = [{'prompt': self.tokenizer.decode(p.tolist())} for p in prompts]
         for name, (model, model_vars) in decoders.items():
@@ -177,7 +231,8 @@ class LanguageModelTask(BaseTask):
     def scorer(self, model: Model, mesh: Mesh) -> Callable[[dict], dict[str, float]]:
         """A model's own test scores (used while the teacher trains)."""
         sums = jax.jit(lambda mv, batch: _own_sums(model, mv[0], batch))
-        return lambda model_vars: _own_scores(self._sum(sums, (model_vars,), mesh))
+        return lambda model_vars: _own_scores(self._sum(sums, (model_vars,), mesh),
+                                              self.test_bytes)
 
     def evaluator(self, mesh: Mesh, teacher: Model, teacher_vars: dict,
                   student: Model) -> Evaluator:
@@ -198,9 +253,10 @@ def _own_sums(model: Model, model_vars: dict, batch: dict) -> dict[str, jax.Arra
             'tokens': jnp.sum(mask)}
 
 
-def _own_scores(t: dict[str, float]) -> dict[str, float]:
+def _own_scores(t: dict[str, float], test_bytes: int) -> dict[str, float]:
     n = max(t['tokens'], 1.0)
-    return {'perplexity': math.exp(t['nll'] / n), 'accuracy': t['correct'] / n}
+    return {'perplexity': math.exp(t['nll'] / n), 'accuracy': t['correct'] / n,
+            'bits_per_byte': t['nll'] / max(test_bytes, 1) / math.log(2)}
 
 
 class Evaluator:
@@ -222,8 +278,9 @@ class Evaluator:
 
         self._sums = jax.jit(sums)
         teacher_sums = jax.jit(lambda mv, batch: _own_sums(teacher, mv[0], batch))
-        self._teacher = _own_scores(task._sum(teacher_sums, (teacher_vars,), mesh))
-        self.test_examples = int(task.test_rows['mask'].sum())  # target tokens
+        self._teacher = _own_scores(task._sum(teacher_sums, (teacher_vars,), mesh),
+                                    task.test_bytes)
+        self.test_examples = int(task.stats['test']['tokens'])  # target tokens
 
     def teacher_scores(self) -> dict[str, float]:
         return dict(self._teacher)
@@ -231,4 +288,33 @@ class Evaluator:
     def __call__(self, student_vars: dict) -> dict[str, float]:
         t = self.task._sum(self._sums, (student_vars, self.teacher_vars), self.mesh)
         n = max(t['tokens'], 1.0)
-        return {**_own_scores(t), 'agreement': t['agree'] / n, 'kl_to_teacher': t['kl'] / n}
+        return {**_own_scores(t, self.task.test_bytes), 'agreement': t['agree'] / n,
+                'kl_to_teacher': t['kl'] / n}
+
+
+def _corpus_tokenizer(d, corpus, root: str, train: bool = True):
+    """``'byte'``, or ``'bpe'``: merges learnt once on the first `BPE_SAMPLE_BYTES` of the
+    train documents and kept beside the packed rows (named by the corpus's fingerprint)."""
+    if d.tokenizer == 'byte' or d.tokenizer != 'bpe':
+        return text.get_tokenizer(d.tokenizer, data_dir=data_dir(d), vocab_size=d.vocab_size)
+    from jaxdistill.data.tokenizer import BPETokenizer
+
+    ident = hashlib.sha256(json.dumps(corpus.fingerprint(), sort_keys=True).encode())
+    path = os.path.join(root, f'bpe-{d.vocab_size}-{ident.hexdigest()[:12]}.json')
+    if not os.path.exists(path):
+        if not train:
+            raise ConfigError(f'data.cache_dir: {path} was not written by process 0: put '
+                              'data.cache_dir on a file system every process shares')
+        corpus.check()
+        BPETokenizer.train(_prefix(corpus.documents('train'), BPE_SAMPLE_BYTES),
+                           d.vocab_size).save(path)
+    return BPETokenizer.load(path)
+
+
+def _prefix(docs, limit: int):
+    total = 0
+    for doc in docs:
+        yield doc
+        total += len(doc)
+        if total >= limit:
+            return

@@ -1,0 +1,116 @@
+"""Distillation audit: was this model distilled from that one, and what do protections buy?
+
+* `lineage` (CLI ``python -m jaxdistill.audit``): fidelity fingerprints of a suspect against a
+  teacher (`fingerprints`), turned into a score and an exact permutation p-value against
+  reference models known not to descend from it (`stats`); white-box (logits) and black-box
+  (top-1, samples) access.
+* `watermark`: a keyed green-list watermark in the teacher's sampling
+  (``distill.sampling.watermark``, Kirchenbauer et al. 2023) and its detector in a suspect's
+  text or next-token distribution (radioactivity, Sander et al. 2024).
+* `protect`: output protections a model owner can put on served or cached teacher outputs
+  (``distill.protection``: top-k truncation, probability rounding, temperature perturbation,
+  antidistillation sampling after Savani et al. 2025).
+
+docs/audit.md explains the statistics and gives the measured figures.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jaxdistill.audit.stats import AuditError
+
+__all__ = ['AuditError', 'audit', 'METHOD']
+
+METHOD = ('exact permutation (rank) test: each of the suspect and the k references is scored '
+          'by the mean over fingerprints of its z-score against the other k models; p = (number '
+          'of the k+1 models scoring >= the suspect) / (k+1), valid (P(p <= a) <= a) when the '
+          'suspect is exchangeable with the references, i.e. not distilled from the teacher; '
+          'the smallest attainable p is 1/(k+1)')
+
+
+def _probe(data: str, suspect, teacher, *, seed: int, ambiguous: int, max_tokens: int):
+    from jaxdistill.audit import models
+
+    kw = dict(seed=seed, ambiguous=ambiguous, max_tokens=max_tokens)
+    if data.endswith('.npz'):
+        if not os.path.exists(data):
+            raise AuditError(f'--data={data} does not exist: give a .npz or a run directory')
+        return models.load_npz_probe(data, **kw)
+    if data:
+        path = os.path.abspath(data.rstrip('/'))
+        for workdir in (path, os.path.dirname(path)):
+            if os.path.exists(os.path.join(workdir, 'config.json')):
+                return models.probe_from_run(models.read_config(workdir), source=data, **kw)
+        raise AuditError(f'--data={data} is neither a .npz nor a jaxdistill run (no config.json '
+                         'in it or its parent)')
+    for m in (suspect, teacher):
+        if m.config is not None:
+            return models.probe_from_run(m.config, source=f'{m.spec} (its run\'s test split)',
+                                         **kw)
+    raise AuditError('no probe set: neither the suspect nor the teacher names its run; give '
+                     '--data=WORKDIR (a run of the task) or --data=FILE.npz')
+
+
+def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: str = '',
+          access: tuple[str, ...] = ('logits', 'top1', 'samples'), alpha: float | None = None,
+          seed: int = 0, ambiguous: int = 1000, max_tokens: int = 20000) -> dict[str, Any]:
+    """Runs the lineage test and writes ``out/audit.json``, ``audit.md``, ``audit.png``.
+
+    Every check (references, access, models, output spaces, probe size) runs before
+    anything is written.
+    """
+    from jaxdistill.audit import fingerprints, lineage, models, report
+
+    references = [r for r in references if r]
+    stats_check(len(references), alpha)
+    bad = [a for a in access if a not in fingerprints.ACCESS]
+    if bad or not access:
+        raise AuditError(f'--access={",".join(access)}: each must be one of '
+                         f'{list(fingerprints.ACCESS)}')
+    if not out:
+        raise AuditError('--out is empty: give a directory for audit.json')
+    t = models.load(teacher, '--teacher')
+    s = models.load(suspect, '--suspect')
+    refs = [models.load(r, f'--references[{i}]') for i, r in enumerate(references)]
+    _distinct([t, s, *refs])
+    probe = _probe(data, s, t, seed=seed, ambiguous=ambiguous, max_tokens=max_tokens)
+    t_out = models.outputs(t, probe)
+    s_out = models.outputs(s, probe)
+    lineage.check_output_space(t_out, s_out, suspect, '--suspect')
+    r_outs = []
+    for i, r in enumerate(refs):
+        r_outs.append(models.outputs(r, probe))
+        lineage.check_output_space(t_out, r_outs[-1], r.spec, f'--references[{i}]')
+    tests = {a: lineage.test(a, t_out, s_out, r_outs, probe, seed) for a in access}
+    verdict = tests[access[0]]
+    result = {
+        'score': verdict['score'], 'p_value': verdict['p_value'], 'method': METHOD,
+        'fingerprints': verdict['fingerprints'], 'access': access[0],
+        'min_p_value': verdict['min_p_value'], 'alpha': alpha, 'seed': seed, 'tests': tests,
+        'teacher': {'spec': teacher, 'params_sha256': t.params_sha256},
+        'suspect': {'spec': suspect, 'params_sha256': s.params_sha256},
+        'references': [{'spec': r.spec, 'params_sha256': r.params_sha256} for r in refs],
+        'probe': {'source': probe.source, 'size': probe.size,
+                  'unit': 'tokens' if probe.task == 'lm' else 'examples',
+                  'ambiguous': int(probe.ambiguous.sum()), 'task': probe.task},
+        'out': os.path.abspath(out),
+    }
+    report.write(out, result)
+    return result
+
+
+def _distinct(loaded) -> None:
+    seen = {}
+    for i, m in enumerate(loaded):
+        flag = ['--teacher', '--suspect'][i] if i < 2 else f'--references[{i - 2}]'
+        if m.params_sha256 in seen:
+            raise AuditError(f'{flag}={m.spec} has the same parameters as {seen[m.params_sha256]}: '
+                             'every model of the test must be a different one')
+        seen[m.params_sha256] = f'{flag}={m.spec}'
+
+
+def stats_check(k: int, alpha: float | None) -> None:
+    from jaxdistill.audit import stats
+    stats.check_references(k, alpha)

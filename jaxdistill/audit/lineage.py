@@ -1,0 +1,94 @@
+"""The lineage test: was the suspect distilled from the teacher?
+
+`fingerprint_vector` turns one model's outputs on the probe set into the fingerprints its
+access mode allows (`jaxdistill.audit.fingerprints`); `test` compares the suspect's with
+the references' (`jaxdistill.audit.stats`: an exact permutation test). `audit` does both
+for models named on the command line and returns what ``audit.json`` holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jaxdistill.audit import fingerprints as fp
+from jaxdistill.audit import stats
+from jaxdistill.audit.stats import AuditError
+
+MIN_ERRORS = 20  # teacher errors needed for error_agreement
+MIN_AMBIGUOUS = 100  # ambiguous probes needed for ambiguous_agreement
+SAMPLES = 4  # draws per probe for --access=samples
+
+
+def usable(names: tuple[str, ...], teacher_out: np.ndarray, probe) -> tuple[list[str], dict]:
+    """The fingerprints this probe set supports; ``skipped`` says why others are not."""
+    labelled = (probe.labels >= 0) & ~probe.ambiguous
+    errors = int(np.sum(np.argmax(teacher_out[labelled], -1) != probe.labels[labelled]))
+    skipped = {}
+    if 'error_agreement' in names and errors < MIN_ERRORS:
+        skipped['error_agreement'] = (f'the teacher makes {errors} errors on the probe set '
+                                      f'(at least {MIN_ERRORS} needed)')
+    if 'ambiguous_agreement' in names and int(probe.ambiguous.sum()) < MIN_AMBIGUOUS:
+        skipped['ambiguous_agreement'] = (f'{int(probe.ambiguous.sum())} ambiguous probes (at '
+                                          f'least {MIN_AMBIGUOUS} needed; image tasks only)')
+    if teacher_out.shape[-1] < 3:
+        for name in ('neg_dark_kl', 'dark_rank', 'dark_loglik'):
+            skipped.setdefault(name, 'fewer than 3 classes leave no dark knowledge')
+    return [n for n in names if n not in skipped], skipped
+
+
+def fingerprint_vector(names: list[str], teacher_out: np.ndarray, suspect_out: np.ndarray,
+                       probe, rng: np.random.Generator) -> dict[str, float]:
+    """One model's fingerprints; ``suspect_out`` are its logits (black-box modes only use
+    what the access allows: the top-1, or ``SAMPLES`` draws per probe)."""
+    labelled = (probe.labels >= 0) & ~probe.ambiguous
+    top1 = np.argmax(suspect_out, -1)
+    out = {}
+    for name in names:
+        if name == 'error_agreement':
+            out[name] = fp.error_agreement(teacher_out[labelled], top1[labelled],
+                                           probe.labels[labelled])
+        elif name == 'ambiguous_agreement':
+            out[name] = fp.top1_agreement(teacher_out[probe.ambiguous], top1[probe.ambiguous])
+        elif name == 'neg_dark_kl':
+            out[name] = fp.neg_dark_kl(teacher_out, suspect_out, probe.weights)
+        elif name == 'dark_rank':
+            out[name] = fp.dark_rank(teacher_out, suspect_out, probe.weights)
+        elif name == 'dark_loglik':
+            out[name] = fp.dark_loglik(teacher_out, fp.sample(suspect_out, SAMPLES, rng),
+                                       probe.weights)
+    return out
+
+
+def check_output_space(teacher_out: np.ndarray, out: np.ndarray, spec: str, flag: str) -> None:
+    if out.shape[-1] != teacher_out.shape[-1]:
+        raise AuditError(
+            f'{flag}={spec} has {out.shape[-1]} outputs but the teacher has '
+            f'{teacher_out.shape[-1]}: the lineage test compares distributions over one label '
+            'space (or vocabulary); audit a model of the teacher\'s task and tokenizer')
+
+
+def test(access: str, teacher_out: np.ndarray, suspect_out: np.ndarray,
+         reference_outs: list[np.ndarray], probe, seed: int) -> dict[str, Any]:
+    """Fingerprints of the suspect and references, the score and the p-values."""
+    if access not in fp.ACCESS:
+        raise AuditError(f'--access={access!r} is not one of {list(fp.ACCESS)}')
+    names, skipped = usable(fp.BY_ACCESS[access], teacher_out, probe)
+    if not names:
+        raise AuditError(f'--access={access}: no fingerprint fits this probe set ({skipped}); '
+                         'give a larger probe set with --data or use --access=logits')
+    # one generator per model, so a model's draws do not depend on the others
+    rngs = [np.random.default_rng([seed, i]) for i in range(len(reference_outs) + 1)]
+    suspect = fingerprint_vector(names, teacher_out, suspect_out, probe, rngs[0])
+    refs = [fingerprint_vector(names, teacher_out, r, probe, g)
+            for r, g in zip(reference_outs, rngs[1:])]
+    table = np.array([[suspect[n] for n in names]] + [[r[n] for n in names] for r in refs])
+    result = stats.permutation_test(table[0], table[1:])
+    undefined = [n for n, ok in zip(names, stats.usable_columns(table)) if not ok]
+    for n in undefined:
+        skipped[n] = 'undefined for some model (no non-top sample or no teacher error)'
+    return {**result, 'access': access,
+            'fingerprints': {'suspect': suspect, 'references': refs,
+                             'used': [n for n in names if n not in undefined],
+                             'skipped': skipped}}

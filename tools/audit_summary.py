@@ -1,0 +1,91 @@
+"""Markdown tables of a measured audit zoo (tools/audit_zoo.py ... audit).
+
+    python tools/audit_summary.py workdir/zoo_digits workdir/zoo_lm workdir/zoo_protect
+
+Lineage: ROC AUC and true-positive rate at 1 % false positives per access mode, for the
+students of every signal against every negative (labels-only baselines and students of
+other teachers), pooled over the teachers of the zoo. Watermark: z and p-values of every lm
+model. Protections: teacher cost and residual gain, mean over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def lineage(result: dict) -> list[str]:
+    lines = [f'### {result["domain"]}: {result["probe_size"]} probes, seed {result["seed"]}', '',
+             '| access | suspects from A | positives / negatives | ROC AUC | TPR at 1 % FPR | '
+             'median p (positives) | negatives with p <= 0.05 |', '|---|---|---|---|---|---|---|']
+    for access, by_signal in result['summary'].items():
+        for signal, s in by_signal.items():
+            if not s:
+                continue
+            lines.append(f'| {access} | {signal} | {s["positives"]} / {s["negatives"]} | '
+                         f'{s["auc"]:.3f} | {s["tpr_at_1pct_fpr"]:.2f} | '
+                         f'{s["median_p_positive"]:.3f} | {s["p_negative_below_0.05"]:.2f} |')
+    refs = sorted({r['references'] for r in result['rows']})
+    lines += ['', f'References per test: {refs} (smallest attainable p = 1/(k+1)).', '']
+    return lines
+
+
+def watermark(w: dict) -> list[str]:
+    lines = [f'### watermark (key {w["key"]}, gamma {w["gamma"]}, delta {w["delta"]})', '',
+             '| model | signal | z (generated text) | p (text) | z (next-token distribution) | '
+             'p (distribution) |', '|---|---|---|---|---|---|']
+    for r in w['rows']:
+        name = '/'.join(r['path'].rstrip('/').split('/')[-2:])
+        lines.append(f'| {name} | {r["signal"] or "teacher"} | {r["text"]["z"]:.2f} | '
+                     f'{r["text"]["p_value"]:.2g} | {r["distribution"]["z"]:.2f} | '
+                     f'{r["distribution"]["p_value"]:.2g} |')
+    for r in w['rows']:
+        if 'perplexity' in r:
+            lines.append(f'\nTeacher {r["teacher"]}: test perplexity {r["perplexity"]:.3f} -> '
+                         f'{r["perplexity_watermarked"]:.3f} with the watermark; its own '
+                         f'watermarked samples: z {r["text_watermarked"]["z"]:.1f}.')
+    return lines + ['']
+
+
+def protections(result: dict) -> list[str]:
+    rows = result['rows']
+    lines = ['### protections (digits, 10 % labels)', '',
+             '| protection | teacher accuracy | teacher NLL | student accuracy | '
+             'gain over labels-only baseline | seeds |', '|---|---|---|---|---|---|']
+    for name in dict.fromkeys(r['protection'] for r in rows):
+        mine = [r for r in rows if r['protection'] == name]
+
+        def stat(key, scale=1.0, mine=mine):
+            v = np.array([r[key] for r in mine]) * scale
+            return f'{v.mean():.2f} ± {v.std():.2f}' if len(v) > 1 else f'{v.mean():.2f}'
+
+        lines.append(f'| {name} | {stat("teacher_accuracy", 100)} % | {stat("teacher_nll")} | '
+                     f'{stat("student_accuracy", 100)} % | {stat("gain", 100)} points | '
+                     f'{len(mine)} |')
+    base = {r['seed']: r['baseline_accuracy'] for r in rows}
+    lines += ['', 'Labels-only baseline: ' + ', '.join(f'seed {s}: {100 * a:.2f} %'
+                                                     for s, a in sorted(base.items())), '']
+    return lines
+
+
+def main(roots: list[str]) -> None:
+    for root in roots:
+        path = os.path.join(root, 'audit_zoo.json')
+        if not os.path.exists(path):
+            print(f'{root}: no audit_zoo.json yet\n')
+            continue
+        with open(path) as f:
+            result = json.load(f)
+        if 'summary' in result:
+            print('\n'.join(lineage(result)))
+        if 'watermark' in result:
+            print('\n'.join(watermark(result['watermark'])))
+        if 'summary' not in result and 'rows' in result:
+            print('\n'.join(protections(result)))
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,343 @@
+"""Build a zoo of teachers and students, then measure the lineage test on it (issue 21).
+
+    python tools/audit_zoo.py build --domain=digits --root=workdir/zoo_digits
+    python tools/audit_zoo.py audit --domain=digits --root=workdir/zoo_digits
+    python tools/audit_summary.py workdir/zoo_digits workdir/zoo_lm
+
+``build`` trains, with `jaxdistill.main` in subprocesses (skipping finished runs, so it
+resumes), for every teacher seed ``a``: a run ``A{a}`` that trains teacher A_a, a
+labels-only baseline and a student distilled from A_a online; then runs ``A{a}_{signal}_s{j}``
+that reuse A_a (``teacher.checkpoint``) for more students of every signal (digits: online;
+lm: online, cached top-32, sequence-level, sequence-level from a watermarked teacher), each
+with a labels-only baseline at its seed where asked. Every teacher is "A" for its own
+students and an independent "teacher B" for the others'. The zoo is small and fast (the
+machine it was measured on has 2 shared cores): digits 800 steps per model, lm 400 teacher
+steps and 300 student steps. Runs are interleaved over teachers, so a partial zoo already
+has positives and negatives for every teacher.
+
+``audit`` treats each teacher as the audited one: suspects are every student and baseline
+of the zoo (positives: the students distilled from it), the references of each suspect are
+the zoo's negatives other than itself (leave-one-out). It writes ``ROOT/audit_zoo.json``
+(every score and p-value, ROC AUC and TPR at 1 % FPR per access mode and signal) after each
+teacher, so a partial audit gives numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+PY = sys.executable
+DIGITS = dict(config='configs/digits.py', teachers=(0, 1, 2), students=(1, 2, 3),
+              signals=('online',),
+              common=['--config.teacher.steps=800', '--config.train.steps=800',
+                      '--config.train.eval_every=0', '--config.train.checkpoint_every=800',
+                      '--config.train.log_every=400', '--config.data.labelled_fraction=1.0'])
+LM = dict(config='configs/lm_text.py', teachers=(0, 1), students=(1, 2),
+          signals=('sequence_wm', 'sequence', 'online', 'cached'),
+          common=['--config.teacher.steps=400', '--config.train.steps=200',
+                  '--config.train.eval_every=0', '--config.train.checkpoint_every=200',
+                  '--config.train.log_every=100'])
+# Protections: students at 10 % labels (where distillation helps, README) from the digits
+# zoo's teachers, one run per protection; 'none' also trains the labels-only baseline.
+PROTECT = dict(config='configs/digits.py', teachers=(0, 1), zoo='digits',
+               protections={'none': [], 'topk1': ['name=topk', 'k=1'],
+                            'topk2': ['name=topk', 'k=2'], 'round1': ['name=round', 'decimals=1'],
+                            'temperature': ['name=temperature', 'spread=1.0'],
+                            'antidistill': ['name=antidistill', 'lam=2.0']},
+               common=['--config.train.steps=800', '--config.train.eval_every=0',
+                       '--config.train.checkpoint_every=800', '--config.train.log_every=400'])
+DOMAINS = {'digits': DIGITS, 'lm': LM, 'protect': PROTECT}
+WATERMARK = ['--config.distill.sampling.watermark.key=1234',
+             '--config.distill.sampling.watermark.gamma=0.25',
+             '--config.distill.sampling.watermark.delta=2.0']
+
+
+def plan_protect(root: str) -> list[dict]:
+    d, runs = PROTECT, []
+    zoo = os.path.join(os.path.dirname(root.rstrip('/')), 'zoo_digits')
+    for a in d['teachers']:
+        for name, keys in d['protections'].items():
+            argv = [f'--config={d["config"]}', f'--config.seed={a}',
+                    f'--config.teacher.checkpoint={os.path.join(zoo, f"A{a}")}',
+                    *(f'--config.distill.protection.{k}' for k in keys)]
+            if name != 'none':
+                argv.append('--config.train.baseline=False')
+            runs.append(dict(name=f'P{a}_{name}', teacher=f'A{a}', signal=name, seed=a,
+                             baseline=name == 'none', argv=argv))
+    return runs
+
+
+def plan(domain: str, root: str) -> list[dict]:
+    """Every run of the zoo, in build order: ``{name, workdir, argv, teacher, signal, seed}``."""
+    d = DOMAINS[domain]
+    runs = [] if domain != 'protect' else plan_protect(root)
+    for a in d['teachers'] if domain != 'protect' else ():
+        runs.append(dict(name=f'A{a}', teacher=f'A{a}', signal='online', seed=a,
+                         baseline=True, argv=[f'--config={d["config"]}', f'--config.seed={a}']))
+    for j in d.get('students', ()):
+        for a in d['teachers']:
+            for signal in d['signals']:
+                preset = {'online': '', 'cached': ':cached', 'sequence': ':sequence',
+                          'sequence_wm': ':sequence'}[signal]
+                seed = 10 * (a + 1) + j
+                argv = [f'--config={d["config"]}{preset}', f'--config.seed={seed}',
+                        f'--config.teacher.checkpoint={os.path.join(root, f"A{a}")}']
+                if signal == 'sequence_wm':
+                    argv += WATERMARK
+                baseline = signal == 'online'
+                if not baseline:
+                    argv.append('--config.train.baseline=False')
+                runs.append(dict(name=f'A{a}_{signal}_s{j}', teacher=f'A{a}', signal=signal,
+                                 seed=seed, baseline=baseline, argv=argv))
+    for r in runs:
+        r['workdir'] = os.path.join(root, r['name'])
+        r['argv'] = [PY, '-m', 'jaxdistill.main', *r['argv'], *d['common'],
+                     f'--workdir={r["workdir"]}']
+    return runs
+
+
+def models(domain: str, root: str) -> list[dict]:
+    """The zoo's finished models: ``{path, teacher, role, signal, seed}`` (role: 'teacher',
+    'student' (distilled from ``teacher``) or 'baseline' (labels only))."""
+    out = []
+    for r in plan(domain, root):
+        if not os.path.exists(os.path.join(r['workdir'], 'results.json')):
+            continue
+        if r['name'] == r['teacher']:
+            out.append(dict(path=os.path.join(r['workdir'], 'teacher'), teacher=r['teacher'],
+                            role='teacher', signal='', seed=r['seed']))
+        out.append(dict(path=os.path.join(r['workdir'], 'student'), teacher=r['teacher'],
+                        role='student', signal=r['signal'], seed=r['seed']))
+        if r['baseline']:
+            out.append(dict(path=os.path.join(r['workdir'], 'baseline'), teacher='',
+                            role='baseline', signal='labels', seed=r['seed']))
+    return out
+
+
+def build(domain: str, root: str) -> None:
+    os.makedirs(root, exist_ok=True)
+    log = open(os.path.join(root, 'build.log'), 'a')
+    env = {**os.environ, 'PYTHONPATH': os.getcwd()}
+    for r in plan(domain, root):
+        if os.path.exists(os.path.join(r['workdir'], 'results.json')):
+            continue
+        start = time.time()
+        print(f'[{time.strftime("%H:%M:%S")}] {r["name"]}', flush=True)
+        log.write(f'\n==== {r["name"]}: {" ".join(r["argv"])}\n')
+        log.flush()
+        rc = subprocess.call(['nice', *r['argv']], stdout=log, stderr=subprocess.STDOUT, env=env)
+        print(f'    rc {rc} in {time.time() - start:.0f} s (load {os.getloadavg()[0]:.1f})',
+              flush=True)
+
+
+def _outputs(root: str, zoo: list[dict], probe) -> dict[str, np.ndarray]:
+    """Every model's logits on the probe set, computed once (cached in ROOT/outputs/)."""
+    from jaxdistill.audit import models as audit_models
+
+    cache = os.path.join(root, 'outputs')
+    os.makedirs(cache, exist_ok=True)
+    out = {}
+    for m in zoo:
+        name = os.path.relpath(m['path'], root).replace('/', '__')
+        f = os.path.join(cache, f'{name}.npy')
+        if not os.path.exists(f):
+            np.save(f, audit_models.outputs(audit_models.load(m['path'], m['path']), probe))
+        out[m['path']] = np.load(f)
+    return out
+
+
+def _summary(rows: list[dict], access: str, signal: str | None = None) -> dict:
+    from jaxdistill.audit import stats
+
+    mine = [r for r in rows if r['access'] == access]
+    pos = [r['score'] for r in mine if r['positive'] and (signal is None or r['signal'] == signal)]
+    neg = [r['score'] for r in mine if not r['positive']]
+    if not pos or not neg:
+        return {}
+    p_pos = [r['p_value'] for r in mine if r['positive'] and (signal is None or
+                                                            r['signal'] == signal)]
+    return {'auc': stats.roc_auc(pos, neg), 'tpr_at_1pct_fpr': stats.tpr_at_fpr(pos, neg, 0.01),
+            'positives': len(pos), 'negatives': len(neg),
+            'median_p_positive': float(np.median(p_pos)),
+            'p_negative_below_0.05': float(np.mean([r['p_value'] <= 0.05 for r in mine
+                                                    if not r['positive']]))}
+
+
+def audit(domain: str, root: str, seed: int = 0) -> dict:
+    """The lineage test with every teacher of the zoo as the audited one (see the module
+    docstring); writes ROOT/audit_zoo.json after each teacher."""
+    from jaxdistill.audit import fingerprints as fp
+    from jaxdistill.audit import lineage, stats
+    from jaxdistill.audit import models as audit_models
+
+    zoo = models(domain, root)
+    teachers = [m for m in zoo if m['role'] == 'teacher']
+    suspects = [m for m in zoo if m['role'] != 'teacher']
+    first = os.path.dirname(teachers[0]['path'])
+    probe = audit_models.probe_from_run(audit_models.read_config(first), seed=seed,
+                                        ambiguous=1000, max_tokens=20000, source=first)
+    outs = _outputs(root, zoo, probe)
+    rows, result = [], {'domain': domain, 'root': root, 'seed': seed, 'probe_size': probe.size,
+                        'load_average': os.getloadavg()[0], 'method': 'leave-one-out: each '
+                        'suspect against every other negative of the zoo as references'}
+    for t in teachers:
+        t_out = outs[t['path']]
+        for access in fp.ACCESS:
+            names, skipped = lineage.usable(fp.BY_ACCESS[access], t_out, probe)
+            table = np.array([[v[n] for n in names] for v in (
+                lineage.fingerprint_vector(names, t_out, outs[m['path']], probe,
+                                           np.random.default_rng([seed, i]))
+                for i, m in enumerate(suspects))])
+            negatives = [i for i, m in enumerate(suspects) if m['teacher'] != t['teacher']]
+            for i, m in enumerate(suspects):
+                refs = [j for j in negatives if j != i]
+                r = stats.permutation_test(table[i], table[refs])
+                rows.append({'teacher': t['teacher'], 'suspect': m['path'], 'access': access,
+                             'signal': m['signal'], 'role': m['role'],
+                             'positive': m['teacher'] == t['teacher'], 'score': r['score'],
+                             'p_value': r['p_value'], 'p_value_parametric':
+                             r['p_value_parametric'], 'references': len(refs),
+                             'fingerprints': dict(zip(names, table[i].tolist())),
+                             'skipped': skipped})
+        result['rows'] = rows
+        result['summary'] = {
+            access: {'all': _summary(rows, access),
+                     **{s: _summary(rows, access, s) for s in DOMAINS[domain]['signals']}}
+            for access in fp.ACCESS}
+        with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        print(f'{t["teacher"]}: ' + json.dumps({a: v['all'] for a, v in
+                                                 result['summary'].items()}), flush=True)
+    if domain == 'lm':
+        result['watermark'] = audit_watermark(root, zoo, probe, outs, seed)
+        with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def _lm_generations(loaded, probe, seed: int, prompt_len: int = 32, new: int = 96):
+    """The suspect's sampled continuations (T = 1) of the probe rows' first tokens."""
+    import jax
+
+    from jaxdistill import sampling
+
+    prompts = probe.inputs[:, :prompt_len]
+    lengths = np.full(len(prompts), prompt_len, np.int32)
+    tokens, mask = sampling.generate(loaded.model.module, loaded.variables['params'], prompts,
+                                     lengths, new, jax.random.key(seed))
+    return np.asarray(tokens), np.asarray(mask)
+
+
+def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0) -> dict:
+    """Watermark radioactivity on every lm model, and the watermark's cost to each teacher."""
+    import jax
+
+    from jaxdistill import sampling
+    from jaxdistill.audit import fingerprints as fp
+    from jaxdistill.audit import models as audit_models
+    from jaxdistill.audit import watermark as wm
+
+    key, gamma, delta = (float(a.split('=')[1]) for a in WATERMARK)
+    key = int(key)
+    prev = probe.inputs[probe.token_mask]
+    rows = []
+    for m in zoo:
+        logits = outs[m['path']]
+        loaded = audit_models.load(m['path'], m['path'])
+        tokens, mask = _lm_generations(loaded, probe, seed)
+        row = {'path': m['path'], 'role': m['role'], 'signal': m['signal'],
+               'teacher': m['teacher'], 'seed': m['seed'],
+               'distribution': wm.detect_distribution(prev, np.exp(fp.log_softmax(logits)),
+                                                      key, gamma),
+               'text': wm.detect_text(tokens, mask, key, gamma, logits.shape[-1])}
+        if m['role'] == 'teacher':  # its cost: the watermarked distribution on real text
+            biased = fp.log_softmax(logits + delta * wm.green(prev, logits.shape[-1], key, gamma))
+            labels = probe.labels
+            clean = fp.log_softmax(logits)
+            row['perplexity'] = float(np.exp(-clean[np.arange(len(labels)), labels].mean()))
+            row['perplexity_watermarked'] = float(
+                np.exp(-biased[np.arange(len(labels)), labels].mean()))
+            marked, mmask = sampling.generate(
+                loaded.model.module, loaded.variables['params'], probe.inputs[:, :32],
+                np.full(len(probe.inputs), 32, np.int32), 96, jax.random.key(seed),
+                watermark=(key, gamma, delta))
+            row['text_watermarked'] = wm.detect_text(np.asarray(marked), np.asarray(mmask), key,
+                                                     gamma, logits.shape[-1])
+        rows.append(row)
+        print(f"  watermark {m['path']}: z text {row['text']['z']:.2f} "
+              f"distribution {row['distribution']['z']:.2f}", flush=True)
+    return {'key': key, 'gamma': gamma, 'delta': delta, 'rows': rows}
+
+
+def audit_protect(root: str, seed: int = 0) -> dict:
+    """The protections table: each protection's cost to the teacher (its served outputs'
+    test accuracy and NLL) and the student's gain over the labels-only baseline."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdistill import tasks
+    from jaxdistill.audit import fingerprints as fp
+    from jaxdistill.audit import models as audit_models
+    from jaxdistill.audit import protect
+
+    rows = []
+    for r in plan('protect', root):
+        results = os.path.join(r['workdir'], 'results.json')
+        base = os.path.join(root, f'P{r["seed"]}_none', 'results.json')
+        if not (os.path.exists(results) and os.path.exists(base)):
+            continue
+        with open(results) as f:
+            res = json.load(f)
+        with open(base) as f:
+            baseline = json.load(f)['baseline']
+        config = audit_models.read_config(r['workdir'])
+        task = tasks.build(config)
+        teacher = audit_models.load(res['provenance']['teacher_checkpoint'], 'teacher')
+        probe = audit_models.probe_from_run(config, seed=seed, ambiguous=0, max_tokens=0,
+                                            source=r['workdir'])
+        student = audit_models.load(os.path.join(r['workdir'], 'student'), 'student').model
+        served = protect.wrap(teacher.model, config, task, student)
+        z = np.asarray(jax.jit(lambda v, x, s=served: s.apply(v['params'], v['state'], x)[0])(
+            teacher.variables, jnp.asarray(probe.inputs)))
+        logp = fp.log_softmax(z)
+        labels = probe.labels
+        rows.append({'protection': r['signal'], 'seed': r['seed'],
+                     'teacher_accuracy': float(np.mean(np.argmax(z, -1) == labels)),
+                     'teacher_nll': float(-logp[np.arange(len(labels)), labels].mean()),
+                     'student_accuracy': res['student']['accuracy'],
+                     'student_agreement': res['student']['agreement'],
+                     'baseline_accuracy': baseline['accuracy'],
+                     'gain': res['student']['accuracy'] - baseline['accuracy']})
+        print(f"  {r['name']}: {rows[-1]}", flush=True)
+    out = {'rows': rows, 'load_average': os.getloadavg()[0]}
+    with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('phase', choices=('build', 'audit'))
+    ap.add_argument('--domain', choices=tuple(DOMAINS), required=True)
+    ap.add_argument('--root', required=True)
+    ap.add_argument('--seed', type=int, default=0, help='probe / black-box sampling seed')
+    args = ap.parse_args()
+    if args.phase == 'build':
+        build(args.domain, args.root)
+    elif args.domain == 'protect':
+        audit_protect(args.root, seed=args.seed)
+    else:
+        audit(args.domain, args.root, seed=args.seed)
+
+
+if __name__ == '__main__':
+    main()
