@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, train
+from jaxdistill import modules, provenance, train
 from jaxdistill.adapter import Model
 from jaxdistill.errors import CheckpointError
 
@@ -50,7 +50,7 @@ def export_student(p) -> dict[str, Any]:
         'kwargs': json.loads(config.student.kwargs.to_json_best_effort()),
         'logits_key': config.student.logits_key,
         'input': {'shape': list(p.sample.shape[1:]), 'dtype': str(np.dtype(p.sample.dtype))},
-        'params_sha256': train.params_sha256(model['params']),
+        'params_sha256': provenance.params_sha256(model['params']),
         'params': train.count_params(model['params']),
         'provenance': {'checkpoint': f'{directory}/{step}', 'step': step,
                        'steps': meta.get('steps'), 'teacher': meta.get('teacher'),
@@ -137,7 +137,7 @@ def load(path: str) -> ExportedModel:
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                             {'params': params, 'state': state})
     variables, _ = ckpt_lib.load_model(os.path.join(path, 'model'), abstract)
-    digest = train.params_sha256(variables['params'])
+    digest = provenance.params_sha256(variables['params'])
     if digest != spec['params_sha256']:
         raise CheckpointError(f'{path}: the parameters have sha256 {digest[:12]} but {SPEC} '
                               f'says {spec["params_sha256"][:12]}: the export is damaged; '

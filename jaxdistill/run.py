@@ -22,6 +22,7 @@ from jaxdistill import ensemble as ensemble_lib
 from jaxdistill import export as export_lib
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import modules, objective, report, signals, tasks, train
+from jaxdistill import provenance as provenance_lib
 from jaxdistill import teachers as teachers_lib
 from jaxdistill.adapter import Model
 from jaxdistill.audit import protect
@@ -174,8 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     judge = teachers_lib.combined(p.teachers, 'probs')  # students are scored against it
     say = print if is_main else (lambda *_: None)
     prepared = signals.prepare(config, p.workdir, p.task, teacher_model, teacher_vars,
-                               train.params_sha256(all_vars[0]['params']), p.student, p.mesh,
-                               say)
+                               provenance_lib.params_sha256(all_vars[0]['params']), p.student,
+                               p.mesh, say)
     if config.mode == 'cache_teacher':
         return {'provenance': prepared.provenance}
     evaluator = p.task.evaluator(p.mesh, judge, teacher_vars, p.student)
@@ -221,7 +222,7 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
     signal, prepared = _signal(p), prepared or signals.Prepared()
     student_objective = signal.objective(p.objective)
     needs_teacher = student_objective.needs_teacher and signal.teacher_in_step
-    identity = {'params_sha256': train.params_sha256(teacher_vars['params']),
+    identity = {'params_sha256': provenance_lib.params_sha256(teacher_vars['params']),
                 'checkpoint': p.teacher_dir}  # recorded in, and checked on resume of, student/
     stages = []
     scores, histories, models = {}, {}, {}
@@ -252,7 +253,7 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
             **evaluator(result.model), 'params': train.count_params(result.model['params']),
             'steps': stage.steps, 'train_loss': result.meta['train_loss'],
             'steps_per_second': result.meta['steps_per_second'],
-            'params_sha256': train.params_sha256(result.model['params'])}
+            'params_sha256': provenance_lib.params_sha256(result.model['params'])}
         histories[stage.name] = result.meta['history']
         models[stage.name] = result.model
     return scores, histories, models
@@ -266,7 +267,7 @@ def untrained_scores(p: Plan, evaluator) -> dict[str, Any]:
                                         p.sample, p.mesh, p.projections)
     return {**evaluator(state.model), 'params': train.count_params(state.params), 'steps': 0,
             'train_loss': None, 'steps_per_second': None,
-            'params_sha256': train.params_sha256(state.params)}
+            'params_sha256': provenance_lib.params_sha256(state.params)}
 
 
 def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:
@@ -282,7 +283,7 @@ def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:
         own = (evaluator.teacher_scores() if len(p.teachers) == 1
                else p.task.scorer(t.model, p.mesh)(variables))
         entries[t.name] = {**own, 'params': train.count_params(variables['params']),
-                           'params_sha256': train.params_sha256(variables['params']),
+                           'params_sha256': provenance_lib.params_sha256(variables['params']),
                            'steps': t_meta.get('steps'),
                            'steps_per_second': t_meta.get('steps_per_second'),
                            'history': t_meta.get('history')}

@@ -20,7 +20,6 @@ the teacher. The arrays stay quantised on the host; `decode` widens them inside 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxdistill import mesh as mesh_lib
+from jaxdistill import provenance
 from jaxdistill.errors import ConfigError
 from jaxdistill.objective import SparseTeacher
 from jaxdistill.signals import store
@@ -47,19 +47,13 @@ def directory(config, workdir: str) -> str:
         workdir, 'teacher_cache')
 
 
-def rows_sha256(rows: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in ('inputs', 'targets', 'mask'):
-        h.update(np.ascontiguousarray(rows[k]).tobytes())
-    return h.hexdigest()
-
-
 def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
     """What a cache is valid for; a cache whose fingerprint differs is refused."""
     c = config.distill.cache
     return {'kind': 'teacher_topk', 'dataset': task.dataset, 'tokenizer': config.data.tokenizer,
             'vocab_size': int(task.tokenizer.vocab_size), 'seq_len': int(config.data.seq_len),
-            'train_rows_sha256': rows_sha256(task.train_rows), 'k': int(c.k), 'dtype': c.dtype,
+            'train_rows_sha256': provenance.arrays_sha256(task.train_rows), 'k': int(c.k),
+            'dtype': c.dtype,
             'teacher_params_sha256': teacher_sha256}
 
 

@@ -31,11 +31,10 @@ from jax.experimental import multihost_utils
 
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
-from jaxdistill import sampling
+from jaxdistill import provenance, sampling
 from jaxdistill.errors import ConfigError
 from jaxdistill.signals import store
 from jaxdistill.signals.base import BaseSignal, Context, Prepared
-from jaxdistill.signals.cache import rows_sha256
 
 
 def directory(workdir: str) -> str:
@@ -112,7 +111,8 @@ def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
     s = config.distill.sampling
     return {'kind': 'teacher_sequences', 'dataset': task.dataset,
             'tokenizer': config.data.tokenizer, 'vocab_size': int(task.tokenizer.vocab_size),
-            'seq_len': int(config.data.seq_len), 'train_rows_sha256': rows_sha256(task.train_rows),
+            'seq_len': int(config.data.seq_len),
+            'train_rows_sha256': provenance.arrays_sha256(task.train_rows),
             'prompt_len': int(s.prompt_len), 'max_new_tokens': int(new_tokens(config)),
             'temperature': float(s.temperature), 'top_k': int(s.top_k),
             'top_p': float(s.top_p), 'seed': int(config.seed),
