@@ -18,7 +18,6 @@ the URL.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxdistill import provenance
+from jaxdistill import paths, provenance
 from jaxdistill.errors import CheckpointError
 
 COMMIT_MARKER = 'commit_success.txt'  # Orbax writes it last, on every filesystem
@@ -37,10 +36,8 @@ Report = Callable[[str], None]
 
 
 def abspath(path: str) -> str:
-    """An absolute local path, or a URL (``gs://...``) as given."""
-    if '://' in str(path):
-        return str(path).rstrip('/')
-    return os.path.abspath(os.path.expanduser(str(path)))
+    """An absolute local path (``file://`` unwrapped), or a bucket URL (``gs://...``)."""
+    return paths.resolve(path)
 
 
 def _one_line(error: BaseException) -> str:
@@ -281,11 +278,8 @@ def find_teacher(path: str) -> str:
     """The directory to load `teacher.checkpoint` from: a jaxdistill workdir or stage
     directory (its newest good step), one step of it, or an Orbax checkpoint of the
     teacher's variables (``{'params': ..., 'batch_stats': ...}``, or the params alone)."""
+    paths.check_backend(path, 'teacher.checkpoint', CheckpointError)
     root = epath.Path(abspath(path))
-    try:
-        root.exists()
-    except ImportError as e:  # etils reads gs:// through gcsfs
-        raise CheckpointError(f'teacher.checkpoint={path!r}: {e} (pip install gcsfs)') from None
     if root.is_dir() and not _has_steps(root) and not _has_steps(root / 'teacher'):
         for tree in (root / 'model', root):
             if (tree / '_METADATA').exists():

@@ -8,6 +8,7 @@ issues are a public interface: extend them, never rename or drop one.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -135,6 +136,18 @@ def base_config() -> ml_collections.ConfigDict:
     # also train the same student on labels alone; task='embedding' has no labels: the
     # baseline is then the student at initialisation (untrained), scored the same way
     c.train.baseline = True
+    # (start, stop): trace steps [start, stop) of each stage long enough with jax.profiler into
+    # WORKDIR/profile/STAGE (TensorBoard's profile plugin, Perfetto); () = off
+    c.train.profile_steps = ()
+    # JAX's persistent compilation cache: 'auto' = WORKDIR/compilation_cache (a resumed run
+    # loads its compiled steps instead of compiling again), 'off', or a directory. A
+    # JAX_COMPILATION_CACHE_DIR set in the environment wins.
+    c.train.compilation_cache = 'auto'
+    # Weights & Biases project to log every stage's scalars and the config to ('' = off;
+    # pip install "jaxdistill[wandb]"); TensorBoard and metrics.jsonl are always written
+    c.train.wandb_project = ''
+    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs (jaxdistill/telemetry.py)
+    c.train.peak_tflops = 0.0
 
     c.distill = ml_collections.ConfigDict()
     # Several teachers: 'probs' distils from the weighted mean of their probabilities,
@@ -253,6 +266,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(config, 'train.checkpoint_every', config.train.checkpoint_every)
     _positive(config, 'train.keep_checkpoints', config.train.keep_checkpoints)
     _check_best(config)
+    _check_telemetry(config)
     _check_accum(config)
     if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError(
@@ -278,6 +292,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             'distill.losses must be a non-empty list of {name, weight, ...} entries, '
             "e.g. --config.distill.losses=\"({'name': 'kd', 'weight': 1.0},)\"")
+
+
+def _check_telemetry(config) -> None:
+    from jaxdistill import telemetry
+
+    telemetry.check_profile_steps(config.train.profile_steps, config.train.steps)
+    if config.train.wandb_project and importlib.util.find_spec('wandb') is None:
+        raise ConfigError(f'train.wandb_project={config.train.wandb_project!r} needs wandb, '
+                          'which is not installed: pip install "jaxdistill[wandb]" (or set '
+                          "train.wandb_project='')")
+    if config.train.peak_tflops < 0:
+        raise ConfigError(f'train.peak_tflops={config.train.peak_tflops} must be >= 0 '
+                          '(0: from the device kind)')
 
 
 GLOB_KEYS = ('data.files', 'data.test_files')

@@ -17,8 +17,6 @@ the best step is exported instead of the last.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any
 
 import jax
@@ -28,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, provenance, train
+from jaxdistill import modules, paths, provenance, train
 from jaxdistill.adapter import Model
 from jaxdistill.errors import CheckpointError
 
@@ -40,7 +38,7 @@ def export_student(p) -> dict[str, Any]:
     """Writes the finished student of the run planned in ``p`` (a `run.Plan`) to
     ``WORKDIR/export``; returns the spec written to export.json."""
     config = p.config
-    directory = os.path.join(p.workdir, 'student')
+    directory = paths.join(p.workdir, 'student')
     params, state = jax.eval_shape(p.student.init, jax.random.key(0), p.sample)
     abstract, _ = mesh_lib.sharded_abstract(p.mesh, {'params': params, 'state': state})
     step, model, meta = _finished_student(directory, abstract, config.train.best_metric,
@@ -58,7 +56,7 @@ def export_student(p) -> dict[str, Any]:
                        'losses': p.objective.describe(), 'seed': config.seed,
                        'config': meta.get('config')},
     }
-    out = os.path.join(p.workdir, 'export')
+    out = paths.join(p.workdir, 'export')
     if jax.process_index() == 0:
         _write(out, jax.device_get(model), spec)
         print(f'exported the student (step {step}, params sha256 '
@@ -70,7 +68,7 @@ def export_student(p) -> dict[str, Any]:
 def _finished_student(directory: str, abstract: dict[str, Any], best_metric: str,
                       best_mode: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """``(step, model, meta)`` of the student to export: its last step, or its best one."""
-    if not os.path.isdir(directory):
+    if not paths.Path(directory).is_dir():
         raise CheckpointError(f'no student to export in {directory}: train it first (the same '
                               'command without --config.mode=export)')
     ckpts = ckpt_lib.StageCheckpoints(directory, read_only=True, best_metric=best_metric,
@@ -91,15 +89,21 @@ def _finished_student(directory: str, abstract: dict[str, Any], best_metric: str
 
 
 def _write(out: str, model: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Writes next to ``out`` and renames, so a crash never leaves half an export."""
-    tmp = out + '.tmp'
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Never half an export: locally written next to ``out`` and renamed; in a bucket
+    (no directory rename) the old export is removed first and export.json written last,
+    so `load` refuses an interrupted one."""
+    target = paths.Path(out)
+    remote = paths.is_remote(out)
+    tmp = target if remote else target.parent / (target.name + '.tmp')
+    if tmp.exists():  # a crashed export, or (in a bucket) the older one
+        tmp.rmtree()
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp, 'model'), model)
-    with open(os.path.join(tmp, SPEC), 'w') as f:
-        json.dump(spec, f, indent=2)
-    shutil.rmtree(out, ignore_errors=True)  # an older export of this workdir's student
-    os.rename(tmp, out)
+        ckptr.save(tmp / 'model', model)
+    paths.write_atomic(tmp / SPEC, json.dumps(spec, indent=2))
+    if not remote:
+        if target.exists():  # an older export of this workdir's student
+            target.rmtree()
+        tmp.rename(target)
 
 
 class ExportedModel:
@@ -123,12 +127,12 @@ class ExportedModel:
 def load(path: str) -> ExportedModel:
     """Loads an export written by ``--config.mode=export`` (user modules must be importable)."""
     path = ckpt_lib.abspath(path)
-    spec_file = os.path.join(path, SPEC)
-    if not os.path.exists(spec_file):
+    paths.check_backend(path, 'export.load')
+    spec_file = paths.join(path, SPEC)
+    if not paths.exists(spec_file):
         raise CheckpointError(f'{path} is not a jaxdistill export (no {SPEC}): write one with '
                               '--config.mode=export')
-    with open(spec_file) as f:
-        spec = json.load(f)
+    spec = json.loads(paths.read_text(spec_file))
     module = modules.resolve(spec['module'], spec['kwargs'], key=f'{spec_file}: module')
     model = Model(module, spec['logits_key'], 'student')
     sample = jnp.zeros([1, *spec['input']['shape']], spec['input']['dtype'])
@@ -136,7 +140,7 @@ def load(path: str) -> ExportedModel:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                             {'params': params, 'state': state})
-    variables, _ = ckpt_lib.load_model(os.path.join(path, 'model'), abstract)
+    variables, _ = ckpt_lib.load_model(paths.join(path, 'model'), abstract)
     digest = provenance.params_sha256(variables['params'])
     if digest != spec['params_sha256']:
         raise CheckpointError(f'{path}: the parameters have sha256 {digest[:12]} but {SPEC} '

@@ -3,8 +3,9 @@
 Override any key with ``--config.a.b=value``. Bad input (an unknown key, a wrong type,
 a missing file) is reported in one line and exits with status 2.
 
-Multi-process runs start the same command on every host (``launch/``): on TPU VMs and
-under SLURM the processes find each other on their own; elsewhere pass
+Multi-process runs start the same command on every host (``launch/``): on TPU VMs, under
+SLURM, Open MPI (``mpirun``) and Kubernetes the processes find each other on their own
+(JAX's cluster detection); elsewhere pass
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``.
 """
 
@@ -33,8 +34,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
                                        flag_values=flag_values),
         'coordinator_address': flags.DEFINE_string(
             'coordinator_address', '', 'HOST:PORT of process 0 for a multi-process run (empty: '
-            'auto-detected on TPU VMs and under SLURM, else a single process).',
-            flag_values=flag_values),
+            'detected by JAX on TPU VMs, under SLURM, mpirun and Kubernetes, else a single '
+            'process).', flag_values=flag_values),
+        'coordinator_timeout': flags.DEFINE_float(
+            'coordinator_timeout', 300, 'Seconds a process waits for the coordinator '
+            '(process 0) before stopping with an error.', flag_values=flag_values),
         'num_processes': flags.DEFINE_integer(
             'num_processes', None, 'Processes in a multi-process run (1: force one).',
             flag_values=flag_values),
@@ -192,7 +196,7 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder] = _FLAGS,
 
         # Before anything touches a device: JAX then sees every process's devices.
         distributed.initialize(value['coordinator_address'], value['num_processes'],
-                               value['process_id'])
+                               value['process_id'], value['coordinator_timeout'])
         distributed.check_shared_dir(value['workdir'])
         run.train_and_evaluate(value['config'], value['workdir'])
     except Preempted:
@@ -220,5 +224,10 @@ def run_cli(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == '__main__':
+def cli() -> None:
+    """The ``jaxdistill`` console script: the same as ``python -m jaxdistill.main``."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+    cli()

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax.core import meta
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxdistill.errors import ConfigError
@@ -70,10 +70,18 @@ def axis_sizes(cfg, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(cfg, devices=None) -> Mesh:
-    """Devices in id order, so each process owns a contiguous block of the batch axes."""
-    devices = jax.devices() if devices is None else devices
+    """`jax.make_mesh`: devices ordered by the physical topology on TPUs (rings along the
+    axes), in the given order elsewhere; every axis ``Auto`` (shardings come from the
+    jitted step's in/out shardings, as for a plain Mesh). `check_process_rows` then
+    proves each process still owns a contiguous block of the batch axes. Multi-slice
+    device sets, which `jax.make_mesh` refuses, keep the id order."""
+    devices = jax.devices() if devices is None else list(devices)
     sizes = axis_sizes(cfg, len(devices))
-    return Mesh(np.asarray(devices).reshape(sizes), AXES)
+    auto = (AxisType.Auto,) * len(AXES)
+    try:
+        return jax.make_mesh(sizes, AXES, axis_types=auto, devices=devices)
+    except ValueError:  # several slices: jax.make_mesh refuses them
+        return Mesh(np.asarray(devices).reshape(sizes), AXES, axis_types=auto)
 
 
 def batch_size_per_shard(mesh: Mesh) -> int:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from typing import Any
 
-from jaxdistill import signals, tasks
+from jaxdistill import paths, signals, tasks
 
 
 def write_atomic(path: str, text: str | bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename: never a half-written file."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'wb' if isinstance(text, bytes) else 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Never a half-written file, locally or in a bucket (`paths.write_atomic`)."""
+    paths.write_atomic(path, text)
 
 
 def write_json(path: str, data: Any) -> None:
@@ -87,8 +84,12 @@ def _one_line(text: str) -> str:
 
 
 def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str) -> bool:
-    """Training loss per stage (and test accuracy where evaluated) against steps."""
-    import matplotlib
+    """Training loss per stage (and test accuracy where evaluated) against steps; False
+    (nothing written) without matplotlib (the ``demo`` extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -115,8 +116,8 @@ def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str) -> bool:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    tmp = f'{path}.tmp-{os.getpid()}.png'
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format='png', dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, png.getvalue())
     return True

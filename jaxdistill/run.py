@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from typing import Any
 
 import jax
@@ -21,7 +19,7 @@ from jaxdistill import config as config_lib
 from jaxdistill import ensemble as ensemble_lib
 from jaxdistill import export as export_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, report, signals, tasks, train
+from jaxdistill import modules, objective, paths, report, signals, tasks, telemetry, train
 from jaxdistill import provenance as provenance_lib
 from jaxdistill import teachers as teachers_lib
 from jaxdistill.adapter import Model
@@ -47,26 +45,14 @@ class Plan:
 
 
 def check_workdir(workdir: str, config) -> str:
+    """The workdir, resolved (a local path, ``file://`` or ``gs://``), once it is proven
+    writable and holds no run of another config."""
     if not workdir:
         raise ConfigError('--workdir is empty: give a directory for checkpoints and reports')
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f'--workdir={workdir} is a file: give a directory')
-    probe = workdir
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ConfigError(f'--workdir={workdir}: {probe} is a file, not a directory; choose '
-                          'another --workdir')
-    try:  # a real write test: permission bits do not tell root about read-only mounts
-        tempfile.TemporaryDirectory(dir=probe).cleanup()
-    except OSError as e:
-        raise ConfigError(f'--workdir={workdir}: cannot write in {probe} ({e.strerror}); '
-                          'choose a directory you can write to') from None
-    saved = os.path.join(workdir, 'config.json')
-    if os.path.exists(saved):
-        with open(saved) as f:
-            old = json.load(f)
+    workdir = paths.check_writable(workdir)
+    saved = paths.join(workdir, 'config.json')
+    if paths.exists(saved):
+        old = json.loads(paths.read_text(saved))
         new = config_lib.to_dict(config)
         diff = _first_difference(old, new)
         if diff:
@@ -79,7 +65,8 @@ def check_workdir(workdir: str, config) -> str:
 def _first_difference(old, new, prefix: str = '') -> str | None:
     # Resuming on another mesh is a resharded restore; exporting reads the run.
     harmless = {'train.log_every', 'train.eval_every', 'mode', 'mesh.data', 'mesh.fsdp',
-                'mesh.tensor'}
+                'mesh.tensor', 'train.profile_steps', 'train.compilation_cache',
+                'train.wandb_project', 'train.peak_tflops'}
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             key = f'{prefix}{k}'
@@ -100,6 +87,13 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     mesh_lib.check_batch(mesh, config.data.batch_size)
     mesh_lib.check_batch(mesh, config.data.eval_batch_size, 'data.eval_batch_size')
+    accum = config.train.grad_accum_steps
+    shards = mesh_lib.batch_size_per_shard(mesh)
+    if accum > 1 and (config.data.batch_size // accum) % shards:
+        raise ConfigError(f'train.grad_accum_steps={accum}: micro-batches of data.batch_size / '
+                          f'{accum} = {config.data.batch_size // accum} rows do not divide over '
+                          f'the {shards} batch shards: use a batch of a multiple of '
+                          f'{accum * shards}')
     student = Model(modules.resolve(config.student.module, config.student.kwargs,
                                     key='student.module'),
                     config.student.logits_key, 'student',
@@ -158,9 +152,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if config.mode == 'export':
         return export_lib.export_student(p)
     is_main = jax.process_index() == 0
+    telemetry.enable_compilation_cache(config.train.compilation_cache, p.workdir)
     if is_main:
-        os.makedirs(p.workdir, exist_ok=True)
-        report.write_json(os.path.join(p.workdir, 'config.json'), config_lib.to_dict(config))
+        paths.makedirs(p.workdir)
+        report.write_json(paths.join(p.workdir, 'config.json'), config_lib.to_dict(config))
         print(f'jaxdistill: {p.task.dataset} | teacher {config.teacher.module} -> student '
               f'{config.student.module} | {p.mesh.size} {jax.devices()[0].platform} '
               f'device(s), mesh {dict(p.mesh.shape)} | workdir {p.workdir}')
@@ -229,13 +224,13 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
     if config.train.baseline and not p.task.has_labels:
         scores['baseline'] = untrained_scores(p, evaluator)
     elif config.train.baseline:
-        stages.append(train.Stage('baseline', os.path.join(p.workdir, 'baseline'), p.student,
+        stages.append(train.Stage('baseline', paths.join(p.workdir, 'baseline'), p.student,
                                   objective.label_only(), config.train.steps, seed,
                                   p.task.train_batches(seed, 'labelled'), evaluate=evaluator,
                                   prepare=p.task.prepare_fn(mixup)))
     # the student depends on the teacher: through its loss terms, or rows the signal made
     from_teacher = student_objective.needs_teacher or prepared.rows is not None
-    stages.append(train.Stage('student', os.path.join(p.workdir, 'student'), p.student,
+    stages.append(train.Stage('student', paths.join(p.workdir, 'student'), p.student,
                               student_objective, config.train.steps, seed,
                               p.task.train_batches(seed, 'transfer') if prepared.rows is None
                               else p.task.batches_from(prepared.rows, seed),
@@ -312,10 +307,11 @@ def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:
 
 def _write_outputs(workdir: str, results: dict[str, Any], histories) -> None:
     png = 'learning_curves.png'
-    report.plot_curves(histories, os.path.join(workdir, png))
-    report.write_json(os.path.join(workdir, 'results.json'), results)
+    if not report.plot_curves(histories, paths.join(workdir, png)):
+        png = None  # no matplotlib: report.md without the figure
+    report.write_json(paths.join(workdir, 'results.json'), results)
     text = report.markdown(results, png)
-    report.write_atomic(os.path.join(workdir, 'report.md'), text)
+    report.write_atomic(paths.join(workdir, 'report.md'), text)
     table = [line for line in text.splitlines() if line.startswith('|')]
     print('\n'.join(table))
-    print(f'wrote {workdir}/results.json, report.md, {png}')
+    print(f'wrote {workdir}/results.json, report.md' + (f', {png}' if png else ''))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any
 
 import jax
@@ -24,7 +23,7 @@ from etils import epath
 
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, train
+from jaxdistill import modules, objective, paths, train
 from jaxdistill.adapter import Model
 from jaxdistill.ensemble import Ensemble
 from jaxdistill.errors import CheckpointError
@@ -71,7 +70,7 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> list[Teacher
         elif checkpoint:
             directory = _stage_dir(checkpoint, key)
         else:
-            directory = os.path.join(workdir, name)
+            directory = paths.join(workdir, name)
         steps = e.get('steps', -1)  # as config.teacher_steps for `teacher`
         steps = config.train.steps if steps == -1 else steps
         teachers.append(Teacher(name, key, model, e['module'], checkpoint, directory, steps,

@@ -23,11 +23,12 @@ from jax.sharding import Mesh
 
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import provenance
+from jaxdistill import objective as objective_lib
+from jaxdistill import provenance, telemetry
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints
 from jaxdistill.data.prefetch import prefetch
-from jaxdistill.metrics import MetricWriter, Progress
+from jaxdistill.metrics import MetricWriter, Progress, wandb_args
 from jaxdistill.objective import Objective
 from jaxdistill.preemption import NonFiniteGuard, Preempted, PreemptionWatch
 from jaxdistill.tasks import StepInputs
@@ -113,17 +114,24 @@ def abstract_state(model: Model, optimizer, rng, sample, mesh,
 def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Mesh,
                     state_shardings, prepare: Callable[[dict, jax.Array], StepInputs],
                     seed: int, teacher: Model | None = None,
-                    teacher_shardings=None) -> Callable:
+                    teacher_shardings=None, grad_accum_steps: int = 1) -> Callable:
     """Returns ``step(state, teacher_model, batch) -> (state, metrics)``, jitted once.
 
     ``prepare(batch, rng)`` (from the task) turns a batch into the models' inputs, the
     targets and the masks; the step itself knows nothing of images or tokens.
+
+    ``grad_accum_steps=N`` splits the prepared batch into N micro-batches (rows ``m``,
+    ``m + N``, ... so each stays spread over the data axis), runs the teacher and the student
+    on one at a time under ``lax.scan`` and sums their gradients: every token and example
+    term is normalised by the whole batch's valid count (`objective.accumulation_window`),
+    so the update is the one-batch update, in about 1/N of the activation memory. Feature
+    and batch-level terms (``rkd``, ``dist``, ...) are averaged over the micro-batches, and
+    mutable state (BatchNorm statistics) is updated once per micro-batch.
     """
 
-    def step_fn(state: TrainState, teacher_model, batch):
-        rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        data_rng, dropout_rng = jax.random.split(rng)
-        inputs, targets, mask, labelled, teacher_logits = prepare(batch, data_rng)
+    def micro_loss(trained, model_state, step, micro: StepInputs, teacher_model, dropout_rng,
+                   window):
+        inputs, targets, mask, labelled, teacher_logits = micro
         teacher_features = {}
         if teacher is not None:
             teacher_logits, _, teacher_features = teacher.apply(
@@ -135,15 +143,57 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
         def loss_fn(trained):
             params, aux = trained
             logits, new_state, features = student.apply(
-                params, state.model_state, inputs, train=True, rng=dropout_rng,
+                params, model_state, inputs, train=True, rng=dropout_rng,
                 taps=objective.student_taps)
-            loss, metrics = objective(state.step, logits, teacher_logits, targets, mask,
+            loss, metrics = objective(step, logits, teacher_logits, targets, mask,
                                       label_mask=labelled, student_features=features,
-                                      teacher_features=teacher_features, projections=aux)
+                                      teacher_features=teacher_features, projections=aux,
+                                      window=window)
             return loss, (new_state, metrics)
 
-        trained = (state.params, state.aux)
         (_, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+        return grads, new_state, metrics
+
+    def accumulate(state: TrainState, teacher_model, prepared: StepInputs, dropout_rng):
+        n = grad_accum_steps
+        micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(x.shape[0] // n, n, *x.shape[1:]),
+                                                    1, 0), prepared)
+        first = jax.tree.map(lambda x: x[0], micro)
+        logits = jax.eval_shape(lambda p: student.apply(p, state.model_state, first.inputs,
+                                                        train=False)[0], state.params)
+        batch = jax.tree.leaves(prepared.inputs)[0].shape[0]
+        window = objective_lib.accumulation_window(
+            objective, (batch,) + tuple(logits.shape[1:]), prepared.mask,
+            prepared.label_mask, n)
+        trained = (state.params, state.aux)
+
+        def body(carry, xs):
+            grads, model_state, metrics = carry
+            m, one = xs
+            g, model_state, out = micro_loss(trained, model_state, state.step, one,
+                                             teacher_model, jax.random.fold_in(dropout_rng, m),
+                                             window)
+            add = lambda a, b: jax.tree.map(jnp.add, a, b)
+            return (add(grads, g), model_state, add(metrics, out)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, trained)
+        metric_zeros = {k: jnp.zeros((), jnp.float32)
+                        for k in (*objective.metric_names, 'loss')}
+        (grads, model_state, metrics), _ = jax.lax.scan(
+            body, (zeros, state.model_state, metric_zeros), (jnp.arange(n), micro))
+        return grads, model_state, metrics
+
+    def step_fn(state: TrainState, teacher_model, batch):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        data_rng, dropout_rng = jax.random.split(rng)
+        prepared = prepare(batch, data_rng)
+        if grad_accum_steps == 1:
+            grads, new_state, metrics = micro_loss((state.params, state.aux), state.model_state,
+                                                   state.step, prepared, teacher_model,
+                                                   dropout_rng, None)
+        else:
+            grads, new_state, metrics = accumulate(state, teacher_model, prepared, dropout_rng)
+        trained = (state.params, state.aux)
         updates, opt_state = optimizer.update(grads, state.opt_state, trained)
         params, aux = optax.apply_updates(trained, updates)
         metrics['grad_norm'] = optax.global_norm(grads)
@@ -219,6 +269,7 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
     next step boundary and raises `preemption.Preempted` (exit status 0).
     """
     tcfg = config.train
+    started = time.perf_counter()  # time to first step: restore or init, compile, step 1
     optimizer = make_optimizer(config.optimizer, stage.steps)
     if tcfg.skip_nonfinite:  # a skipped step leaves params and optimizer state as they were
         optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=stage.steps + 1)
@@ -237,11 +288,13 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
         step_fn = make_train_step(stage.model, stage.objective, optimizer, mesh=mesh,
                                   state_shardings=shardings, prepare=stage.prepare,
                                   seed=stage.seed, teacher=stage.teacher,
-                                  teacher_shardings=stage.teacher_shardings)
+                                  teacher_shardings=stage.teacher_shardings,
+                                  grad_accum_steps=tcfg.grad_accum_steps)
         if tcfg.skip_nonfinite:
             step_fn = _keep_model_state_on_skip(step_fn)
         with PreemptionWatch() as watch:
-            state = _Loop(stage, tcfg, mesh, ckpts, meta, is_main).run(state, step_fn, watch)
+            loop = _Loop(stage, config, mesh, ckpts, meta, is_main, started)
+            state = loop.run(state, step_fn, watch)
     finally:
         ckpts.close()  # waits for the last async save
     return StageResult(state.model, meta)
@@ -288,14 +341,29 @@ def _keep_model_state_on_skip(step_fn: Callable) -> Callable:
 class _Loop:
     """One stage's steps: metrics, evaluation, checkpoints, preemption, divergence."""
 
-    def __init__(self, stage: Stage, tcfg, mesh: Mesh, ckpts: StageCheckpoints,
-                 meta: dict[str, Any], is_main: bool):
+    def __init__(self, stage: Stage, config, mesh: Mesh, ckpts: StageCheckpoints,
+                 meta: dict[str, Any], is_main: bool, started: float):
+        tcfg = config.train
         self.stage, self.tcfg, self.mesh, self.ckpts, self.meta = stage, tcfg, mesh, ckpts, meta
-        self.is_main, self._warned = is_main, False
-        self.writer = MetricWriter(stage.directory + '_metrics', enabled=is_main)
+        self.is_main, self._warned, self.started = is_main, False, started
+        resolved = json.loads(config.to_json_best_effort())
+        workdir = stage.directory.rstrip('/').rsplit('/', 1)[0]
+        self.writer = MetricWriter(
+            stage.directory + '_metrics', enabled=is_main, hparams=resolved,
+            wandb=wandb_args(tcfg.wandb_project, workdir, stage.name))
         self.guard = NonFiniteGuard(stage.name, ckpts.directory, not tcfg.skip_nonfinite)
         self.clock = _TrainClock()
         self.digest = meta['data']['digest']
+        self.schedule = learning_rate_schedule(config.optimizer, stage.steps)
+        lm = config.task == 'lm'
+        self.throughput = telemetry.Throughput(
+            config.data.batch_size * (config.data.seq_len if lm else 1),
+            'tokens' if lm else 'examples',
+            peak=telemetry.peak_flops(jax.devices()[0].device_kind, tcfg.peak_tflops),
+            devices=mesh.size)
+        window = tcfg.profile_steps if tcfg.profile_steps and \
+            tcfg.profile_steps[1] <= stage.steps else ()
+        self.profiler = telemetry.Profiler(window, f'{workdir}/profile/{stage.name}', is_main)
 
     def _fetch(self, step: int):
         """On the prefetch thread: this step's batch on the mesh, and its digest."""
@@ -308,16 +376,20 @@ class _Loop:
         self.guard.last_saved = start or None
         try:
             batches = prefetch(self._fetch, start, stage.steps)
-            for step, (batch_hash, batch) in zip(range(start, stage.steps), batches):
+            for step in range(start, stage.steps):
+                with self.throughput.waiting():
+                    batch_hash, batch = next(batches)
                 if stage.batch_hook is not None:
                     batch = stage.batch_hook(state, batch, step)
+                self.profiler.before(step)
                 state, metrics = step_fn(state, stage.teacher_model, batch)
                 done = step + 1
+                self.profiler.after(done, metrics)
                 self.digest = provenance.advance_digest(self.digest, batch_hash)
                 self.guard.push(done, metrics)
                 if step == start:  # the first step compiles: start the clocks after it
                     jax.block_until_ready(metrics)
-                    self.clock.start(done)
+                    self._first_step(done, step_fn, state, batch)
                     progress.t0, progress.start = self.clock.t0, done
                 if done % tcfg.log_every == 0 or done == stage.steps:
                     self._log(done, state, metrics, progress)
@@ -330,12 +402,24 @@ class _Loop:
                     progress.done('preempted')
                     self._preempted(done, watch)
         finally:
+            self.profiler.close()
             self.writer.close()
         progress.done(f'{self.meta.get("steps_per_second", 0.0):.1f} steps/s overall')
         return state
 
+    def _first_step(self, done: int, step_fn: Callable, state: TrainState, batch) -> None:
+        """Clocks start after the first (compiling) step; its FLOPs give the MFU."""
+        self.clock.start(done)
+        self.throughput.restart(done)
+        self.writer.write(done, {'train/time_to_first_step': time.perf_counter() - self.started})
+        if self.is_main:
+            self.throughput.flops_per_step = telemetry.step_flops(
+                step_fn, state, self.stage.teacher_model, batch)
+
     def _log(self, done: int, state: TrainState, metrics, progress: Progress) -> None:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars['train/learning_rate'] = float(self.schedule(done - 1))
+        scalars.update(self.throughput.scalars(done))
         if self.tcfg.skip_nonfinite:
             scalars['train/nonfinite_skips'] = float(state.opt_state.total_notfinite)
         self.meta['history'].append({'step': done, **scalars})
@@ -345,7 +429,7 @@ class _Loop:
     def _evaluate(self, done: int, state: TrainState) -> dict[str, float] | None:
         if not (self.stage.evaluate and self.tcfg.eval_every and done % self.tcfg.eval_every == 0):
             return None
-        with self.clock.paused():
+        with self.clock.paused(), self.throughput.paused():
             scores = {f'eval/{k}': v for k, v in self.stage.evaluate(state.model).items()}
         self.meta['history'].append({'step': done, **scores})
         self.writer.write(done, scores)
@@ -362,7 +446,7 @@ class _Loop:
                     data={**meta['data'], 'position': done, 'digest': self.digest})
         meta['steps_per_second'] = (meta['timed_steps'] / meta['train_seconds']
                                     if meta['train_seconds'] > 0 else 0.0)
-        with self.clock.paused():
+        with self.clock.paused(), self.throughput.paused():
             self.ckpts.save(done, state.model, state.train, dict(meta), self._ranking(scores))
         self.guard.last_saved = done
 

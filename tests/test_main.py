@@ -59,8 +59,12 @@ def test_outputs(smoke_run):
         assert any(e.startswith('events.out.tfevents') for e in events), stage
     report = open(os.path.join(workdir, 'report.md')).read()
     assert '| student |' in report and 'learning_curves.png' in report
+    # Without a terminal: one progress line per log step (smoke: every 5 of 20 steps).
     stage_lines = [line for line in proc.stdout.splitlines() if ' step ' in line]
-    assert [line.split()[0] for line in stage_lines] == ['teacher', 'baseline', 'student']
+    assert [line.split()[0] for line in stage_lines] == [
+        stage for stage in ('teacher', 'baseline', 'student') for _ in range(4)]
+    assert [line.split()[2] for line in stage_lines[:4]] == ['5/20', '10/20', '15/20', '20/20']
+    assert all(' ETA 0:00:' in line for line in stage_lines)
     with open(os.path.join(workdir, 'config.json')) as f:
         assert json.load(f)['train']['steps'] == 20
 

@@ -24,16 +24,33 @@ SLURM = {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': 'node[01-02]', 'SLURM_NTASK
          'SLURM_PROCID': '3', 'SLURM_LOCALID': '3'}
 
 
+OMPI = {'OMPI_MCA_orte_hnp_uri': '1234.0;tcp://10.0.0.1:5555', 'OMPI_COMM_WORLD_SIZE': '4',
+        'OMPI_COMM_WORLD_RANK': '2', 'OMPI_COMM_WORLD_LOCAL_RANK': '0'}
+CLUSTER_VARS = [*SLURM, *OMPI, 'KUBERNETES_SERVICE_HOST', 'JAX_COORDINATOR_ADDRESS']
+
+
+@pytest.fixture
+def cluster_env(monkeypatch):
+    """No cluster around but the one a test sets (this machine may run under one)."""
+    for var in CLUSTER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return lambda env: [monkeypatch.setenv(k, v) for k, v in env.items()]
+
+
 @pytest.mark.parametrize('kwargs,env,want', [
     ({}, {}, ''),
     ({}, SLURM, 'slurm'),
     ({}, {**SLURM, 'SLURM_NTASKS': '1'}, ''),  # one task: nothing to join
     ({}, {k: v for k, v in SLURM.items() if k != 'SLURM_PROCID'}, ''),  # sbatch, not srun
+    ({}, OMPI, 'ompi'),  # mpirun: JAX's detection, which jaxdistill's own lacked
     (dict(coordinator_address='h:1', num_processes=2, process_id=1), {}, 'explicit'),
+    (dict(coordinator_address='h:1', num_processes=2, process_id=1), SLURM, 'explicit'),
+    (dict(coordinator_address='h:1'), SLURM, 'slurm'),  # a flag given, the rest detected
     (dict(num_processes=1), SLURM, ''),  # --num_processes=1 forces one process
 ])
-def test_detect(kwargs, env, want):
-    assert distributed.detect(**kwargs, env={**env, 'TPU_SKIP_MDS_QUERY': '1'}) == want
+def test_detect(cluster_env, kwargs, env, want):
+    cluster_env(env)
+    assert distributed.detect(**kwargs) == want
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -43,9 +60,25 @@ def test_detect(kwargs, env, want):
      r'--process_id=2 must be in \[0, 2\)'),
     (dict(coordinator_address='h', num_processes=2, process_id=0), 'needs a port'),
 ])
-def test_bad_flags(kwargs, match):
+def test_bad_flags(cluster_env, kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        distributed.detect(**kwargs, env={})
+        distributed.detect(**kwargs)
+
+
+def test_unreachable_coordinator_is_one_line(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(('localhost', 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, '-m', 'jaxdistill.main', '--config=configs/digits.py:smoke',
+         f'--workdir={tmp_path}/w', f'--coordinator_address=localhost:{port}',
+         '--num_processes=2', '--process_id=1', '--coordinator_timeout=2'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f'error: cannot reach the coordinator localhost:{port} (process 0) within 2 s'), lines
+    assert not (tmp_path / 'w').exists()
 
 
 def test_cli_reports_bad_flags_in_one_line(tmp_path):

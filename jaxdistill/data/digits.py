@@ -8,8 +8,12 @@ the first 1,437 (80 %) are ``train`` and the last 360 are ``test``.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import tensorflow_datasets as tfds
+
+from jaxdistill.errors import DataError
 
 NUM_TRAIN = 1437
 
@@ -39,6 +43,10 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download: the data ships with scikit-learn
+        if importlib.util.find_spec('sklearn') is None:
+            raise DataError("data.name='digits' is built from the digits bundled with "
+                            'scikit-learn, which is not installed: pip install '
+                            '"jaxdistill[demo]"')
         train, test = _split_indices()
         return {'train': self._generate_examples(train), 'test': self._generate_examples(test)}
 

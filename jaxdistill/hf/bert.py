@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.errors import CheckpointError, ConfigError
-from jaxdistill.hf import convert
+from jaxdistill.hf import convert, files
 from jaxdistill.hf.convert import ImportReport
 from jaxdistill.hf.files import HF_PREFIX, open_weights, read_config
 from jaxdistill.models.bert import BertEncoder, from_hf_config
@@ -156,7 +156,7 @@ def _leaves(tensors: Mapping[str, np.ndarray], module: BertEncoder) -> convert.L
         def leaf() -> np.ndarray:
             name, value = found[hf]
             value = np.asarray(value)
-            if not np.issubdtype(value.dtype, np.floating):
+            if not files.is_float(value.dtype):
                 raise CheckpointError(f'checkpoint tensor {name!r} has dtype {value.dtype}, not '
                                       'floating point: is this a BERT weights file?')
             value = value.astype(np.float32)

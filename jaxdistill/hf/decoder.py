@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.errors import CheckpointError, ConfigError
-from jaxdistill.hf import convert
+from jaxdistill.hf import convert, files
 from jaxdistill.hf.convert import ImportReport
 from jaxdistill.models.decoder import ROPE_TYPES, Decoder
 
@@ -318,7 +318,7 @@ def _leaves(tensors: Mapping[str, np.ndarray], module: Decoder) -> convert.Leave
 
     def one(hf: str, path: tuple[str, ...], transform: str) -> np.ndarray:
         value = np.asarray(tensors[found[hf]])
-        if not np.issubdtype(value.dtype, np.floating):
+        if not files.is_float(value.dtype):
             raise CheckpointError(f'checkpoint tensor {found[hf]!r} has dtype {value.dtype}, '
                                   'not floating point')
         return to_flax(value.astype(np.float32), transform, shapes[path]).astype(dtype)

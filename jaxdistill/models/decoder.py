@@ -248,7 +248,7 @@ class Decoder(nn.Module):
 
     ``return_hidden=True`` returns ``{'logits', 'hidden'}`` with the final normed hidden state
     ``[B, T, d_model]``, so token losses can recompute logits chunk by chunk from
-    ``hidden @ output_projection(params)`` (`jaxdistill.token_losses.chunked_kd_from_hidden`).
+    ``hidden @ output_projection(params)`` (`jaxdistill.losses.token.chunked_kd_from_hidden`).
     """
 
     vocab_size: int

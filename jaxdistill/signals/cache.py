@@ -20,7 +20,6 @@ the teacher. The arrays stay quantised on the host; `decode` widens them inside 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +30,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import provenance
+from jaxdistill import paths, provenance
 from jaxdistill.errors import ConfigError
 from jaxdistill.objective import SparseTeacher
 from jaxdistill.signals import store
@@ -43,8 +42,7 @@ KEYS = ('topk_ids', 'topk_lp', 'topk_scale')  # what `attach` adds to each row
 
 def directory(config, workdir: str) -> str:
     path = config.distill.cache.path
-    return os.path.abspath(os.path.expanduser(path)) if path else os.path.join(
-        workdir, 'teacher_cache')
+    return paths.resolve(path) if path else paths.join(workdir, 'teacher_cache')
 
 
 def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:

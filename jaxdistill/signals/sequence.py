@@ -19,7 +19,6 @@ reads the same completions and a changed setting is refused.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,14 +30,14 @@ from jax.experimental import multihost_utils
 
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
-from jaxdistill import provenance, sampling
+from jaxdistill import paths, provenance, sampling
 from jaxdistill.errors import ConfigError
 from jaxdistill.signals import store
 from jaxdistill.signals.base import BaseSignal, Context, Prepared
 
 
 def directory(workdir: str) -> str:
-    return os.path.join(workdir, 'teacher_sequences')
+    return paths.join(workdir, 'teacher_sequences')
 
 
 def new_tokens(config) -> int:

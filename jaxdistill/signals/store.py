@@ -11,7 +11,9 @@ made from (dataset, tokenizer, teacher, ...). A reader compares fingerprints fir
 store made for other data or another teacher is refused in one line, never silently used.
 
 The directory is written under a temporary name and renamed when complete: an
-interrupted write leaves no store that looks usable.
+interrupted write leaves no store that looks usable. In a bucket (``gs://``, which has no
+rename) the store is written locally, then uploaded with spec.json last, and read back
+through a local copy: ArrayRecord reads local files only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 from array_record.python import array_record_module as ar
 
+from jaxdistill import paths
 from jaxdistill.errors import DataError
 
 RECORDS = 'rows.array_record'
@@ -35,7 +38,7 @@ FORMAT = 1
 
 
 def exists(directory: str) -> bool:
-    return os.path.exists(os.path.join(directory, SPEC))
+    return paths.exists(paths.join(directory, SPEC))
 
 
 def write(directory: str, fingerprint: Mapping[str, Any], chunks: Iterable[dict[str, np.ndarray]],
@@ -45,9 +48,11 @@ def write(directory: str, fingerprint: Mapping[str, Any], chunks: Iterable[dict[
     Returns the spec (with ``rows`` and ``bytes``). An existing ``directory`` is an error:
     nothing a user saved is overwritten.
     """
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory):
+    directory = paths.resolve(directory)
+    if paths.exists(directory):
         raise DataError(f'{directory} exists already; remove it or choose another path')
+    if paths.is_remote(directory):
+        return _upload(directory, fingerprint, chunks, extra)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + '.partial-', dir=parent)
@@ -76,11 +81,21 @@ def write(directory: str, fingerprint: Mapping[str, Any], chunks: Iterable[dict[
     return spec
 
 
+def _upload(directory: str, fingerprint, chunks, extra) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix='jaxdistill-store-') as local:
+        spec = write(os.path.join(local, 'store'), fingerprint, chunks, extra)
+        target = paths.Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (RECORDS, SPEC):  # the spec last: a store without it does not exist
+            (target / name).write_bytes(paths.Path(os.path.join(local, 'store', name))
+                                        .read_bytes())
+    return spec
+
+
 def read_spec(directory: str) -> dict[str, Any]:
-    path = os.path.join(directory, SPEC)
+    path = paths.join(directory, SPEC)
     try:
-        with open(path) as f:
-            spec = json.load(f)
+        spec = json.loads(paths.read_text(path))
     except (OSError, ValueError) as e:
         raise DataError(f'{path}: cannot read the store spec ({e}); remove {directory} to '
                         'rebuild it') from None
@@ -110,12 +125,18 @@ def read(directory: str, expected: Mapping[str, Any], key: str) -> dict[str, np.
     layout = [(k, np.dtype(spec['arrays'][k][0]), tuple(spec['arrays'][k][1])) for k in names]
     sizes = [dt.itemsize * int(np.prod(shape)) for _, dt, shape in layout]
     try:
-        reader = ar.ArrayRecordReader(os.path.join(directory, RECORDS))
-        try:
-            n = reader.num_records()
-            records = reader.read_all() if n else []
-        finally:
-            reader.close()
+        records_file = paths.join(directory, RECORDS)
+        with tempfile.TemporaryDirectory(prefix='jaxdistill-store-') as local:
+            if paths.is_remote(records_file):  # ArrayRecord reads local files
+                copy = os.path.join(local, RECORDS)
+                paths.Path(copy).write_bytes(paths.Path(records_file).read_bytes())
+                records_file = copy
+            reader = ar.ArrayRecordReader(records_file)
+            try:
+                n = reader.num_records()
+                records = reader.read_all() if n else []
+            finally:
+                reader.close()
     except (RuntimeError, OSError, ValueError) as e:  # ArrayRecord's own checksums
         raise DataError(f'{directory}: the store is damaged ({str(e).splitlines()[0][:120]}); '
                         'remove it to rebuild it') from None

@@ -46,7 +46,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxdistill import evaluate, hf, objective
+from jaxdistill import evaluate, hf, losses
 from jaxdistill import mesh as mesh_lib
 from jaxdistill.adapter import Model
 from jaxdistill.data import corpus as corpus_lib
@@ -75,7 +75,7 @@ def _check_config(config) -> None:
                           "teacher.checkpoint='hf:minilm', 'hf:DIR' or a jaxdistill workdir")
     for i, entry in enumerate(config.distill.losses):
         name = dict(entry).get('name')
-        if name not in objective.FEATURE_LOSSES:
+        if name not in losses.names('feature', 'relational'):
             raise ConfigError(
                 f"distill.losses[{i}] ({name!r}): task='embedding' has sentence embeddings, "
                 f'not labels or logits; use feature losses on them, e.g. {EXAMPLE_LOSS}, '
