@@ -126,11 +126,13 @@ def models(domain: str, root: str) -> list[dict]:
     return out
 
 
-def build(domain: str, root: str) -> None:
+def build(domain: str, root: str, only: tuple[str, ...] = ()) -> None:
     os.makedirs(root, exist_ok=True)
     log = open(os.path.join(root, 'build.log'), 'a')
     env = {**os.environ, 'PYTHONPATH': os.getcwd()}
     for r in plan(domain, root):
+        if only and r['name'] not in only:
+            continue
         if os.path.exists(os.path.join(r['workdir'], 'results.json')):
             continue
         start = time.time()
@@ -310,8 +312,9 @@ def audit_protect(root: str, seed: int = 0) -> dict:
         student = Model(modules.resolve(config.student.module, config.student.kwargs,
                                         key='student.module'), '', 'student')
         served = protect.wrap(teacher.model, config, task, student)
-        z = np.asarray(jax.jit(lambda v, x, s=served: s.apply(v['params'], v['state'], x)[0])(
-            teacher.variables, jnp.asarray(probe.inputs)))
+        serve = jax.jit(lambda v, x, s=served: s.apply(v['params'], v['state'], x,
+                                                       train=False)[0])
+        z = np.asarray(serve(teacher.variables, jnp.asarray(probe.inputs)))
         logp = fp.log_softmax(z)
         labels = probe.labels
         row = {'protection': r['signal'], 'seed': r['seed'],
@@ -339,9 +342,10 @@ def main() -> None:
     ap.add_argument('--domain', choices=tuple(DOMAINS), required=True)
     ap.add_argument('--root', required=True)
     ap.add_argument('--seed', type=int, default=0, help='probe / black-box sampling seed')
+    ap.add_argument('--only', default='', help='build: these runs only (comma-separated)')
     args = ap.parse_args()
     if args.phase == 'build':
-        build(args.domain, args.root)
+        build(args.domain, args.root, tuple(n for n in args.only.split(',') if n))
     elif args.domain == 'protect':
         audit_protect(args.root, seed=args.seed)
     else:
