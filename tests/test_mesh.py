@@ -1,5 +1,7 @@
 """jaxdistill/mesh.py: mesh sizes, sharding rules, and the same run on every layout."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -139,6 +141,17 @@ def _param_bytes(params) -> dict:
     return out
 
 
+def bytes_per_device(tree):
+    """Bytes each device holds of ``tree`` (arrays or sharded ShapeDtypeStructs)."""
+    out = {}
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        size = math.prod(shard) * np.dtype(leaf.dtype).itemsize
+        for device in leaf.sharding.device_set:
+            out[device] = out.get(device, 0) + size
+    return out
+
+
 def test_fsdp_holds_an_eighth_of_the_parameters_per_device():
     """A 1.2M-parameter MLP: replicated, every device holds it all; fsdp=8, an eighth."""
     opt = train.make_optimizer(config_lib.base_config().optimizer, 10)
@@ -151,7 +164,7 @@ def test_fsdp_holds_an_eighth_of_the_parameters_per_device():
         per_device[name] = _param_bytes(state.params)
         if name == 'fsdp':
             abstract, _ = train.abstract_state(model, opt, jax.random.key(0), sample, mesh)
-            assert mesh_lib.bytes_per_device(abstract.params) == per_device[name]
+            assert bytes_per_device(abstract.params) == per_device[name]
     total = train.count_params(state.params) * 4
     assert set(per_device['replicated'].values()) == {total}
     ratio = max(per_device['fsdp'].values()) / total

@@ -219,6 +219,19 @@ def load_bert_checkpoint(spec: str | pathlib.Path, module: BertEncoder | None = 
     return module, params
 
 
+def to_hf_config(m: BertEncoder) -> dict[str, Any]:
+    """The ``config.json`` of ``BertModel`` for ``m`` (the inverse of ``from_hf_config``)."""
+    return {'architectures': ['BertModel'], 'model_type': 'bert', 'vocab_size': m.vocab_size,
+            'hidden_size': m.hidden, 'num_hidden_layers': m.layers,
+            'num_attention_heads': m.heads, 'intermediate_size': m.intermediate,
+            'max_position_embeddings': m.max_len, 'type_vocab_size': m.type_vocab_size,
+            'pad_token_id': m.pad_token_id, 'hidden_act': 'gelu',
+            'hidden_dropout_prob': m.dropout_rate,
+            'attention_probs_dropout_prob': m.attention_dropout_rate,
+            'layer_norm_eps': m.layer_norm_eps, 'position_embedding_type': 'absolute',
+            'torch_dtype': 'float32'}
+
+
 CONVERTER = convert.register(convert.Converter(
     'bert', BertEncoder, check_bert_tensors, _leaves, bert_params_to_hf,
-    lambda m: [('heads', m.heads, 'num_attention_heads')]))
+    lambda m: [('heads', m.heads, 'num_attention_heads')], to_hf_config))

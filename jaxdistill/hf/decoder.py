@@ -85,7 +85,7 @@ def family_for(config: Mapping[str, Any]) -> Family:
 
 def family_of(module: Decoder) -> Family:
     """The family that expresses ``module`` on export (the most specific that matches)."""
-    for name in ('gemma', 'qwen2', 'mistral', 'llama'):
+    for name in ('gemma', 'qwen2', 'mistral', 'llama'):  # mistral only with a window
         if name in FAMILIES and FAMILIES[name].matches(module):
             return FAMILIES[name]
     raise ConfigError(f'{describe(module)} matches no Hugging Face family '
@@ -401,4 +401,4 @@ def _heads(m: Decoder) -> list[tuple[str, int, str]]:
 CONVERTER = convert.register(convert.Converter(
     'decoder', Decoder, check_decoder_tensors,
     lambda tensors, module: (_check_tied_head(tensors, module), _leaves(tensors, module))[1],
-    decoder_params_to_hf, _heads))
+    decoder_params_to_hf, _heads, to_hf_config))

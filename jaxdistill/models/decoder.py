@@ -18,6 +18,7 @@ list, as flax's lm1b example does). Parameters are boxed with ``nn.with_logical_
 ``lm_head`` (untied)       ``('embed', 'vocab')``
 ``query``                  ``('embed', 'heads', 'kv')``
 ``key`` / ``value``        ``('embed', 'heads', 'kv')`` (kv heads)
+``*_bias`` (``qkv_bias``)  ``('heads', 'kv')``
 ``out``                    ``('heads', 'kv', 'embed')``
 ``gate`` / ``up``          ``('embed', 'mlp')``
 ``down``                   ``('mlp', 'embed')``

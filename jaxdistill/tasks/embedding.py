@@ -84,20 +84,7 @@ def _check_config(config) -> None:
 
 def tokenizer_dir(config) -> pathlib.Path:
     """The directory of ``tokenizer.json``: beside the teacher's weights, or ``data.tokenizer``."""
-    spec = config.data.tokenizer
-    if spec == 'teacher':
-        spec = config.teacher.checkpoint
-        if not hf_teacher.is_hf(spec):
-            raise ConfigError(f"data.tokenizer='teacher' reads tokenizer.json beside an hf: "
-                              f'teacher checkpoint, and teacher.checkpoint={spec!r} is not '
-                              "one: set data.tokenizer='hf:DIR'")
-    elif not hf_teacher.is_hf(spec):
-        raise ConfigError(f"data.tokenizer={spec!r}: task='embedding' uses the teacher's "
-                          "tokenizer: set data.tokenizer='teacher' or 'hf:DIR'")
-    name = spec[len(hf_teacher.PREFIX):]
-    path = (hf_teacher.SHORTCUTS[name]() if name in hf_teacher.SHORTCUTS
-            else pathlib.Path(name).expanduser().absolute())
-    return hf_teacher.model_dir(path)
+    return hf_teacher.tokenizer_dir(config, 'embedding')
 
 
 def _model_limit(directory: pathlib.Path) -> int | None:
@@ -266,10 +253,6 @@ def _embed_fn(model: Model, mesh: Mesh) -> Callable:
     return jax.jit(embed, out_shardings=mesh_lib.batch_sharding(mesh))
 
 
-def _count(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
 def similarity_scores(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     return {'spearman': evaluate.similarity_spearman(student, teacher),
             'nn_agreement_at_10': evaluate.nn_agreement(student, teacher, NEIGHBOURS)}
@@ -284,7 +267,7 @@ class Evaluator:
         teacher_fn, self._student_fn = _embed_fn(teacher, mesh), _embed_fn(student, mesh)
         self.teacher_embeddings = task.embed(teacher_fn, teacher_vars, mesh)
         self.teacher_speed = task.throughput(teacher_fn, teacher_vars, mesh)
-        self.teacher_params = _count(teacher_vars['params'])
+        self.teacher_params = evaluate.count_params(teacher_vars['params'])
         self.test_examples = len(task.test_sentences)
 
     def teacher_scores(self) -> dict[str, float]:
@@ -296,4 +279,4 @@ class Evaluator:
         speed = self.task.throughput(self._student_fn, student_vars, self.mesh)
         return {**similarity_scores(embeddings, self.teacher_embeddings),
                 'sentences_per_second': speed, 'speedup': speed / self.teacher_speed,
-                'size_ratio': self.teacher_params / _count(student_vars['params'])}
+                'size_ratio': self.teacher_params / evaluate.count_params(student_vars['params'])}
