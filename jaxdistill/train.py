@@ -17,12 +17,11 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import hidden_logits, telemetry
+from jaxdistill import hidden_logits, provenance, telemetry
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
 from jaxdistill.adapter import Model
@@ -409,7 +408,7 @@ class _Loop:
     def _fetch(self, step: int):
         """On the prefetch thread: this step's batch on the mesh, and its digest."""
         batch = self.stage.batches[step]
-        return ckpt_lib.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
+        return provenance.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
 
     def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
         stage, tcfg, start = self.stage, self.tcfg, int(state.step)
@@ -426,7 +425,7 @@ class _Loop:
                 state, metrics = step_fn(state, stage.teacher_model, batch)
                 done = step + 1
                 self.profiler.after(done, metrics)
-                self.digest = ckpt_lib.advance_digest(self.digest, batch_hash)
+                self.digest = provenance.advance_digest(self.digest, batch_hash)
                 self.guard.push(done, metrics)
                 if step == start:  # the first step compiles: start the clocks after it
                     jax.block_until_ready(metrics)
@@ -511,17 +510,4 @@ class _Loop:
             print(message, flush=True)
         raise Preempted(message)
 
-
-def params_sha256(params: Any) -> str:
-    """SHA-256 over every leaf's path, dtype, shape and bytes, in sorted path order."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(mesh_lib.to_host(params))[0]
-    for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
-        arr = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(f'{arr.dtype.str}{arr.shape}'.encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()
 
