@@ -218,7 +218,10 @@ class LanguageModelTask(BaseTask):
 
     # -- evaluation -----------------------------------------------------------------
     def samples(self, models: dict[str, tuple[Model, dict]], mesh: Mesh) -> list[dict[str, str]]:
-        """The report's greedy continuations (`continuations`)."""
+        """The report's greedy continuations (`continuations`); across tokenizers the
+        teacher reads other tokens than the prompts', so only the students continue."""
+        if self.cross:
+            models = {k: v for k, v in models.items() if not k.startswith('teacher')}
         return self.continuations(models, mesh)
 
     def continuations(self, models: dict[str, tuple[Model, dict]], mesh: Mesh, n: int = 3,
