@@ -232,7 +232,7 @@ def _lm_generations(loaded, probe, seed: int, prompt_len: int = 32, new: int = 9
     """The suspect's sampled continuations (T = 1) of the probe rows' first tokens."""
     import jax
 
-    from jaxdistill import sampling
+    from jaxdistill.models import sampling
 
     prompts = probe.inputs[:, :prompt_len]
     lengths = np.full(len(prompts), prompt_len, np.int32)
@@ -245,10 +245,10 @@ def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0
     """Watermark radioactivity on every lm model, and the watermark's cost to each teacher."""
     import jax
 
-    from jaxdistill import sampling
     from jaxdistill.audit import fingerprints as fp
     from jaxdistill.audit import models as audit_models
     from jaxdistill.audit import watermark as wm
+    from jaxdistill.models import sampling
 
     key, gamma, delta = (float(a.split('=')[1]) for a in WATERMARK)
     key = int(key)
