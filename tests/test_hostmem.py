@@ -87,7 +87,7 @@ def test_unknown_policy_names_the_flag_and_the_choices():
 @glibc_only
 def test_the_cli_restarts_itself_once_under_its_policy():
     """`ensure` execs the same command with the tunables; the second process goes on."""
-    code = ('import os, sys; from jaxdistill import hostmem; '
+    code = ('import os, sys; from jaxdistill.runtime import hostmem; '
             'print(hostmem.ensure(sys.argv[1]), os.getpid(), flush=True)')
     for policy, started_with in (('reuse', 'system'), ('system', 'reuse'), ('reuse', 'reuse')):
         env = hostmem.environ(started_with, {'JAX_PLATFORMS': 'cpu',

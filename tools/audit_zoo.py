@@ -251,7 +251,6 @@ def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0
     from jaxdistill.audit import fingerprints as fp
     from jaxdistill.audit import models as audit_models
     from jaxdistill.audit import watermark as wm
-    from jaxdistill.models import sampling
 
     key, gamma, delta = (float(a.split('=')[1]) for a in WATERMARK)
     key = int(key)
@@ -289,11 +288,12 @@ def audit_protect(root: str, seed: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jaxdistill import modules, tasks
-    from jaxdistill.adapter import Model
+    from jaxdistill import tasks
     from jaxdistill.audit import fingerprints as fp
     from jaxdistill.audit import models as audit_models
     from jaxdistill.audit import protect
+    from jaxdistill.models import modules
+    from jaxdistill.models.adapter import Model
 
     rows = []
     for r in plan('protect', root):
