@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,11 +37,18 @@ def data_dir(cfg) -> str:
 
 
 def load_splits(cfg) -> Splits:
-    """Opens the train/test sources named by the ``data`` config block (cached if small)."""
+    """Opens the train/test splits named by the ``data`` config block (cached if small).
+
+    Their records read as ``{'image', 'label'}`` whatever ``data.image_key`` and
+    ``data.label_key`` name them in the source (`Examples`): everything after this
+    function sees only those two keys.
+    """
     splits = _open_splits(cfg)
-    kw = dict(image_key=cfg.image_key, label_key=cfg.label_key, limit_mb=cfg.cache_mb)
-    return dataclasses.replace(splits, train=cache_in_memory(splits.train, **kw),
-                               test=cache_in_memory(splits.test, **kw))
+
+    def examples(split):
+        return cache_in_memory(Examples(split, cfg.image_key, cfg.label_key), cfg.cache_mb)
+
+    return dataclasses.replace(splits, train=examples(splits.train), test=examples(splits.test))
 
 
 def _open_splits(cfg) -> Splits:
@@ -132,18 +140,75 @@ def to_example(record: dict[str, Any], image_key: str, label_key: str) -> dict[s
     return {'image': image.astype(np.float32), 'label': np.asarray(record[label_key], np.int32)}
 
 
-def _crop(example: dict[str, np.ndarray], rng: np.random.Generator,
-          flip: bool = False) -> dict[str, np.ndarray]:
-    """Random shift: a crop of the image zero-padded by H/8 pixels (4 for CIFAR's 32x32,
-    He et al. 2016), with a random horizontal flip if ``flip`` (not for digits!)."""
-    image = example['image']
-    if flip and rng.random() < 0.5:
-        image = image[:, ::-1]
-    h, w = image.shape[:2]
-    pad = max(1, h // 8)
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-    y, x = rng.integers(0, 2 * pad + 1, size=2)
-    return {**example, 'image': np.ascontiguousarray(padded[y:y + h, x:x + w])}
+class Examples:
+    """A split whose records read as ``{'image': float32, 'label': int32}``, whatever its
+    source calls them: the one place ``data.image_key`` / ``data.label_key`` are applied.
+
+    ``image`` is any array ``[..., C]``: an image ``[H, W, C]`` or a signal ``[L, C]``.
+    """
+
+    def __init__(self, source: Sequence[Any], image_key: str, label_key: str):
+        self.source, self.image_key, self.label_key = source, image_key, label_key
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return to_example(self.source[int(i)], self.image_key, self.label_key)
+
+    def __getitems__(self, ids: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        return [to_example(r, self.image_key, self.label_key) for r in _records(self.source, ids)]
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's step (Steele et al. 2014) on uint64 arrays: a bijection whose outputs
+    pass BigCrush for consecutive inputs."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def row_uniforms(seed: int, rows: np.ndarray, draws: int) -> np.ndarray:
+    """``[len(rows), draws]`` uniforms in [0, 1), a pure function of (seed, global row,
+    draw): every process draws a row's augmentation the same way, and a whole batch's
+    draws are a few vector operations (a numpy ``Generator`` per row costs ~20 us to
+    create, more than the rest of a small batch's augmentation)."""
+    with np.errstate(over='ignore'):
+        key = _mix(np.full(1, seed % 2**64, np.uint64))
+        h = _mix(key ^ np.asarray(rows, np.uint64)[:, None])
+        h = _mix(h ^ np.arange(draws, dtype=np.uint64)[None, :])
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def shift_params(seed: int, rows: np.ndarray, spatial: tuple[int, ...],
+                 flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's random shift ``[B, len(spatial)]`` in ``[0, 2 * pad]`` and flip ``[B]``."""
+    pad = max(1, spatial[0] // 8)
+    u = row_uniforms(seed, rows, len(spatial) + 1)
+    offsets = np.minimum((u[:, :-1] * (2 * pad + 1)).astype(np.int64), 2 * pad)
+    flips = (u[:, -1] < 0.5) & flip
+    return offsets, flips
+
+
+def _shift(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Random shifts of a batch ``[B, *spatial, C]``: each row zero-padded by
+    ``spatial[0] // 8`` (at least 1; 4 for CIFAR's 32x32, He et al. 2016) along every
+    spatial axis and cropped back at its ``offsets``, after a flip of the last spatial axis
+    (horizontal, for images) where ``flips``. One pad and one gather for the whole batch."""
+    spatial = images.shape[1:-1]
+    pad = max(1, spatial[0] // 8)
+    if flips.any():
+        images = images.copy()
+        images[flips] = np.flip(images[flips], axis=-2)
+    padded = np.pad(images, ((0, 0),) + ((pad, pad),) * len(spatial) + ((0, 0),))
+    ones = (1,) * len(spatial)
+    index = [np.arange(len(images)).reshape((-1,) + ones)]
+    for axis, size in enumerate(spatial):
+        shape = list(ones)
+        shape[axis] = size
+        index.append(offsets[:, axis].reshape((-1,) + ones) + np.arange(size).reshape(shape))
+    return np.ascontiguousarray(padded[tuple(index)])
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -213,9 +278,9 @@ def _records(source: Sequence[Any], ids: Sequence[int]) -> list[Any]:
     return [source[i] for i in ids]
 
 
-def cache_in_memory(source: Sequence[Any], *, image_key: str, label_key: str,
-                    limit_mb: float) -> Sequence[Any]:
-    """Decodes a split once into arrays when it fits in ``limit_mb`` and shapes agree.
+def cache_in_memory(source: Sequence[Any], limit_mb: float) -> Sequence[Any]:
+    """Decodes a split of examples once into arrays when it fits in ``limit_mb`` and
+    shapes agree.
 
     Decoding a TFDS record costs ~0.3 ms; a small split (digits, CIFAR) read once is then
     batched by fancy indexing instead of per-record decoding every step.
@@ -223,24 +288,29 @@ def cache_in_memory(source: Sequence[Any], *, image_key: str, label_key: str,
     n = len(source)
     if limit_mb <= 0 or n == 0:
         return source
-    first = to_example(source[0], image_key, label_key)
+    first = source[0]
     if n * first['image'].nbytes / 2**20 > limit_mb:
         return source
     examples = []
     for start in range(0, n, 1024):
-        examples += [to_example(r, image_key, label_key)
-                     for r in _records(source, range(start, min(start + 1024, n)))]
+        examples += _records(source, range(start, min(start + 1024, n)))
     if any(e['image'].shape != first['image'].shape for e in examples):
         return source  # variable-sized images are resized per batch instead
     return ArraySource({k: np.stack([e[k] for e in examples]) for k in ('image', 'label')})
 
 
-def _examples(source: Sequence[Any], ids: np.ndarray, image_key: str,
-              label_key: str) -> list[dict[str, np.ndarray]]:
+def _examples(source: Sequence[Any], ids: np.ndarray) -> list[dict[str, np.ndarray]]:
     if isinstance(source, ArraySource):
         arrays = source.take(ids)
         return [{k: v[j] for k, v in arrays.items()} for j in range(len(ids))]
-    return [to_example(r, image_key, label_key) for r in _records(source, ids)]
+    return _records(source, ids)
+
+
+def _stacked(source: Sequence[Any], ids: np.ndarray) -> dict[str, np.ndarray]:
+    if isinstance(source, ArraySource):
+        return source.take(ids)
+    examples = _records(source, ids)
+    return {k: np.stack([e[k] for e in examples]) for k in ('image', 'label')}
 
 
 def labelled_subset(num_examples: int, fraction: float, seed: int) -> np.ndarray:
@@ -276,25 +346,73 @@ def subset(source: Sequence[Any], ids: np.ndarray) -> Sequence[Any]:
     return Subset(source, ids)
 
 
-def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, image_key: str,
-                  label_key: str, augment: str = '', image_size: int = 0, process_index: int = 0,
-                  process_count: int = 1, labelled: np.ndarray | None = None) -> grain.MapDataset:
+class EpochOrder:
+    """The example indices of every global batch, ``order[step] -> [global_batch]``.
+
+    Epoch ``e`` visits ``range(n)`` in the order ``default_rng([seed, e, SALT])``
+    permutes it; epochs follow one another and batch ``s`` is positions
+    ``[s * B, (s + 1) * B)`` of that endless sequence (a batch may straddle two epochs, or
+    several when ``n < B``). A pure function of (n, B, seed, step): a resumed run reads
+    what an uninterrupted one would, on any number of processes.
+
+    Each epoch's permutation is computed once, O(n), and kept while batches read it. Grain's
+    ``MapDataset.shuffle`` instead shuffles index by index with a cipher over a domain of
+    at least 2**14 that it cycle-walks down to ``n``: ~200 us per index at n = 144 against
+    ~5 us at 10**5, so a small split's batches cost 10x a large one's (benchmarks/NOTES.md).
+    """
+
+    SALT = 0x5EED
+
+    def __init__(self, num_examples: int, global_batch: int, seed: int):
+        if num_examples < 1:
+            raise DataError('a training split has no examples')
+        self.n, self.batch, self.seed = num_examples, global_batch, seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return sys.maxsize // self.batch  # endless: stages index it by step
+
+    def epoch(self, e: int) -> np.ndarray:
+        """The order of epoch ``e`` (the last few are kept; thread-safe enough: a race
+        computes the same array twice)."""
+        order = self._cache.get(e)
+        if order is None:
+            order = np.random.default_rng([self.seed, e, self.SALT]).permutation(self.n)
+            self._cache = {k: v for k, v in self._cache.items() if e - 2 <= k <= e + 2}
+            self._cache[e] = order
+        return order
+
+    def __getitem__(self, step: int) -> np.ndarray:
+        start = int(step) * self.batch
+        parts, need = [], self.batch
+        while need:
+            e, offset = divmod(start, self.n)
+            part = self.epoch(e)[offset:offset + need]
+            parts.append(part)
+            need -= len(part)
+            start += len(part)
+        return np.concatenate(parts)
+
+
+def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, augment: str = '',
+                  image_size: int = 0, process_index: int = 0, process_count: int = 1,
+                  labelled: np.ndarray | None = None) -> grain.MapDataset:
     """This process's training batches: ``ds[step]`` is its rows of global batch ``step``.
 
-    Grain shuffles example *indices* (a new permutation every epoch) and slices this
-    process's share; the records are fetched per batch. Augmentation draws from a
-    generator seeded by ``(seed, global row)``, so a row is augmented the same way
-    whatever the number of processes. ``labelled`` (sorted indices into ``source``) adds
-    a boolean ``labelled`` column: the rows whose labels a label loss may read; the
-    others are images the teacher scores (a transfer set).
+    ``source`` holds ``{'image', 'label'}`` examples (`load_splits`). `EpochOrder` picks
+    the example *indices* of every global batch, this process slices its share, and the
+    records are fetched per batch; the cost of a batch does not depend on the size of
+    the split. Augmentation draws from a generator seeded by ``(seed, global row)``, so a
+    row is augmented the same way whatever the number of processes. ``labelled`` (sorted
+    indices into ``source``) adds a boolean ``labelled`` column: the rows whose labels a
+    label loss may read; the others are inputs the teacher scores (a transfer set).
     """
     if global_batch % process_count:
         raise ConfigError(f'data.batch_size={global_batch} is not divisible by the '
                           f'{process_count} processes: use a multiple of {process_count}')
     local = global_batch // process_count
-    ids = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-    ids = ids.batch(global_batch, drop_remainder=True)  # sliced per process in `fetch`
     own = process_index * local  # where this process's rows start in every global batch
+    ids = grain.MapDataset.source(EpochOrder(len(source), global_batch, seed))
 
     is_labelled = None
     if labelled is not None:
@@ -309,18 +427,19 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, image_
         return batch
 
     def _fetch(step: int, batch_ids: np.ndarray) -> dict[str, np.ndarray]:
-        if isinstance(source, ArraySource) and not (augment or image_size):
-            return source.take(batch_ids)
-        examples = _examples(source, batch_ids, image_key, label_key)
+        rows = step * global_batch + own + np.arange(len(batch_ids))  # global rows
+        if augment in ('crop', 'flip_crop') or not (augment or image_size):
+            batch = _stacked(source, batch_ids)
+            if augment:
+                batch['image'] = _shift(batch['image'], *shift_params(
+                    seed, rows, batch['image'].shape[1:-1], augment == 'flip_crop'))
+            return batch
         out = []
-        for j, example in enumerate(examples):
-            row = step * global_batch + own + j
-            rng = np.random.default_rng([seed, row])
-            if augment in ('crop', 'flip_crop'):
-                example = _crop(example, rng, flip=augment == 'flip_crop')
-            elif augment == 'inception_crop':
-                example = _inception_crop(example, rng, image_size)
-            elif image_size:
+        for example, row in zip(_examples(source, batch_ids), rows):
+            if augment == 'inception_crop':
+                example = _inception_crop(example, np.random.default_rng([seed, int(row)]),
+                                          image_size)
+            else:
                 example = center_crop(example, image_size)
             out.append(example)
         return {k: np.stack([e[k] for e in out]) for k in ('image', 'label')}
@@ -328,20 +447,17 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, image_
     return ids.map_with_index(fetch)
 
 
-def eval_batches(source: Sequence[Any], *, global_batch: int, image_key: str, label_key: str,
-                 image_size: int = 0, process_index: int = 0,
+def eval_batches(source: Sequence[Any], *, global_batch: int, image_size: int = 0,
+                 process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """The whole split once, in order, padded to full batches; ``mask`` marks real rows."""
     n = len(source)
     local = global_batch // process_count
     for start in range(0, n, global_batch):
-        rows = []
-        for j in range(local):
-            i = start + j * process_count + process_index
-            example = _examples(source, np.array([min(i, n - 1)]), image_key, label_key)[0]
-            if image_size:
-                example = center_crop(example, image_size)
-            rows.append((example, i < n))
-        batch = {k: np.stack([r[0][k] for r in rows]) for k in ('image', 'label')}
-        batch['mask'] = np.array([r[1] for r in rows])
+        rows = start + np.arange(local) * process_count + process_index
+        examples = _examples(source, np.minimum(rows, n - 1))
+        if image_size:
+            examples = [center_crop(e, image_size) for e in examples]
+        batch = {k: np.stack([e[k] for e in examples]) for k in ('image', 'label')}
+        batch['mask'] = rows < n
         yield batch

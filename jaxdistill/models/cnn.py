@@ -22,7 +22,12 @@ def _named(init, names):
 
 
 class CNN(nn.Module):
-    """[Conv3x3 -> (BatchNorm) -> ReLU] per width, 2x2 max-pool between blocks."""
+    """[Conv3x3 -> (BatchNorm) -> ReLU] per width, 2x2 max-pool between blocks.
+
+    Inputs ``[B, H, W, C]`` are images; ``[B, L, C]`` (signals) get 1-D convolutions of
+    width 3 and pools of 2, any other rank likewise: the kernel has one axis per spatial
+    axis of the input.
+    """
 
     channels: Sequence[int] = (32, 64)
     dense: int = 128
@@ -34,18 +39,21 @@ class CNN(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = x.astype(jnp.float32)
+        spatial = x.ndim - 2
         for i, width in enumerate(self.channels):
-            x = nn.Conv(width, (3, 3), name=f'conv{i}',
-                        kernel_init=_named(nn.linear.default_kernel_init, CONV_AXES),
+            x = nn.Conv(width, (3,) * spatial, name=f'conv{i}',
+                        kernel_init=_named(nn.linear.default_kernel_init,
+                                           (None,) * spatial + CONV_AXES[-2:]),
                         bias_init=_named(nn.initializers.zeros_init(), ('conv_out',)))(x)
             if self.batch_norm:
                 x = nn.BatchNorm(use_running_average=not train, name=f'bn{i}',
                                  scale_init=_named(nn.initializers.ones_init(), ('conv_out',)),
                                  bias_init=_named(nn.initializers.zeros_init(), ('conv_out',)))(x)
             x = nn.relu(x)
-            if i < len(self.channels) - 1 and min(x.shape[1:3]) >= 2:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = jnp.mean(x, axis=(1, 2)) if self.pool == 'mean' else x.reshape((x.shape[0], -1))
+            if i < len(self.channels) - 1 and min(x.shape[1:-1]) >= 2:
+                x = nn.max_pool(x, (2,) * spatial, strides=(2,) * spatial)
+        axes = tuple(range(1, x.ndim - 1))
+        x = jnp.mean(x, axis=axes) if self.pool == 'mean' else x.reshape((x.shape[0], -1))
         x = nn.relu(named_dense(self.dense, ('embed', 'mlp'), 'dense')(x))
         if self.dropout:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -1,4 +1,7 @@
-"""Image classification: images and labels from TFDS / a user source; accuracy and fidelity.
+"""Classification: inputs and labels from TFDS / a user source; accuracy and fidelity.
+
+Inputs are images ``[H, W, C]`` or any other array ``[..., C]`` (signals ``[L, C]``),
+named by ``data.image_key`` in the source's records; `data.load_splits` maps the keys.
 
 Fidelity is how faithfully a student copies its teacher on the test split: top-1
 agreement and KL(teacher || student) at T = 1. With ``data.labelled_fraction < 1`` the
@@ -37,8 +40,17 @@ def _mixup(rng, images, targets, labelled, alpha: float):
             lam * targets + (1 - lam) * targets[perm], labelled)
 
 
+def _check_resizable(shape: tuple[int, ...], d) -> None:
+    """``data.image_size`` resizes images ``[H, W, C]``; other inputs keep their shape."""
+    if len(shape) != 3:
+        raise ConfigError(f'data.image_size={d.image_size} resizes images [H, W, C], but the '
+                          f'inputs under data.image_key={d.image_key!r} have shape '
+                          f'{list(shape)}: set data.image_size=0 (and data.augment to \'\', '
+                          "'crop' or 'flip_crop')")
+
+
 class ClassificationTask:
-    """``config.task='classification'``: the ``data`` block names images and labels."""
+    """``config.task='classification'``: the ``data`` block names inputs and labels."""
 
     name = 'classification'
     has_labels = True  # a label-only baseline can be trained
@@ -47,9 +59,15 @@ class ClassificationTask:
         self.config, self.data_cfg = config, config.data
         self.splits = data_lib.load_splits(config.data)
         self.dataset = self.splits.name
-        example = data_lib.pipeline.to_example(self.splits.train[0], config.data.image_key,
-                                               config.data.label_key)
+        example = self.splits.train[0]  # {'image', 'label'}, whatever the source's keys
+        if config.data.augment in ('crop', 'flip_crop') and example['image'].ndim < 2:
+            raise ConfigError(f'data.augment={config.data.augment!r} shifts inputs along their '
+                              f'spatial axes, but the inputs under data.image_key='
+                              f"{config.data.image_key!r} have shape "
+                              f"{list(example['image'].shape)} (no such axis): set "
+                              "data.augment=''")
         if config.data.image_size:
+            _check_resizable(example['image'].shape, config.data)
             example = data_lib.pipeline.center_crop(example, config.data.image_size)
         self.sample = example['image'][None]
         self.num_classes = self.splits.num_classes
@@ -96,17 +114,15 @@ class ClassificationTask:
             flagged = ids
         d = self.data_cfg
         return data_lib.train_dataset(
-            source, global_batch=d.batch_size, seed=seed, image_key=d.image_key,
-            label_key=d.label_key, augment=d.augment, image_size=d.image_size,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            labelled=flagged)
+            source, global_batch=d.batch_size, seed=seed, augment=d.augment,
+            image_size=d.image_size, process_index=jax.process_index(),
+            process_count=jax.process_count(), labelled=flagged)
 
     def test_batches(self) -> Iterator[dict[str, np.ndarray]]:
         d = self.data_cfg
         return data_lib.eval_batches(
-            self.splits.test, global_batch=d.eval_batch_size, image_key=d.image_key,
-            label_key=d.label_key, image_size=d.image_size, process_index=jax.process_index(),
-            process_count=jax.process_count())
+            self.splits.test, global_batch=d.eval_batch_size, image_size=d.image_size,
+            process_index=jax.process_index(), process_count=jax.process_count())
 
     def provenance(self) -> dict[str, Any]:
         ids = self.labelled_ids()
