@@ -45,7 +45,10 @@ def _student_losses(workdir, stage='student'):
 def test_one_and_eight_devices_give_the_same_losses(runs, stage):
     one, eight = _student_losses(runs[1][0], stage), _student_losses(runs[8][0], stage)
     assert len(one) == 4
-    np.testing.assert_allclose(one, eight, rtol=1e-5)
+    # With mixup a row keeps its label only when both mixed rows are labelled (1 % of rows
+    # at labelled_fraction=0.1), so a logged student loss may be the KL alone, ~1e-3, whose
+    # float32 reduction order differs on 8 devices by ~1e-7: hence the absolute tolerance.
+    np.testing.assert_allclose(one, eight, rtol=1e-5, atol=1e-6)
 
 
 def test_one_and_eight_devices_give_the_same_model(runs):
