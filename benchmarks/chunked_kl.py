@@ -68,7 +68,8 @@ def run_variant(name: str, size: dict) -> dict:
     """Compiles, warms up and times one variant in this process; returns its measurements."""
     import jax
 
-    from jaxdistill import losses, token_losses
+    from jaxdistill import losses
+    from jaxdistill.losses import token as token_losses
 
     path, loss, source = name.split('-')
     b, t, v, d, chunk = (size[k] for k in ('batch', 'tokens', 'vocab', 'hidden', 'chunk'))

@@ -263,12 +263,10 @@ def host_memory(quick: bool, repeats: int, processes: int = 3) -> dict[str, Any]
     """
     goal = None
     runs: dict[str, list[dict]] = {'reuse': [], 'system': []}
-    from benchmarks import run as run_lib
-
     for _ in range(processes):
         for policy in runs:
             args = ['--probe', policy, '--repeats', str(repeats)] + (['--quick'] if quick else [])
-            runs[policy].append(run_lib.run_marked(args, hostmem.environ(policy)))
+            runs[policy].append(harness.run_marked(args, hostmem.environ(policy)))
     results = {}
     for name in PAIRS:
         timings = {policy: harness.Timing(policy, [t for run in runs[policy]
@@ -286,6 +284,58 @@ def host_memory(quick: bool, repeats: int, processes: int = 3) -> dict[str, Any]
                            'policy, alternated', 'goal_max': goal, 'results': results}
 
 
+def text_packing(quick: bool, repeats: int) -> dict[str, Any]:
+    """`benchmarks.packing`: a corpus and 4x it packed, each in a fresh process; the ratio is
+    the peak-RSS growth of the large one over the small one's (1.0: independent of size)."""
+    del repeats
+    sizes = (5, 20) if quick else (25, 100)
+    results = {}
+    for tokenizer in ('byte', 'bpe'):
+        runs = {}
+        for mb in sizes:
+            command = [sys.executable, '-m', 'benchmarks.packing', '--mb', str(mb),
+                       '--tokenizer', tokenizer]
+            done = subprocess.run(command, capture_output=True, text=True, check=True,
+                                  env=dict(os.environ, JAX_PLATFORMS='cpu'))
+            runs[f'{mb}MB'] = json.loads(done.stdout.strip().splitlines()[-1])
+        small, large = (runs[f'{mb}MB'] for mb in sizes)
+        results[tokenizer] = {
+            'ratio': large['rss_growth_mb'] / max(small['rss_growth_mb'], 1e-9),
+            'meets_goal': None, 'peak_rss_ratio': large['peak_rss_mb'] / small['peak_rss_mb'],
+            'mb_per_s': {k: r['mb_per_s'] for k, r in runs.items()}, 'runs': runs}
+    return {'description': f'packing a generated .jsonl corpus of {sizes[1]} MB vs {sizes[0]} '
+                           'MB (read, tokenize, pack, write ArrayRecord): peak-RSS growth ratio',
+            'goal_max': None, 'results': results}
+
+
+def hf_lm(quick: bool, repeats: int) -> dict[str, Any]:
+    """`benchmarks.hf_lm`: a Llama-family teacher at V = 128,256 through the HF loader; the
+    whole step's peak memory chunked / dense (each in a fresh process), and the chunked
+    step's distill_over_limit and tokens/s."""
+    goal = 0.3
+    measured = {}
+    for variant in ('memory-dense', 'memory-chunked', 'time'):
+        command = [sys.executable, '-m', 'benchmarks.hf_lm', '--variant', variant,
+                   '--repeats', str(repeats)] + (['--quick'] if quick else [])
+        done = subprocess.run(command, capture_output=True, text=True, check=True,
+                              env=dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu'))
+        measured[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    dense, chunked, timed = (measured[v] for v in ('memory-dense', 'memory-chunked', 'time'))
+    ratio = chunked['peak_bytes'] / dense['peak_bytes']
+    return {'description': 'Llama-family teacher (V=128256, imported by jaxdistill.hf.'
+                           'load_causal_lm) -> half-depth student: whole distill step peak '
+                           'memory, distill.token_loss chunked / dense',
+            'goal_max': goal, 'results': {'peak_memory': {
+                'ratio': ratio, 'meets_goal': bool(ratio <= goal),
+                'temp_ratio': chunked['temp_bytes'] / dense['temp_bytes'],
+                'dense': dense, 'chunked': chunked},
+                'distill_over_limit': {
+                    'ratio': timed['distill_over_limit'], 'meets_goal':
+                    bool(timed['distill_over_limit'] <= 1.05), 'goal_max': 1.05,
+                    'tokens_per_s': timed['tokens_per_s'], 'timings': timed['timings'],
+                    'shape': timed['shape']}}}
+
+
 COMPARISONS: dict[str, Callable[[bool, int], dict[str, Any]]] = {
     'distill_over_limit': distill_over_limit,
     'vs_naive_jax': vs_naive_jax,
@@ -296,4 +346,6 @@ COMPARISONS: dict[str, Callable[[bool, int], dict[str, Any]]] = {
     'cpu_mfu': cpu_mfu,
     'bf16_teacher': bf16_teacher,
     'host_memory': host_memory,
+    'text_packing': text_packing,
+    'hf_lm': hf_lm,
 }

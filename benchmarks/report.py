@@ -24,6 +24,8 @@ MEANING = {
     'cpu_mfu': 'achieved / peak matmul FLOP/s (higher is better)',
     'bf16_teacher': 'bf16 teacher / fp32 teacher',
     'host_memory': 'reused / system host memory',
+    'text_packing': 'packing peak-RSS growth, 4x corpus / 1x corpus',
+    'hf_lm': 'V=128k step peak memory, chunked / dense; chunked distill / limit',
 }
 
 

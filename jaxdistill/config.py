@@ -15,15 +15,15 @@ from typing import Any
 
 import ml_collections
 
-from jaxdistill import signals
+from jaxdistill import signals, tasks
 from jaxdistill.ensemble import MODES as ENSEMBLE_MODES
 from jaxdistill.errors import ConfigError, closest
 from jaxdistill.mesh import DEFAULT_RULES, check_rules
-from jaxdistill.tasks import TASKS
 
 # Sub-trees whose keys belong to the user (module constructor arguments).
 FREE_FORM = ('teacher.kwargs', 'student.kwargs')
 MODES = ('train', 'list_features', 'export', 'cache_teacher')
+EXPORT_FORMATS = ('jaxdistill', 'hf')
 OPTIMIZERS = ('adamw', 'adam', 'sgd')
 SCHEDULES = ('cosine', 'constant', 'linear')
 AUGMENTS = ('', 'crop', 'flip_crop', 'inception_crop')
@@ -44,13 +44,20 @@ def base_config() -> ml_collections.ConfigDict:
     # distill.teacher_signal='cached', then exit; see jaxdistill/signals)
     # what is distilled: 'classification', 'lm' or 'embedding' (jaxdistill/tasks)
     c.task = 'classification'
+    c.export = ml_collections.ConfigDict()
+    # mode='export' writes 'jaxdistill' (WORKDIR/export: export.json + Orbax), or 'hf': a
+    # Hugging Face model directory WORKDIR/export/hf (config.json, model.safetensors,
+    # tokenizer files, generation_config.json, README.md) for decoder/hf/bert students
+    c.export.format = 'jaxdistill'
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.module = 'cnn'  # built-in name or 'pkg.mod:Class'
     c.teacher.kwargs = ml_collections.ConfigDict()
     # empty: train the teacher first in WORKDIR/teacher; a jaxdistill workdir (or its
     # teacher/); or 'hf:DIR' / 'hf:minilm': Hugging Face safetensors for the 'bert' or
-    # 'decoder' module (jaxdistill/hf_teacher.py)
+    # 'decoder' module, or for module='hf', which builds the architecture from the checkpoint's
+    # config.json (llama, mistral, qwen2, gemma, bert; kwargs may only set dtype, param_dtype,
+    # scan_layers, remat, max_len) (jaxdistill/hf/)
     c.teacher.checkpoint = ''
     c.teacher.steps = -1  # steps when the teacher is trained here; -1: train.steps
     c.teacher.logits_key = ''  # for modules returning dicts: which entry holds logits
@@ -69,6 +76,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.student.kwargs = ml_collections.ConfigDict()
     c.student.logits_key = ''
     c.student.sharding_rules = DEFAULT_RULES  # as teacher.sharding_rules; () replicates
+    # 'hf:DIR': the student starts from these Hugging Face weights (module 'hf': with their
+    # config.json's architecture; 'decoder'/'bert': checked against the kwargs)
+    c.student.checkpoint = ''
+    # (i, j, ...): the student is the teacher's architecture with only these layers (sorted,
+    # 0-based), initialised from the teacher's weights (embeddings, final norm and head too),
+    # as DistilBERT / Minitron depth pruning; student.module 'hf' or the teacher's, no kwargs.
+    # The baseline starts from the same initialisation.
+    c.student.from_teacher_layers = ()
 
     c.data = ml_collections.ConfigDict()
     c.data.name = 'digits'  # a TFDS name (prepared as ArrayRecord) or 'digits'
@@ -99,9 +114,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.labelled_fraction = 1.0
     # task='lm': text is tokenized ('byte': UTF-8 bytes, 259 ids; 'bpe': a byte-level BPE of
     # data.vocab_size ids trained offline on the train split) and packed into rows of
-    # data.seq_len next-token targets. task='embedding': 'teacher' (tokenizer.json beside an
-    # hf: teacher checkpoint) or 'hf:DIR'; sentences are padded to data.seq_len tokens, and
-    # longer ones truncated with a warning.
+    # data.seq_len next-token targets; or, for task='lm' and 'embedding', 'teacher'
+    # (tokenizer.json beside an hf: teacher checkpoint) or 'hf:DIR' (its BOS/EOS/pad ids from
+    # tokenizer_config.json / config.json). task='embedding': sentences are padded to
+    # data.seq_len tokens, and longer ones truncated with a warning.
     c.data.tokenizer = 'byte'
     c.data.vocab_size = 0
     c.data.seq_len = 128
@@ -171,33 +187,23 @@ def base_config() -> ml_collections.ConfigDict:
     # probability distill.on_policy.lmbda, by the student's own completions of its prompts,
     # which the teacher then scores inside the step.
     c.distill.teacher_signal = 'online'
-    c.distill.cache = ml_collections.ConfigDict()
-    c.distill.cache.k = 32  # top-k teacher log-probabilities kept per token
-    c.distill.cache.dtype = 'float16'  # 'float16', or 'uint8' (quantised per token)
-    c.distill.cache.path = ''  # empty: WORKDIR/teacher_cache
-    # Prompts and sampling for 'sequence' (the teacher samples) and 'on_policy' (the student
-    # samples): a prompt is the first prompt_len tokens of a packed train row, completed by
-    # max_new_tokens sampled tokens (0: the rest of the row, data.seq_len - prompt_len).
-    c.distill.sampling = ml_collections.ConfigDict()
-    c.distill.sampling.prompt_len = 32
-    c.distill.sampling.max_new_tokens = 0
-    c.distill.sampling.temperature = 1.0
-    c.distill.sampling.top_k = 0  # 0: off
-    c.distill.sampling.top_p = 1.0  # 1: off
-    c.distill.sampling.batch_size = 256  # rows generated at once ('sequence')
-    # A keyed green-list watermark in the teacher's samples ('sequence'; Kirchenbauer et al.
-    # 2023): +delta on the logits of a gamma share of tokens chosen by hash(key, previous
-    # token). key 0: off. Detect it with jaxdistill.audit.watermark (docs/audit.md).
-    c.distill.sampling.watermark = ml_collections.ConfigDict(dict(key=0, gamma=0.25, delta=2.0))
+    # How token-level logit terms are computed (jaxdistill/hidden_logits.py): 'dense' (the
+    # models' [B, T, V] logits), 'chunked' (from the decoders' final hidden states and heads,
+    # distill.chunk_size tokens at a time: no [B, T, V] array), 'vocab_sharded' (logits split
+    # over mesh.tensor), or 'auto': chunked for decoder students with vocabularies >= 32k.
+    c.distill.token_loss = 'auto'
+    c.distill.chunk_size = 1024
+    # Each signal's own section (distill.cache for 'cached', distill.sampling for 'sequence'
+    # and 'on_policy', distill.on_policy), documented and defaulted in its jaxdistill/signals
+    # file.
+    for section, defaults in signals.defaults().items():
+        c.distill[section] = defaults
     # An output protection on everything the student learns from (online teacher, cache):
     # name '' (none), 'topk' (k), 'round' (decimals), 'temperature' (spread), 'antidistill'
     # (lam, proxy_seed). Students are still scored against the unprotected teacher.
     # jaxdistill/audit/protect.py; measured in docs/audit.md.
     c.distill.protection = ml_collections.ConfigDict(dict(
         name='', k=1, decimals=1, spread=1.0, lam=2.0, proxy_seed=0))
-    c.distill.on_policy = ml_collections.ConfigDict()
-    # GKD's lambda: the probability that a step trains on the student's own samples
-    c.distill.on_policy.lmbda = 0.5
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = 'adamw'
@@ -268,7 +274,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f'{value!r} ({type(value).__name__}): fix it in the config or with '
                 f'--config.{key}=...')
     _check_choice(config, 'mode', MODES)
-    _check_choice(config, 'task', TASKS)
+    _check_choice(config, 'export.format', EXPORT_FORMATS)
+    _check_student_source(config)
+    _check_choice(config, 'task', tasks.names())
     _check_choice(config, 'distill.ensemble', ENSEMBLE_MODES)
     signals.check_config(config)
     _check_protection(config)
@@ -349,6 +357,33 @@ def _check_accum(config) -> None:
         raise ConfigError(f'train.grad_accum_steps={n} does not divide data.batch_size='
                           f'{config.data.batch_size}: use a divisor of the batch, or a batch '
                           f'of a multiple of {n}')
+
+
+def _check_student_source(config) -> None:
+    """student.checkpoint / from_teacher_layers: what can be told without the teacher (the
+    layer indices' range is checked against it in `jaxdistill.models.cut`)."""
+    s = config.student
+    layers = s.from_teacher_layers
+    if s.checkpoint and not s.checkpoint.startswith('hf:'):
+        raise ConfigError(f"student.checkpoint={s.checkpoint!r} must be 'hf:DIR' (Hugging Face "
+                          "weights to start from) or ''")
+    if s.module == 'hf' and not (s.checkpoint or layers):
+        raise ConfigError("student.module='hf' takes its architecture from a checkpoint: set "
+                          "student.checkpoint='hf:DIR' or student.from_teacher_layers=(i, j, ...)")
+    if not layers:
+        return
+    if s.checkpoint:
+        raise ConfigError('student.checkpoint and student.from_teacher_layers both say where the '
+                          'student starts: set only one')
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        raise ConfigError(f'student.from_teacher_layers={tuple(layers)!r} must be layer indices '
+                          '(ints), e.g. (0, 2, 5)')
+    if list(layers) != sorted(set(layers)):
+        raise ConfigError(f'student.from_teacher_layers={tuple(layers)!r} must be sorted and '
+                          f'without repeats, e.g. {tuple(sorted(set(layers)))!r}')
+    if s.module not in ('hf', config.teacher.module):
+        raise ConfigError(f'student.from_teacher_layers cuts the teacher: set '
+                          f"student.module='hf' (or {config.teacher.module!r}), not {s.module!r}")
 
 
 def _check_best(config) -> None:

@@ -62,6 +62,11 @@ def kl_to_teacher(student_logits: np.ndarray, teacher_logits: np.ndarray) -> flo
     return float(np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=-1)))
 
 
+def count_params(params: Any) -> int:
+    """The number of parameters (array elements) in a pytree: a report's ``params`` column."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
 def fidelity(student_logits, teacher_logits, labels) -> dict[str, float]:
     return {'accuracy': accuracy(student_logits, labels),
             'agreement': agreement(student_logits, teacher_logits),

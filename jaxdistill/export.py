@@ -1,6 +1,8 @@
 """The trained student alone, for use outside training: params + module spec + provenance.
 
-``--config.mode=export`` (the training command plus that flag) writes ``WORKDIR/export/``:
+``--config.mode=export`` (the training command plus that flag) writes ``WORKDIR/export/``
+(with ``--config.export.format=hf``: ``WORKDIR/export/hf/``, a Hugging Face model directory,
+`jaxdistill.hf.export`):
 
     export.json  the module (built-in name or 'pkg.mod:Class') and its kwargs, the input
                  shape and dtype, the params' SHA-256, and provenance: the step, the
@@ -16,6 +18,7 @@ the best step is exported instead of the last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -26,9 +29,10 @@ import orbax.checkpoint as ocp
 
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, paths, train
+from jaxdistill import modules, paths, provenance, train
 from jaxdistill.adapter import Model
-from jaxdistill.errors import CheckpointError
+from jaxdistill.errors import CheckpointError, ConfigError
+from jaxdistill.hf import export as hf_export
 
 SPEC = 'export.json'
 FORMAT = 'jaxdistill-export/1'
@@ -38,17 +42,23 @@ def export_student(p) -> dict[str, Any]:
     """Writes the finished student of the run planned in ``p`` (a `run.Plan`) to
     ``WORKDIR/export``; returns the spec written to export.json."""
     config = p.config
+    hf_format = config.export.format == 'hf'
+    if hf_format:  # refused before anything is read or written
+        hf_export.check_exportable(p.student.module)
+        if paths.is_remote(p.workdir):
+            raise ConfigError(f"export.format='hf' writes a local directory; --workdir="
+                              f'{p.workdir} is remote: copy the workdir, then export there')
     directory = paths.join(p.workdir, 'student')
     params, state = jax.eval_shape(p.student.init, jax.random.key(0), p.sample)
     abstract, _ = mesh_lib.sharded_abstract(p.mesh, {'params': params, 'state': state})
     step, model, meta = _finished_student(directory, abstract, config.train.best_metric,
                                           config.train.best_mode)
+    module_name, kwargs = _module_spec(config, p.student.module)
     spec = {
-        'format': FORMAT, 'module': config.student.module,
-        'kwargs': json.loads(config.student.kwargs.to_json_best_effort()),
+        'format': FORMAT, 'module': module_name, 'kwargs': kwargs,
         'logits_key': config.student.logits_key,
         'input': {'shape': list(p.sample.shape[1:]), 'dtype': str(np.dtype(p.sample.dtype))},
-        'params_sha256': train.params_sha256(model['params']),
+        'params_sha256': provenance.params_sha256(model['params']),
         'params': train.count_params(model['params']),
         'provenance': {'checkpoint': f'{directory}/{step}', 'step': step,
                        'steps': meta.get('steps'), 'teacher': meta.get('teacher'),
@@ -57,12 +67,49 @@ def export_student(p) -> dict[str, Any]:
                        'config': meta.get('config')},
     }
     out = paths.join(p.workdir, 'export')
+    if hf_format:
+        out = paths.join(out, 'hf')
+        if jax.process_index() == 0:
+            _write_hf(p, out, jax.device_get(model['params']), spec)
+        return spec
     if jax.process_index() == 0:
         _write(out, jax.device_get(model), spec)
         print(f'exported the student (step {step}, params sha256 '
               f'{spec["params_sha256"][:12]}) to {out}; load it with '
               f'jaxdistill.export.load({out!r})')
     return spec
+
+
+def _module_spec(config, module: Any) -> tuple[str, dict[str, Any]]:
+    """How export.json names the module: as configured, or, for a student whose architecture
+    came from a checkpoint ('hf', from_teacher_layers), its class with every field."""
+    if config.student.module != 'hf' and not config.student.from_teacher_layers:
+        return config.student.module, json.loads(config.student.kwargs.to_json_best_effort())
+    name = hf_export.check_exportable(module).name
+    fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+              if f.name not in ('parent', 'name')}
+    return name, json.loads(json.dumps(fields, default=lambda v: str(np.dtype(v))))
+
+
+def _write_hf(p, out: str, params: Any, spec: dict[str, Any]) -> None:
+    prov = spec['provenance']
+    teacher = prov.get('teacher') or {}
+    provenance = {'format': FORMAT, 'step': prov['step'], 'params_sha256': spec['params_sha256'],
+                  'teacher_params_sha256': teacher.get('params_sha256'),
+                  'teacher_checkpoint': teacher.get('checkpoint') or p.teacher_dir,
+                  'teacher_module': p.config.teacher.module, 'task': prov['task'],
+                  'dataset': prov.get('dataset'), 'tokenizer': prov.get('tokenizer'),
+                  'losses': prov['losses'], 'seed': prov['seed'],
+                  'from_teacher_layers': list(p.config.student.from_teacher_layers) or None}
+    # the LM task's tokenizer, or the directory of an embedding task's tokenizer.json
+    tokenizer = getattr(p.task, 'tokenizer', None)
+    if not hasattr(tokenizer, 'bos_id'):
+        tokenizer = getattr(p.task, 'tokenizer_dir', None)
+    hf_export.save_pretrained(p.student.module, params, out, tokenizer=tokenizer,
+                              provenance=provenance)
+    print(f'exported the student (step {prov["step"]}) as a Hugging Face model to {out}; load '
+          'it with transformers.AutoModelForCausalLM.from_pretrained or '
+          'jaxdistill.hf.load_causal_lm')
 
 
 def _finished_student(directory: str, abstract: dict[str, Any], best_metric: str,
@@ -141,7 +188,7 @@ def load(path: str) -> ExportedModel:
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                             {'params': params, 'state': state})
     variables, _ = ckpt_lib.load_model(paths.join(path, 'model'), abstract)
-    digest = train.params_sha256(variables['params'])
+    digest = provenance.params_sha256(variables['params'])
     if digest != spec['params_sha256']:
         raise CheckpointError(f'{path}: the parameters have sha256 {digest[:12]} but {SPEC} '
                               f'says {spec["params_sha256"][:12]}: the export is damaged; '

@@ -254,17 +254,6 @@ def sharded_abstract(mesh: Mesh, abstract_tree: Any, rules: Any = ()) -> tuple[A
     return with_sharding, shardings
 
 
-def bytes_per_device(tree: Any) -> dict[Any, int]:
-    """Bytes each device holds of ``tree`` (arrays or sharded ShapeDtypeStructs)."""
-    out: dict[Any, int] = {}
-    for leaf in jax.tree.leaves(tree):
-        shard = leaf.sharding.shard_shape(leaf.shape)
-        size = math.prod(shard) * np.dtype(leaf.dtype).itemsize
-        for device in leaf.sharding.device_set:
-            out[device] = out.get(device, 0) + size
-    return out
-
-
 # ---------------------------------------------------------------- host <-> devices
 
 

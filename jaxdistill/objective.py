@@ -3,8 +3,9 @@
 Each entry is ``{name, weight, ...hyper}``; ``weight`` and ``temperature`` may be a
 number or a schedule ``{'schedule': 'constant'|'linear'|'cosine', 'start': a,
 'end': b, 'steps': n}`` (``steps`` defaults to the stage's length). ``ce`` is the
-label term; every other name is a function of `jaxdistill.losses`. Each term is logged
-as ``distill/<name>`` (unweighted, reduced) and the total as ``loss``.
+label term; every other name is a loss registered in `jaxdistill.losses`, whose `LossSpec`
+says how to call it (its kind, labels, batch level, sparse form). Each term is logged as
+``distill/<name>`` (unweighted, reduced) and the total as ``loss``.
 
 Everything is validated by `build` at config time, before anything is compiled.
 """
@@ -18,46 +19,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxdistill import losses
 from jaxdistill.errors import ConfigError
 
 Schedule = Callable[[jax.Array], jax.Array]
-# Exact on a sparse (top-k) teacher: `losses.topk_kl`; kd adds its T^2 (see `_sparse_term`).
-SPARSE_EXACT = ('kd', 'forward_kl', 'topk_kl')
-
-
-class SparseTeacher(NamedTuple):
-    """A teacher known only by its top-k log-probabilities per token (a cache or an API).
-
-    ``logprobs`` are full-vocabulary log-probabilities at T = 1 (float32 ``[..., k]``),
-    ``ids`` their vocabulary ids. ``kd``, ``forward_kl`` and ``topk_kl`` use them exactly
-    (`losses.topk_kl`, top-k renormalised unless ``topk_kl`` says ``mode='tail'``); any
-    other logit loss sees `dense_logprobs`: the top-k, and the remaining mass spread evenly
-    over the other ids.
-    """
-
-    ids: jax.Array
-    logprobs: jax.Array
-
-
-def dense_logprobs(teacher: SparseTeacher, vocab_size: int) -> jax.Array:
-    """``[..., V]`` log-probabilities: the top-k, and ``log(r / (V - k))`` elsewhere, where
-    ``r = 1 - sum(top-k)`` (a floor of -1e4 when ``r`` is ~0, so no entry is -inf)."""
-    lp = teacher.logprobs.astype(jnp.float32)
-    k = lp.shape[-1]
-    rest = jnp.clip(1.0 - jnp.sum(jnp.exp(lp), axis=-1, keepdims=True), 0.0, 1.0)
-    fill = jnp.where(rest > 0, jnp.log(jnp.maximum(rest, 1e-30) / max(vocab_size - k, 1)), -1e4)
-    dense = jnp.broadcast_to(jnp.maximum(fill, -1e4), lp.shape[:-1] + (vocab_size,))
-    return jnp.put_along_axis(dense, teacher.ids.astype(jnp.int32), lp, axis=-1, inplace=False)
-LABEL_LOSSES = ('ce',)
-NEEDS_LABELS = ('dkd',)
-BATCH_LEVEL = ('dist', 'rkd', 'similarity_mse')
-FEATURE_LOSSES = ('feature_mse', 'feature_cosine', 'attention_transfer', 'rkd', 'similarity_mse')
-RELATIONAL = ('rkd', 'similarity_mse')  # relations between examples: any widths
-PROJECTED = ('feature_mse', 'feature_cosine')  # a learned projection when widths differ
-SCHEDULED = ('weight', 'temperature')
+# A teacher known by its top-k log-probabilities (defined with the sparse losses; kept here for
+# the code that built it from `jaxdistill.objective`).
+SparseTeacher = losses.SparseTeacher
+dense_logprobs = losses.dense_logprobs
 
 
 def _schedule(value: Any, total_steps: int, key: str) -> Schedule | float:
@@ -123,8 +93,12 @@ class Term:
     key: str = ''  # where the term came from, for error messages and projector names
 
     @property
+    def spec(self) -> losses.LossSpec:
+        return losses.spec(self.name)
+
+    @property
     def needs_teacher(self) -> bool:
-        return self.name not in LABEL_LOSSES
+        return self.spec.needs_teacher
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -175,14 +149,14 @@ class Objective:
             if not t.taps:
                 continue
             s_shape, t_shape = student_shapes[t.taps[0]], teacher_shapes[t.taps[1]]
-            if t.name in RELATIONAL:
+            if t.spec.kind == 'relational':
                 continue  # relations between examples: any widths
             if s_shape[:-1] != t_shape[:-1]:
                 raise ConfigError(
                     f'{t.key}: student layer {t.taps[0]!r} {list(s_shape)} and teacher layer '
                     f'{t.taps[1]!r} {list(t_shape)} differ in more than the feature (last) '
                     'axis: pair layers with the same spatial / sequence size')
-            if t.name in PROJECTED and s_shape[-1] != t_shape[-1]:
+            if t.spec.projected and s_shape[-1] != t_shape[-1]:
                 out[t.key] = (s_shape[-1], t_shape[-1])
         return out
 
@@ -194,6 +168,7 @@ class Objective:
                  teacher_features: Mapping[str, jax.Array] | None = None,
                  projections: Mapping[str, jax.Array] | None = None,
                  window: Window | None = None,
+                 precomputed: Mapping[int, jax.Array] | None = None,
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Returns ``(loss, metrics)``: the mean over valid examples of the weighted sum.
 
@@ -204,6 +179,8 @@ class Objective:
         (``ce``, ``dkd``) average over those rows only, the others over every valid row.
         ``window`` (gradient accumulation, from `accumulation_window`): this batch is one
         micro-batch of a larger one; each term is scaled to its share of that batch's mean.
+        ``precomputed``: values of logit terms (by index) computed another way, chunk by
+        chunk or on sharded logits (`jaxdistill.hidden_logits`).
         """
         total = jnp.zeros((), jnp.float32)
         metrics = {}
@@ -212,10 +189,9 @@ class Objective:
                 value = self._feature_term(term, student_features, teacher_features,
                                            projections or {}, mask)
             else:
-                rows = mask
-                if label_mask is not None and term.name in LABEL_LOSSES + NEEDS_LABELS:
-                    rows = label_mask if mask is None else mask & label_mask
-                value = self._term(term, step, student_logits, teacher_logits, targets, rows)
+                rows = rows_of(term, mask, label_mask)
+                value = (precomputed[i] if precomputed and i in precomputed else
+                         self._term(term, step, student_logits, teacher_logits, targets, rows))
             if window is not None:
                 value = window.share(value, window.counts[i], rows_of(
                     term, mask, label_mask), student_logits.shape[:-1])
@@ -225,13 +201,14 @@ class Objective:
         return total, metrics
 
     def _feature_term(self, term, student_features, teacher_features, projections, mask):
-        fn = losses.get(term.name)
+        spec = term.spec
+        fn = spec.fn
         h_s = student_features[term.taps[0]]
         h_t = jax.lax.stop_gradient(teacher_features[term.taps[1]])
         kwargs = dict(term.hyper)
         if term.key in projections:
             kwargs['projection'] = projections[term.key]
-        if term.name in BATCH_LEVEL:
+        if spec.batch_level:
             return fn(h_s.reshape(h_s.shape[0], -1), h_t.reshape(h_t.shape[0], -1), **kwargs)
         per_example = fn(h_s, h_t, **kwargs)
         if mask is not None:
@@ -239,51 +216,58 @@ class Objective:
         return losses.token_mean(per_example, mask)
 
     def _term(self, term, step, student_logits, teacher_logits, targets, mask):
+        spec = term.spec
         integer_labels = targets.ndim == student_logits.ndim - 1
-        if term.name == 'ce':
-            if integer_labels:  # tokens: no [B, T, V] one-hot
-                per_example = losses.softmax_cross_entropy(student_logits, targets)
-            else:
-                per_example = optax.softmax_cross_entropy(
-                    student_logits.astype(jnp.float32), targets.astype(jnp.float32))
-            return losses.token_mean(per_example, mask)
+        if spec.kind == 'label':
+            return losses.token_mean(_label_term(spec, student_logits, targets, integer_labels),
+                                     mask)
         kwargs = dict(term.hyper)
         if term.temperature is not None:
             kwargs['temperature'] = _at(term.temperature, step)
-        if term.name in NEEDS_LABELS:
+        if spec.needs_labels:
             kwargs['labels'] = targets if integer_labels else jnp.argmax(targets, axis=-1)
-        if isinstance(teacher_logits, SparseTeacher):
-            return self._sparse_term(term, student_logits, teacher_logits, kwargs, mask)
-        fn = losses.get(term.name)
+        if isinstance(teacher_logits, losses.SparseTeacher):
+            return self._sparse_term(spec, student_logits, teacher_logits, kwargs, mask)
+        if spec.kind == 'sparse':
+            raise ConfigError(
+                f'{term.key} ({term.name!r}) compares the student with a sparse (top-k) teacher, '
+                "and this run's teacher gives full logits: set distill.teacher_signal='cached' "
+                "or use 'kd' / 'forward_kl'")
+
         def against(t_logits):
-            if term.name in BATCH_LEVEL:
-                return fn(student_logits, t_logits, **kwargs)
-            return losses.token_mean(fn(student_logits, t_logits, **kwargs), mask)
+            if spec.batch_level:
+                return spec.fn(student_logits, t_logits, **kwargs)
+            return losses.token_mean(spec.fn(student_logits, t_logits, **kwargs), mask)
 
         if self.teacher_weights is None:
             return against(teacher_logits)
         return sum(w * against(teacher_logits[k]) for k, w in enumerate(self.teacher_weights))
 
-
-    def _sparse_term(self, term, student_logits, teacher: SparseTeacher, kwargs, mask):
-        if term.name in SPARSE_EXACT:
-            t = kwargs.get('temperature', 1.0)
-            mode = kwargs.get('mode', 'renormalise') if term.name == 'topk_kl' else 'renormalise'
-            value = losses.topk_kl(student_logits, teacher.logprobs, teacher.ids, mode=mode,
-                                   temperature=t)
-            value = value * t * t if term.name == 'kd' else value
+    def _sparse_term(self, spec, student_logits, teacher: losses.SparseTeacher, kwargs, mask):
+        if spec.sparse is not None:  # exact on the top-k (`losses.topk_kl`)
+            value = spec.sparse(student_logits, teacher, **kwargs)
         else:
-            dense = dense_logprobs(teacher, student_logits.shape[-1])
-            fn = losses.get(term.name)
-            if term.name in BATCH_LEVEL:
-                return fn(student_logits, dense, **kwargs)
-            value = fn(student_logits, dense, **kwargs)
+            dense = losses.dense_logprobs(teacher, student_logits.shape[-1])
+            if spec.batch_level:
+                return spec.fn(student_logits, dense, **kwargs)
+            value = spec.fn(student_logits, dense, **kwargs)
         return losses.token_mean(value, mask)
+
+
+def _label_term(spec: losses.LossSpec, student_logits, targets, integer_labels: bool):
+    """A label loss's per-example values: integer labels (tokens: no ``[B, T, V]`` one-hot),
+    or label probabilities ``[B, C]`` (one-hot, or mixed by mixup)."""
+    if integer_labels:
+        return spec.fn(student_logits, targets)
+    if spec.soft_labels is None:
+        raise ConfigError(f'loss {spec.name!r} takes integer labels, and this task gives label '
+                          'probabilities (mixup): set data.mixup=0 or use ce')
+    return spec.soft_labels(student_logits, targets)
 
 
 def rows_of(term: Term, mask, label_mask):
     """The rows a logit term averages over: ``mask``, and for label terms ``label_mask``."""
-    if label_mask is not None and term.name in LABEL_LOSSES + NEEDS_LABELS:
+    if label_mask is not None and term.spec.needs_labels:
         return label_mask if mask is None else mask & label_mask
     return mask
 
@@ -313,7 +297,7 @@ def accumulation_window(objective: Objective, logits_shape: tuple[int, ...], mas
            micro_batches: int) -> Window:
     """The `Window` of a batch split into ``micro_batches``, from its (whole-batch) masks;
     ``logits_shape`` is the whole batch's ``[B, ..., V]``."""
-    counts = tuple(None if t.taps or t.name in BATCH_LEVEL
+    counts = tuple(None if t.taps or t.spec.batch_level
                    else _count(rows_of(t, mask, label_mask), logits_shape[:-1])
                    for t in objective.terms)
     return Window(counts, micro_batches)
@@ -341,20 +325,20 @@ def build(entries: Sequence[Mapping[str, Any]], total_steps: int,
         if not isinstance(name, str):
             raise ConfigError(f"{where} has no 'name': e.g. {{'name': 'kd', 'weight': 0.9}}")
         weight = _weight(entry.pop('weight', 1.0), total_steps, f'{where}.weight')
+        spec = losses.spec(name)  # unknown names raise with the known ones listed
         temperature = None
         taps = None
-        if name in FEATURE_LOSSES:
+        if spec.tapped:
             taps = (entry.pop('student', None), entry.pop('teacher', None))
             if not all(isinstance(t, str) and t for t in taps):
                 raise ConfigError(
                     f"{where} ({name!r}) needs the layers to compare: 'student' and 'teacher' "
                     "module paths, e.g. {'name': 'feature_mse', 'student': 'conv0', "
                     "'teacher': 'conv1'} (--config.mode=list_features lists them)")
-        if name == 'ce':
+        if spec.kind == 'label':
             if entry:
-                raise ConfigError(f"{where} ('ce') takes only a weight, got {sorted(entry)}")
+                raise ConfigError(f"{where} ({name!r}) takes only a weight, got {sorted(entry)}")
         else:
-            losses.get(name)  # unknown names raise with the known ones listed
             if 'temperature' in entry:
                 temperature = _schedule(entry.pop('temperature'), total_steps,
                                         f'{where}.temperature')

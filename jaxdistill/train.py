@@ -17,18 +17,18 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from jaxdistill import checkpoint as ckpt_lib
+from jaxdistill import hidden_logits, provenance, telemetry
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
-from jaxdistill import telemetry
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints
 from jaxdistill.data import loader
 from jaxdistill.data.prefetch import prefetch
+from jaxdistill.evaluate import count_params  # noqa: F401  (train.count_params: run, export)
 from jaxdistill.metrics import MetricWriter, Progress, wandb_args
 from jaxdistill.objective import Objective
 from jaxdistill.preemption import NonFiniteGuard, Preempted, PreemptionWatch
@@ -81,9 +81,11 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
 
 def _init_fn(model: Model, optimizer, sample, projections: dict[str, tuple[int, int]],
              boxed: bool = False):
-    def init(rng):
+    def init(rng, given=None):
         model_rng, aux_rng = jax.random.split(rng)
         params, state = model.init(model_rng, sample, boxed=boxed)
+        if given is not None:  # a student that starts from given weights (jaxdistill.students)
+            params = jax.tree.map(lambda g, p: g.astype(p.dtype), given, params)
         init_proj = jax.nn.initializers.lecun_normal()
         aux = {key: init_proj(jax.random.fold_in(aux_rng, i), shape, jnp.float32)
                for i, (key, shape) in enumerate(sorted(projections.items()))}
@@ -95,12 +97,13 @@ def _init_fn(model: Model, optimizer, sample, projections: dict[str, tuple[int, 
 
 def create_train_state(model: Model, optimizer: optax.GradientTransformation, rng: jax.Array,
                        sample: jax.Array, mesh: Mesh,
-                       projections: dict[str, tuple[int, int]] | None = None
-                       ) -> tuple[TrainState, Any]:
-    """Initialises straight into the target shardings (no full copy on one device)."""
+                       projections: dict[str, tuple[int, int]] | None = None,
+                       init_params: Any = None) -> tuple[TrainState, Any]:
+    """Initialises straight into the target shardings (no full copy on one device);
+    ``init_params`` (plain arrays in the params' shardings) replace the random params."""
     init = _init_fn(model, optimizer, sample, projections or {})
     _, shardings = abstract_state(model, optimizer, rng, sample, mesh, projections)
-    return jax.jit(init, out_shardings=shardings)(rng), shardings
+    return jax.jit(init, out_shardings=shardings)(rng, init_params), shardings
 
 
 def abstract_state(model: Model, optimizer, rng, sample, mesh,
@@ -115,7 +118,8 @@ def abstract_state(model: Model, optimizer, rng, sample, mesh,
 def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Mesh,
                     state_shardings, prepare: Callable[[dict, jax.Array], StepInputs],
                     seed: int, teacher: Model | None = None,
-                    teacher_shardings=None, grad_accum_steps: int = 1) -> Callable:
+                    teacher_shardings=None, grad_accum_steps: int = 1,
+                    token_loss: str = 'dense', chunk_size: int = 1024) -> Callable:
     """Returns ``step(state, teacher_model, batch) -> (state, metrics)``, jitted once.
 
     ``prepare(batch, rng)`` (from the task) turns a batch into the models' inputs, the
@@ -128,7 +132,26 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
     so the update is the one-batch update, in about 1/N of the activation memory. Feature
     and batch-level terms (``rkd``, ``dist``, ...) are averaged over the micro-batches, and
     mutable state (BatchNorm statistics) is updated once per micro-batch.
+
+    ``token_loss`` (`jaxdistill.hidden_logits`, resolved by `run.plan`): ``'chunked'`` taps
+    the decoders' final hidden states and computes the logit terms ``chunk_size`` tokens at
+    a time from them and the output projections; ``'vocab_sharded'`` computes the pointwise
+    teacher terms on logits split over the mesh's tensor axis.
     """
+    s_head = hidden_logits.head(student) if token_loss == 'chunked' else None
+    t_head = hidden_logits.head(teacher) if token_loss == 'chunked' and teacher else None
+    hidden_tap = (hidden_logits.HIDDEN_TAP,)
+
+    def token_terms(logits, teacher_logits, targets, mask, labelled, step):
+        """Logit terms computed without the dense path (None: all dense)."""
+        if token_loss not in ('chunked', 'vocab_sharded'):
+            return None
+        rows = {i: objective_lib.rows_of(t, mask, labelled)
+                for i, t in enumerate(objective.terms) if not t.taps}
+        if isinstance(logits, hidden_logits.HiddenLogits):
+            return hidden_logits.chunked_means(objective, step, logits, teacher_logits,
+                                               targets, rows, chunk_size)
+        return hidden_logits.sharded_means(objective, step, logits, teacher_logits, rows, mesh)
 
     def micro_loss(trained, model_state, step, micro: StepInputs, teacher_model, dropout_rng,
                    window):
@@ -137,7 +160,10 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
         if teacher is not None:
             teacher_logits, _, teacher_features = teacher.apply(
                 teacher_model['params'], teacher_model['state'], inputs, train=False,
-                taps=objective.teacher_taps)
+                taps=objective.teacher_taps + (hidden_tap if t_head else ()))
+            if t_head:  # its dense logits are then unused: XLA drops them
+                teacher_logits = hidden_logits.HiddenLogits(
+                    teacher_features.pop(hidden_tap[0]), t_head(teacher_model['params']))
             teacher_logits, teacher_features = jax.lax.stop_gradient(
                 (teacher_logits, teacher_features))
 
@@ -145,11 +171,14 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
             params, aux = trained
             logits, new_state, features = student.apply(
                 params, model_state, inputs, train=True, rng=dropout_rng,
-                taps=objective.student_taps)
+                taps=objective.student_taps + (hidden_tap if s_head else ()))
+            if s_head:
+                logits = hidden_logits.HiddenLogits(features.pop(hidden_tap[0]), s_head(params))
+            precomputed = token_terms(logits, teacher_logits, targets, mask, labelled, step)
             loss, metrics = objective(step, logits, teacher_logits, targets, mask,
                                       label_mask=labelled, student_features=features,
                                       teacher_features=teacher_features, projections=aux,
-                                      window=window)
+                                      window=window, precomputed=precomputed)
             return loss, (new_state, metrics)
 
         (_, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
@@ -258,6 +287,10 @@ class Stage:
     teacher_identity: dict[str, Any] | None = None
     # ``hook(state, batch, step) -> batch`` on the mesh before each step (on-policy samples)
     batch_hook: Callable[[Any, dict, int], dict] | None = None
+    # How logit terms are computed (`jaxdistill.hidden_logits`): 'dense', 'chunked', ...
+    token_loss: str = 'dense'
+    # The parameters a fresh start begins from (None: random from the seed); see students.py
+    init_params: Any = None
 
 
 def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
@@ -290,7 +323,9 @@ def run_stage(stage: Stage, config, mesh: Mesh, sample: jax.Array,
                                   state_shardings=shardings, prepare=stage.prepare,
                                   seed=stage.seed, teacher=stage.teacher,
                                   teacher_shardings=stage.teacher_shardings,
-                                  grad_accum_steps=tcfg.grad_accum_steps)
+                                  grad_accum_steps=tcfg.grad_accum_steps,
+                                  token_loss=stage.token_loss,
+                                  chunk_size=config.distill.chunk_size)
         if tcfg.skip_nonfinite:
             step_fn = _keep_model_state_on_skip(step_fn)
         with PreemptionWatch() as watch:
@@ -312,7 +347,7 @@ def _restore_or_init(stage: Stage, config, ckpts: StageCheckpoints, optimizer, m
     found = ckpts.restore_latest(abstract.model, abstract.train)
     if found is None:
         state, shardings = create_train_state(stage.model, optimizer, rng, sample, mesh,
-                                              stage.projections)
+                                              stage.projections, stage.init_params)
         return state, shardings, {
             'stage': stage.name, 'steps': stage.steps, 'done': False, 'history': [],
             'train_seconds': 0.0, 'timed_steps': 0, **identity,
@@ -372,7 +407,7 @@ class _Loop:
         """On the prefetch thread: this step's batch on the mesh, and its digest."""
         del step  # the batches come in step order from `loader.iterate`
         batch = next(self._host)
-        return ckpt_lib.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
+        return provenance.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
 
     def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
         stage, tcfg, start = self.stage, self.tcfg, int(state.step)
@@ -390,7 +425,7 @@ class _Loop:
                 state, metrics = step_fn(state, stage.teacher_model, batch)
                 done = step + 1
                 self.profiler.after(done, metrics)
-                self.digest = ckpt_lib.advance_digest(self.digest, batch_hash)
+                self.digest = provenance.advance_digest(self.digest, batch_hash)
                 self.guard.push(done, metrics)
                 if step == start:  # the first step compiles: start the clocks after it
                     jax.block_until_ready(metrics)
@@ -476,19 +511,3 @@ class _Loop:
         raise Preempted(message)
 
 
-def params_sha256(params: Any) -> str:
-    """SHA-256 over every leaf's path, dtype, shape and bytes, in sorted path order."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(mesh_lib.to_host(params))[0]
-    for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
-        arr = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(f'{arr.dtype.str}{arr.shape}'.encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()
-
-
-def count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

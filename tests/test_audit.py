@@ -21,43 +21,58 @@ def _softmax(z):
 
 
 # ----------------------------------------------------------------- fingerprints
-def test_dark_rank_is_spearman_over_non_top_classes():
+def test_dark_residual_rank_is_spearman_of_departures_from_the_consensus():
     rng = np.random.default_rng(0)
-    t, s = rng.normal(size=(20, 7)), rng.normal(size=(20, 7))
+    t, s, c = (rng.normal(size=(20, 7)) for _ in range(3))
+    lt, ls, lc = fp.log_softmax(t), fp.log_softmax(s), fp.log_softmax(c)
     expected = []
-    for ti, si in zip(t, s):
-        keep = np.arange(7) != np.argmax(ti)
-        expected.append(sps.spearmanr(ti[keep], si[keep]).statistic)
-    assert fp.dark_rank(t, s) == pytest.approx(np.mean(expected), abs=1e-12)
-    assert fp.dark_rank(t, t) == pytest.approx(1.0)
+    for i in range(20):
+        keep = np.arange(7) != np.argmax(t[i])
+        expected.append(sps.spearmanr((lt - lc)[i, keep], (ls - lc)[i, keep]).statistic)
+    assert fp.dark_residual_rank(t, s, c) == pytest.approx(np.mean(expected), abs=1e-12)
+    assert fp.dark_residual_rank(t, t, c) == pytest.approx(1.0)
 
 
-def test_neg_dark_kl_against_a_loop():
+def test_dark_kl_gain_against_a_loop():
     rng = np.random.default_rng(1)
-    t, s = rng.normal(size=(15, 6)), rng.normal(size=(15, 6))
-    kls = []
-    for ti, si in zip(t, s):
-        keep = np.arange(6) != np.argmax(ti)
-        p = _softmax(ti[keep][None])[0]
-        q = _softmax(si[keep][None])[0]
-        kls.append(np.sum(p * np.log(p / q)))
-    assert fp.neg_dark_kl(t, s) == pytest.approx(-np.mean(kls), rel=1e-10)
-    assert fp.neg_dark_kl(t, t) == pytest.approx(0.0, abs=1e-12)
+    t, s, c = (rng.normal(size=(15, 6)) for _ in range(3))
+
+    def dark(x, top):
+        keep = np.arange(6) != top
+        return _softmax(x[keep][None])[0]
+
+    gains = []
+    for i in range(15):
+        top = np.argmax(t[i])
+        p, q, r = dark(t[i], top), dark(s[i], top), dark(c[i], top)
+        gains.append(np.sum(p * np.log(p / r)) - np.sum(p * np.log(p / q)))
+    assert fp.dark_kl_gain(t, s, c) == pytest.approx(np.mean(gains), rel=1e-10)
     # the top class does not matter: only the non-top ordering and spread do
     s2 = s.copy()
     s2[np.arange(15), np.argmax(t, -1)] += 5.0
-    assert fp.neg_dark_kl(t, s2) == pytest.approx(fp.neg_dark_kl(t, s), rel=1e-10)
+    assert fp.dark_kl_gain(t, s2, c) == pytest.approx(fp.dark_kl_gain(t, s, c), rel=1e-10)
 
 
-def test_error_agreement_and_dark_loglik():
+def test_agreements_and_dark_residual_loglik():
     t = np.array([[3., 1, 0], [0, 3, 1], [1, 0, 3], [3, 0, 1]])
     labels = np.array([0, 0, 1, 1])  # the teacher is wrong on rows 1, 2, 3
     s_top1 = np.array([2, 1, 2, 1])  # copies the mistake on rows 1 and 2
     assert fp.error_agreement(t, s_top1, labels) == pytest.approx(2 / 3)
+    c = np.array([[3., 1, 0], [3, 0, 1], [1, 0, 3], [0, 3, 1]])  # departs on rows 1 and 3
+    assert fp.idiosyncratic_agreement(t, s_top1, c) == pytest.approx(1 / 2)
     samples = np.array([[1, 0], [2, 2], [2, 0], [0, 2]])
-    lt = fp.dark_log_probs(t, np.argmax(t, -1))
-    expected = np.mean([lt[0, 1], lt[1, 2], lt[1, 2], lt[2, 0], lt[3, 2]])
-    assert fp.dark_loglik(t, samples) == pytest.approx(expected)
+    top = np.argmax(t, -1)
+    with np.errstate(invalid='ignore'):  # -inf - -inf at the top class, never sampled
+        d = fp.dark_log_probs(t, top) - fp.dark_log_probs(c, top)
+    expected = np.mean([d[0, 1], d[1, 2], d[1, 2], d[2, 0], d[3, 2]])
+    assert fp.dark_residual_loglik(t, samples, c) == pytest.approx(expected)
+
+
+def test_consensus_leaves_each_model_out():
+    outs = [np.random.default_rng(i).normal(size=(4, 5)) for i in range(3)]
+    c = fp.consensus(outs)
+    np.testing.assert_allclose(c[0], (fp.log_softmax(outs[1]) + fp.log_softmax(outs[2])) / 2,
+                               rtol=1e-5)
 
 
 def test_sample_follows_the_distribution():
@@ -117,8 +132,11 @@ def test_roc_auc_and_tpr_against_definitions():
 
 def test_determinism_per_seed():
     rng = np.random.default_rng(4)
-    t = rng.normal(size=(300, 10))
-    outs = [t + rng.normal(scale=s, size=t.shape) for s in (0.3, 1, 1.1, 0.9)]
+    task = rng.normal(size=(300, 10)) * 2  # what every model of the task learns
+    own = rng.normal(size=(300, 10))  # what is particular to the teacher
+    t = task + own
+    outs = [task + 0.8 * own + rng.normal(size=t.shape)]  # a student copies some of it
+    outs += [task + rng.normal(size=t.shape) for _ in range(5)]  # independent models
     probe = audit_models.Probe('classification', np.zeros((300, 1)), rng.integers(0, 10, 300),
                                np.ones(300), np.r_[np.zeros(150, bool), np.ones(150, bool)],
                                'synthetic')
@@ -126,8 +144,8 @@ def test_determinism_per_seed():
     b = lineage.test('samples', t, outs[0], outs[1:], probe, seed=7)
     c = lineage.test('samples', t, outs[0], outs[1:], probe, seed=8)
     assert a == b
-    assert a['fingerprints']['suspect']['dark_loglik'] != \
-        c['fingerprints']['suspect']['dark_loglik']
+    assert a['fingerprints']['suspect']['dark_residual_loglik'] != \
+        c['fingerprints']['suspect']['dark_residual_loglik']
     assert a['score'] > max(a['reference_scores'])  # the closest copy stands out
 
 
@@ -261,3 +279,28 @@ def test_protection_config_errors():
     c.distill.protection.name, c.distill.protection.k = 'topk', 0
     with pytest.raises(Exception, match='distill.protection.k=0 must be >= 1'):
         protect.check(c.distill.protection)
+
+
+def test_antidistill_direction_is_savanis_finite_difference():
+    """d(c) = <g, grad log p(c)>: Savani et al. estimate it as (log p at theta + eps g minus
+    at theta - eps g) / 2 eps; the jvp is its exact limit."""
+    from jaxdistill import modules
+    from jaxdistill.adapter import Model
+    from jaxdistill.audit import protect
+
+    proxy = Model(modules.resolve('mlp', {'hidden': (16,), 'num_classes': 5}, key='m'), '',
+                  'proxy')
+    x = jnp.asarray(np.random.default_rng(9).random((4, 8)), jnp.float32)
+    params, state = proxy.init(jax.random.key(0), x)
+    g = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape), params)
+    d = np.asarray(protect.antidistill_direction(proxy, {'params': params, 'state': state}, g, x))
+
+    def logp(p):
+        return jax.nn.log_softmax(proxy.apply(p, state, x, train=False)[0], -1)
+
+    eps = 1e-3
+    fd = (logp(jax.tree.map(lambda p, v: p + eps * v, params, g))
+          - logp(jax.tree.map(lambda p, v: p - eps * v, params, g))) / (2 * eps)
+    fd = np.asarray(fd, np.float64)
+    fd = (fd - fd.mean(-1, keepdims=True)) / fd.std(-1, keepdims=True)
+    np.testing.assert_allclose(d, fd, atol=2e-2)

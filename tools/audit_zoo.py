@@ -11,9 +11,9 @@ that reuse A_a (``teacher.checkpoint``) for more students of every signal (digit
 lm: online, cached top-32, sequence-level, sequence-level from a watermarked teacher), each
 with a labels-only baseline at its seed where asked. Every teacher is "A" for its own
 students and an independent "teacher B" for the others'. The zoo is small and fast (the
-machine it was measured on has 2 shared cores): digits 800 steps per model, lm 400 teacher
-steps and 300 student steps. Runs are interleaved over teachers, so a partial zoo already
-has positives and negatives for every teacher.
+machine it was measured on has 2 shared cores): digits 800 steps per model; lm_text at
+64-token rows, batch 16, 250 teacher steps and 150 student steps. Runs are interleaved over
+teachers, so a partial zoo already has positives and negatives for every teacher.
 
 ``audit`` treats each teacher as the audited one: suspects are every student and baseline
 of the zoo (positives: the students distilled from it), the references of each suspect are
@@ -43,9 +43,12 @@ DIGITS = dict(config='configs/digits.py', teachers=(0, 1, 2), students=(1, 2, 3)
                       '--config.train.log_every=400', '--config.data.labelled_fraction=1.0'])
 LM = dict(config='configs/lm_text.py', teachers=(0, 1), students=(1, 2),
           signals=('sequence_wm', 'sequence', 'online', 'cached'),
-          common=['--config.teacher.steps=400', '--config.train.steps=200',
-                  '--config.train.eval_every=0', '--config.train.checkpoint_every=200',
-                  '--config.train.log_every=100'])
+          common=['--config.data.seq_len=64', '--config.data.batch_size=16',
+                  '--config.teacher.kwargs.max_len=64', '--config.student.kwargs.max_len=64',
+                  '--config.distill.sampling.prompt_len=16', '--config.teacher.steps=250',
+                  '--config.train.steps=150', '--config.optimizer.warmup_steps=20',
+                  '--config.train.eval_every=0', '--config.train.checkpoint_every=150',
+                  '--config.train.log_every=50'])
 # Protections: students at 10 % labels (where distillation helps, README) from the digits
 # zoo's teachers, one run per protection; 'none' also trains the labels-only baseline.
 PROTECT = dict(config='configs/digits.py', teachers=(0, 1), zoo='digits',
@@ -84,8 +87,8 @@ def plan(domain: str, root: str) -> list[dict]:
         runs.append(dict(name=f'A{a}', teacher=f'A{a}', signal='online', seed=a,
                          baseline=True, argv=[f'--config={d["config"]}', f'--config.seed={a}']))
     for j in d.get('students', ()):
-        for a in d['teachers']:
-            for signal in d['signals']:
+        for signal in d['signals']:
+            for a in d['teachers']:
                 preset = {'online': '', 'cached': ':cached', 'sequence': ':sequence',
                           'sequence_wm': ':sequence'}[signal]
                 seed = 10 * (a + 1) + j
@@ -184,29 +187,30 @@ def audit(domain: str, root: str, seed: int = 0) -> dict:
     suspects = [m for m in zoo if m['role'] != 'teacher']
     first = os.path.dirname(teachers[0]['path'])
     probe = audit_models.probe_from_run(audit_models.read_config(first), seed=seed,
-                                        ambiguous=1000, max_tokens=20000, source=first)
+                                        ambiguous=1000, max_tokens=10000, source=first)
     outs = _outputs(root, zoo, probe)
     rows, result = [], {'domain': domain, 'root': root, 'seed': seed, 'probe_size': probe.size,
                         'load_average': os.getloadavg()[0], 'method': 'leave-one-out: each '
                         'suspect against every other negative of the zoo as references'}
     for t in teachers:
         t_out = outs[t['path']]
+        negatives = [i for i, m in enumerate(suspects) if m['teacher'] != t['teacher']]
+        anchor = lineage.anchor_consensus([outs[a['path']] for a in teachers if a is not t])
         for access in fp.ACCESS:
             names, skipped = lineage.usable(fp.BY_ACCESS[access], t_out, probe)
-            table = np.array([[v[n] for n in names] for v in (
-                lineage.fingerprint_vector(names, t_out, outs[m['path']], probe,
-                                           np.random.default_rng([seed, i]))
-                for i, m in enumerate(suspects))])
-            negatives = [i for i, m in enumerate(suspects) if m['teacher'] != t['teacher']]
             for i, m in enumerate(suspects):
-                refs = [j for j in negatives if j != i]
-                r = stats.permutation_test(table[i], table[refs])
+                pool = [i] + [j for j in negatives if j != i]
+                vectors = lineage.pool_fingerprints(
+                    names, t_out, [outs[suspects[j]['path']] for j in pool], probe,
+                    [np.random.default_rng([seed, j]) for j in pool], anchor)
+                table = np.array([[v[n] for n in names] for v in vectors])
+                r = stats.permutation_test(table[0], table[1:])
                 rows.append({'teacher': t['teacher'], 'suspect': m['path'], 'access': access,
                              'signal': m['signal'], 'role': m['role'],
                              'positive': m['teacher'] == t['teacher'], 'score': r['score'],
                              'p_value': r['p_value'], 'p_value_parametric':
-                             r['p_value_parametric'], 'references': len(refs),
-                             'fingerprints': dict(zip(names, table[i].tolist())),
+                             r['p_value_parametric'], 'references': len(pool) - 1,
+                             'fingerprints': dict(zip(names, table[0].tolist())),
                              'skipped': skipped})
         result['rows'] = rows
         result['summary'] = {

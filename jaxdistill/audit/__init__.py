@@ -55,8 +55,13 @@ def _probe(data: str, suspect, teacher, *, seed: int, ambiguous: int, max_tokens
 
 def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: str = '',
           access: tuple[str, ...] = ('logits', 'top1', 'samples'), alpha: float | None = None,
-          seed: int = 0, ambiguous: int = 1000, max_tokens: int = 20000) -> dict[str, Any]:
+          seed: int = 0, ambiguous: int = 1000, max_tokens: int = 20000,
+          anchors: tuple[str, ...] = ()) -> dict[str, Any]:
     """Runs the lineage test and writes ``out/audit.json``, ``audit.md``, ``audit.png``.
+
+    ``anchors``: independent models of the teacher's own recipe (other seeds); the
+    fingerprints then measure how the suspect follows what is particular to this teacher
+    among them (recommended); without, against the consensus of the other models.
 
     Every check (references, access, models, output spaces, probe size) runs before
     anything is written.
@@ -74,7 +79,8 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
     t = models.load(teacher, '--teacher')
     s = models.load(suspect, '--suspect')
     refs = [models.load(r, f'--references[{i}]') for i, r in enumerate(references)]
-    _distinct([t, s, *refs])
+    anchor_models = [models.load(a, f'--anchors[{i}]') for i, a in enumerate(anchors) if a]
+    _distinct([t, s, *refs, *anchor_models])
     probe = _probe(data, s, t, seed=seed, ambiguous=ambiguous, max_tokens=max_tokens)
     t_out = models.outputs(t, probe)
     s_out = models.outputs(s, probe)
@@ -83,7 +89,12 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
     for i, r in enumerate(refs):
         r_outs.append(models.outputs(r, probe))
         lineage.check_output_space(t_out, r_outs[-1], r.spec, f'--references[{i}]')
-    tests = {a: lineage.test(a, t_out, s_out, r_outs, probe, seed) for a in access}
+    a_outs = []
+    for i, a in enumerate(anchor_models):
+        a_outs.append(models.outputs(a, probe))
+        lineage.check_output_space(t_out, a_outs[-1], a.spec, f'--anchors[{i}]')
+    anchor = lineage.anchor_consensus(a_outs) if a_outs else None
+    tests = {a: lineage.test(a, t_out, s_out, r_outs, probe, seed, anchor) for a in access}
     verdict = tests[access[0]]
     result = {
         'score': verdict['score'], 'p_value': verdict['p_value'], 'method': METHOD,
@@ -92,6 +103,7 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
         'teacher': {'spec': teacher, 'params_sha256': t.params_sha256},
         'suspect': {'spec': suspect, 'params_sha256': s.params_sha256},
         'references': [{'spec': r.spec, 'params_sha256': r.params_sha256} for r in refs],
+        'anchors': [{'spec': a.spec, 'params_sha256': a.params_sha256} for a in anchor_models],
         'probe': {'source': probe.source, 'size': probe.size,
                   'unit': 'tokens' if probe.task == 'lm' else 'examples',
                   'ambiguous': int(probe.ambiguous.sum()), 'task': probe.task},
@@ -104,7 +116,7 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
 def _distinct(loaded) -> None:
     seen = {}
     for i, m in enumerate(loaded):
-        flag = ['--teacher', '--suspect'][i] if i < 2 else f'--references[{i - 2}]'
+        flag = ['--teacher', '--suspect'][i] if i < 2 else 'a reference or anchor'
         if m.params_sha256 in seen:
             raise AuditError(f'{flag}={m.spec} has the same parameters as {seen[m.params_sha256]}: '
                              'every model of the test must be a different one')

@@ -24,6 +24,9 @@ _TEACHER = flags.DEFINE_string('teacher', None, 'The model whose lineage is test
 _SUSPECT = flags.DEFINE_string('suspect', None, 'The model suspected of descending from it.')
 _REFERENCES = flags.DEFINE_list('references', None, 'Models known NOT to descend from the '
                                 'teacher, trained on the same task (comma-separated).')
+_ANCHORS = flags.DEFINE_list('anchors', [], 'Independent models of the teacher\'s own recipe '
+                             '(other seeds): the fingerprints then follow what is particular '
+                             'to this teacher among them. Recommended.')
 _OUT = flags.DEFINE_string('out', None, 'Directory for audit.json, audit.md, audit.png.')
 _DATA = flags.DEFINE_string('data', '', 'Probe set: a run (workdir or stage directory) whose '
                             'test split to use, or a .npz; default: the suspect\'s run.')
@@ -55,7 +58,8 @@ def main(argv: list[str]) -> None:
     try:
         result = audit(_TEACHER.value, _SUSPECT.value, _REFERENCES.value, _OUT.value,
                        data=_DATA.value, access=tuple(_ACCESS.value), alpha=_ALPHA.value or None,
-                       seed=_SEED.value, ambiguous=_AMBIGUOUS.value, max_tokens=_MAX_TOKENS.value)
+                       seed=_SEED.value, ambiguous=_AMBIGUOUS.value, max_tokens=_MAX_TOKENS.value,
+                       anchors=tuple(_ANCHORS.value))
     except JaxdistillError as e:
         _fail(str(e))
     print(summary(result))

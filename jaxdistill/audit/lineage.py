@@ -1,8 +1,9 @@
 """The lineage test: was the suspect distilled from the teacher?
 
-`fingerprint_vector` turns one model's outputs on the probe set into the fingerprints its
-access mode allows (`jaxdistill.audit.fingerprints`); `test` compares the suspect's with
-the references' (`jaxdistill.audit.stats`: an exact permutation test). `audit` does both
+`pool_fingerprints` turns each model's outputs on the probe set into the fingerprints its
+access mode allows, against the consensus of the other models (`jaxdistill.audit.
+fingerprints`); `test` compares the suspect's with the references' (`jaxdistill.audit.
+stats`: an exact permutation test). `audit` does both
 for models named on the command line and returns what ``audit.json`` holds.
 """
 
@@ -17,8 +18,8 @@ from jaxdistill.audit import stats
 from jaxdistill.audit.stats import AuditError
 
 MIN_ERRORS = 20  # teacher errors needed for error_agreement
-MIN_AMBIGUOUS = 100  # ambiguous probes needed for ambiguous_agreement
 SAMPLES = 4  # draws per probe for --access=samples
+DARK = ('dark_kl_gain', 'dark_residual_rank', 'dark_residual_loglik')
 
 
 def usable(names: tuple[str, ...], teacher_out: np.ndarray, probe) -> tuple[list[str], dict]:
@@ -29,36 +30,53 @@ def usable(names: tuple[str, ...], teacher_out: np.ndarray, probe) -> tuple[list
     if 'error_agreement' in names and errors < MIN_ERRORS:
         skipped['error_agreement'] = (f'the teacher makes {errors} errors on the probe set '
                                       f'(at least {MIN_ERRORS} needed)')
-    if 'ambiguous_agreement' in names and int(probe.ambiguous.sum()) < MIN_AMBIGUOUS:
-        skipped['ambiguous_agreement'] = (f'{int(probe.ambiguous.sum())} ambiguous probes (at '
-                                          f'least {MIN_AMBIGUOUS} needed; image tasks only)')
     if teacher_out.shape[-1] < 3:
-        for name in ('neg_dark_kl', 'dark_rank', 'dark_loglik'):
+        for name in DARK:
             skipped.setdefault(name, 'fewer than 3 classes leave no dark knowledge')
     return [n for n in names if n not in skipped], skipped
 
 
 def fingerprint_vector(names: list[str], teacher_out: np.ndarray, suspect_out: np.ndarray,
-                       probe, rng: np.random.Generator) -> dict[str, float]:
-    """One model's fingerprints; ``suspect_out`` are its logits (black-box modes only use
-    what the access allows: the top-1, or ``SAMPLES`` draws per probe)."""
+                       consensus: np.ndarray, probe, rng: np.random.Generator
+                       ) -> dict[str, float]:
+    """One model's fingerprints against the ``consensus`` of the others' log-probabilities;
+    ``suspect_out`` are its logits, of which black-box modes use only what the access
+    allows: the top-1, or ``SAMPLES`` draws per probe."""
     labelled = (probe.labels >= 0) & ~probe.ambiguous
     top1 = np.argmax(suspect_out, -1)
+    w = probe.weights
     out = {}
     for name in names:
         if name == 'error_agreement':
             out[name] = fp.error_agreement(teacher_out[labelled], top1[labelled],
                                            probe.labels[labelled])
-        elif name == 'ambiguous_agreement':
-            out[name] = fp.top1_agreement(teacher_out[probe.ambiguous], top1[probe.ambiguous])
-        elif name == 'neg_dark_kl':
-            out[name] = fp.neg_dark_kl(teacher_out, suspect_out, probe.weights)
-        elif name == 'dark_rank':
-            out[name] = fp.dark_rank(teacher_out, suspect_out, probe.weights)
-        elif name == 'dark_loglik':
-            out[name] = fp.dark_loglik(teacher_out, fp.sample(suspect_out, SAMPLES, rng),
-                                       probe.weights)
+        elif name == 'idiosyncratic_agreement':
+            out[name] = fp.idiosyncratic_agreement(teacher_out, top1, consensus, w)
+        elif name == 'dark_kl_gain':
+            out[name] = fp.dark_kl_gain(teacher_out, suspect_out, consensus, w)
+        elif name == 'dark_residual_rank':
+            out[name] = fp.dark_residual_rank(teacher_out, suspect_out, consensus, w)
+        elif name == 'dark_residual_loglik':
+            out[name] = fp.dark_residual_loglik(
+                teacher_out, fp.sample(suspect_out, SAMPLES, rng), consensus, w)
     return out
+
+
+def anchor_consensus(anchor_outs: list[np.ndarray]) -> np.ndarray:
+    """The mean log-probabilities of the anchors: independent models of the teacher's own
+    kind (its recipe, other seeds), so that ``t - c`` is what is particular to *this*
+    teacher rather than to teachers of its architecture and data."""
+    return np.mean([fp.log_softmax(o) for o in anchor_outs], axis=0).astype(np.float32)
+
+
+def pool_fingerprints(names: list[str], teacher_out: np.ndarray, outs: list[np.ndarray],
+                      probe, rngs: list[np.random.Generator],
+                      anchor: np.ndarray | None = None) -> list[dict[str, float]]:
+    """Fingerprints of every model of a pool, against the ``anchor`` consensus when given
+    (the same for every model), else each against the consensus of the others."""
+    consensus = [anchor] * len(outs) if anchor is not None else fp.consensus(outs)
+    return [fingerprint_vector(names, teacher_out, o, c, probe, g)
+            for o, c, g in zip(outs, consensus, rngs)]
 
 
 def check_output_space(teacher_out: np.ndarray, out: np.ndarray, spec: str, flag: str) -> None:
@@ -70,7 +88,8 @@ def check_output_space(teacher_out: np.ndarray, out: np.ndarray, spec: str, flag
 
 
 def test(access: str, teacher_out: np.ndarray, suspect_out: np.ndarray,
-         reference_outs: list[np.ndarray], probe, seed: int) -> dict[str, Any]:
+         reference_outs: list[np.ndarray], probe, seed: int,
+         anchor: np.ndarray | None = None) -> dict[str, Any]:
     """Fingerprints of the suspect and references, the score and the p-values."""
     if access not in fp.ACCESS:
         raise AuditError(f'--access={access!r} is not one of {list(fp.ACCESS)}')
@@ -80,14 +99,14 @@ def test(access: str, teacher_out: np.ndarray, suspect_out: np.ndarray,
                          'give a larger probe set with --data or use --access=logits')
     # one generator per model, so a model's draws do not depend on the others
     rngs = [np.random.default_rng([seed, i]) for i in range(len(reference_outs) + 1)]
-    suspect = fingerprint_vector(names, teacher_out, suspect_out, probe, rngs[0])
-    refs = [fingerprint_vector(names, teacher_out, r, probe, g)
-            for r, g in zip(reference_outs, rngs[1:])]
+    suspect, *refs = pool_fingerprints(names, teacher_out, [suspect_out, *reference_outs],
+                                       probe, rngs, anchor)
     table = np.array([[suspect[n] for n in names]] + [[r[n] for n in names] for r in refs])
     result = stats.permutation_test(table[0], table[1:])
     undefined = [n for n, ok in zip(names, stats.usable_columns(table)) if not ok]
     for n in undefined:
-        skipped[n] = 'undefined for some model (no non-top sample or no teacher error)'
+        skipped[n] = ('undefined for some model (no non-top sample, or no probe where the '
+                      'teacher departs from the others)')
     return {**result, 'access': access,
             'fingerprints': {'suspect': suspect, 'references': refs,
                              'used': [n for n in names if n not in undefined],

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules
+from jaxdistill import modules, provenance
 from jaxdistill.adapter import Model
 from jaxdistill.audit.stats import AuditError
 from jaxdistill.errors import JaxdistillError
@@ -80,7 +80,6 @@ def _is_stage(name: str) -> bool:
 
 def load(spec: str, flag: str) -> Loaded:
     """Loads a model named by ``spec`` (see the module docstring); one-line errors."""
-    from jaxdistill import train
 
     try:
         if spec.startswith('hf:'):
@@ -100,7 +99,7 @@ def load(spec: str, flag: str) -> Loaded:
         raise
     except JaxdistillError as e:
         raise AuditError(f'{flag}={spec}: {e}') from None
-    loaded.params_sha256 = train.params_sha256(loaded.variables['params'])
+    loaded.params_sha256 = provenance.params_sha256(loaded.variables['params'])
     return loaded
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -38,12 +39,22 @@ BATCH_BYTES = 1 << 20  # text encoded per tokenizer call
 FORMAT = 1
 
 
+def _hf(tokenizer):
+    """The Hugging Face ``tokenizers.Tokenizer`` inside jaxdistill's BPE / HF wrappers."""
+    inner = getattr(tokenizer, '_tok', None)
+    return inner if hasattr(inner, 'encode_batch') and hasattr(inner, 'to_str') else None
+
+
 def tokenizer_sha256(tokenizer) -> str:
     """What identifies a tokenizer: its JSON (BPE / Hugging Face), else its class and name."""
     to_json = getattr(tokenizer, 'to_json', None)
-    ident = to_json() if callable(to_json) else (
-        f'{type(tokenizer).__module__}.{type(tokenizer).__qualname__}:'
-        f'{getattr(tokenizer, "name", "")}:{tokenizer.vocab_size}')
+    if callable(to_json):
+        ident = to_json()
+    elif _hf(tokenizer) is not None:
+        ident = _hf(tokenizer).to_str()
+    else:
+        ident = (f'{type(tokenizer).__module__}.{type(tokenizer).__qualname__}:'
+                 f'{getattr(tokenizer, "name", "")}:{tokenizer.vocab_size}')
     specials = f'{tokenizer.pad_id},{tokenizer.bos_id},{tokenizer.eos_id}'
     return hashlib.sha256(f'{ident}|{specials}'.encode()).hexdigest()
 
@@ -57,6 +68,10 @@ def batch_encoder(tokenizer) -> Callable[[list[str]], list[np.ndarray]]:
         offset = len(SPECIAL_TOKENS)
         return lambda texts: [np.frombuffer(t.encode('utf-8', errors='surrogatepass'),
                                             np.uint8).astype(np.int32) + offset for t in texts]
+    inner = _hf(tokenizer)
+    if inner is not None:
+        return lambda texts: [np.asarray(e.ids, np.int32)
+                              for e in inner.encode_batch(texts, add_special_tokens=False)]
     batch = getattr(tokenizer, 'encode_batch', None)
     if callable(batch):
         return lambda texts: [np.asarray(ids, np.int32) for ids in batch(texts)]
@@ -212,8 +227,9 @@ def _describe_change(key: str, old: Any, new: Any) -> str:
 
 
 def cache_directory(root: str, tokenizer, seq_len: int) -> str:
-    name = getattr(tokenizer, 'name', type(tokenizer).__name__)
-    return os.path.join(root, f'{name}-{tokenizer_sha256(tokenizer)[:8]}-L{seq_len}')
+    name = re.sub(r'[^A-Za-z0-9_.-]+', '_', getattr(tokenizer, 'name', type(tokenizer).__name__))
+    return os.path.join(root, f'{name.strip("_")[-40:]}-{tokenizer_sha256(tokenizer)[:8]}'
+                              f'-L{seq_len}')
 
 
 def open_or_pack(corpus, tokenizer, seq_len: int, root: str, *, is_writer: bool = True,

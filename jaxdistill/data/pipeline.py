@@ -358,8 +358,9 @@ class EpochOrder:
 
     Each epoch's permutation is computed once, O(n), and kept while batches read it. Grain's
     ``MapDataset.shuffle`` instead shuffles index by index with a cipher over a domain of
-    at least 2**14 that it cycle-walks down to ``n``: ~200 us per index at n = 144 against
-    ~5 us at 10**5, so a small split's batches cost 10x a large one's (benchmarks/NOTES.md).
+    several thousand values that it cycle-walks down to ``n``: ~200 us per index at n = 144
+    against ~5 us at 10**5, so a small split's batches cost more than a large one's
+    (benchmarks/NOTES.md 14).
     """
 
     SALT = 0x5EED

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.errors import CheckpointError, ConfigError
-from jaxdistill.hf import convert
+from jaxdistill.hf import convert, files
 from jaxdistill.hf.convert import ImportReport
 from jaxdistill.hf.files import HF_PREFIX, open_weights, read_config
 from jaxdistill.models.bert import BertEncoder, from_hf_config
@@ -156,7 +156,7 @@ def _leaves(tensors: Mapping[str, np.ndarray], module: BertEncoder) -> convert.L
         def leaf() -> np.ndarray:
             name, value = found[hf]
             value = np.asarray(value)
-            if not np.issubdtype(value.dtype, np.floating):
+            if not files.is_float(value.dtype):
                 raise CheckpointError(f'checkpoint tensor {name!r} has dtype {value.dtype}, not '
                                       'floating point: is this a BERT weights file?')
             value = value.astype(np.float32)
@@ -219,6 +219,19 @@ def load_bert_checkpoint(spec: str | pathlib.Path, module: BertEncoder | None = 
     return module, params
 
 
+def to_hf_config(m: BertEncoder) -> dict[str, Any]:
+    """The ``config.json`` of ``BertModel`` for ``m`` (the inverse of ``from_hf_config``)."""
+    return {'architectures': ['BertModel'], 'model_type': 'bert', 'vocab_size': m.vocab_size,
+            'hidden_size': m.hidden, 'num_hidden_layers': m.layers,
+            'num_attention_heads': m.heads, 'intermediate_size': m.intermediate,
+            'max_position_embeddings': m.max_len, 'type_vocab_size': m.type_vocab_size,
+            'pad_token_id': m.pad_token_id, 'hidden_act': 'gelu',
+            'hidden_dropout_prob': m.dropout_rate,
+            'attention_probs_dropout_prob': m.attention_dropout_rate,
+            'layer_norm_eps': m.layer_norm_eps, 'position_embedding_type': 'absolute',
+            'torch_dtype': 'float32'}
+
+
 CONVERTER = convert.register(convert.Converter(
     'bert', BertEncoder, check_bert_tensors, _leaves, bert_params_to_hf,
-    lambda m: [('heads', m.heads, 'num_attention_heads')]))
+    lambda m: [('heads', m.heads, 'num_attention_heads')], to_hf_config))

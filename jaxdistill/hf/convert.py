@@ -77,6 +77,7 @@ class Converter:
     leaves: Callable[[Mapping[str, Any], Any], Leaves]  # tensors, module -> leaf makers
     to_hf: Callable[[Mapping[str, Any]], dict[str, np.ndarray]]  # params -> HF tensors
     heads: Callable[[Any], list[tuple[str, int, str]]]  # (kwarg, value, config.json field)
+    hf_config: Callable[[Any], dict[str, Any]]  # module -> its config.json (export)
 
 
 _REGISTRY: dict[type, Converter] = {}

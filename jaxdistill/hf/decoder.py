@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.errors import CheckpointError, ConfigError
-from jaxdistill.hf import convert
+from jaxdistill.hf import convert, files
 from jaxdistill.hf.convert import ImportReport
 from jaxdistill.models.decoder import ROPE_TYPES, Decoder
 
@@ -85,7 +85,7 @@ def family_for(config: Mapping[str, Any]) -> Family:
 
 def family_of(module: Decoder) -> Family:
     """The family that expresses ``module`` on export (the most specific that matches)."""
-    for name in ('gemma', 'qwen2', 'mistral', 'llama'):
+    for name in ('gemma', 'qwen2', 'mistral', 'llama'):  # mistral only with a window
         if name in FAMILIES and FAMILIES[name].matches(module):
             return FAMILIES[name]
     raise ConfigError(f'{describe(module)} matches no Hugging Face family '
@@ -318,7 +318,7 @@ def _leaves(tensors: Mapping[str, np.ndarray], module: Decoder) -> convert.Leave
 
     def one(hf: str, path: tuple[str, ...], transform: str) -> np.ndarray:
         value = np.asarray(tensors[found[hf]])
-        if not np.issubdtype(value.dtype, np.floating):
+        if not files.is_float(value.dtype):
             raise CheckpointError(f'checkpoint tensor {found[hf]!r} has dtype {value.dtype}, '
                                   'not floating point')
         return to_flax(value.astype(np.float32), transform, shapes[path]).astype(dtype)
@@ -401,4 +401,4 @@ def _heads(m: Decoder) -> list[tuple[str, int, str]]:
 CONVERTER = convert.register(convert.Converter(
     'decoder', Decoder, check_decoder_tensors,
     lambda tensors, module: (_check_tied_head(tensors, module), _leaves(tensors, module))[1],
-    decoder_params_to_hf, _heads))
+    decoder_params_to_hf, _heads, to_hf_config))

@@ -40,6 +40,11 @@ DTYPES = {'F64': np.dtype(np.float64), 'F32': np.dtype(np.float32),
 _MAX_HEADER = 100 << 20
 
 
+def is_float(dtype: np.dtype) -> bool:
+    """Floating point, bfloat16 included (numpy does not count ml_dtypes' types)."""
+    return np.issubdtype(dtype, np.floating) or dtype == DTYPES['BF16']
+
+
 def optional(module: str, pip_name: str) -> Any:
     try:
         return importlib.import_module(module)

@@ -25,7 +25,8 @@ def kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def matches(m: Decoder) -> bool:
-    return not (m.qkv_bias or m.norm_plus_one or m.scale_embeddings or m.activation != 'silu')
+    return m.sliding_window > 0 and not (m.qkv_bias or m.norm_plus_one or m.scale_embeddings
+                                         or m.activation != 'silu')
 
 
 def config(m: Decoder) -> dict[str, Any]:

@@ -138,3 +138,42 @@ def load_sharded(path: pathlib.Path, module: Any, abstract_params: Any, sharding
         return jax.device_put(np.asarray(value, want[p].dtype), where[p])
 
     return convert.build_params(leaves, place)
+
+
+def uses_hf_tokenizer(spec: str) -> bool:
+    """``data.tokenizer`` names a Hugging Face tokenizer: ``'teacher'`` or ``'hf:DIR'``."""
+    return spec == 'teacher' or is_hf(spec)
+
+
+def tokenizer_dir(config, task: str) -> pathlib.Path:
+    """The directory of ``tokenizer.json`` that ``data.tokenizer`` names: beside the
+    teacher's weights (``'teacher'``) or ``'hf:DIR'``."""
+    spec = config.data.tokenizer
+    if spec == 'teacher':
+        spec = config.teacher.checkpoint
+        if not is_hf(spec):
+            raise ConfigError(f"data.tokenizer='teacher' reads tokenizer.json beside an hf: "
+                              f'teacher checkpoint, and teacher.checkpoint={spec!r} is not '
+                              "one: set data.tokenizer='hf:DIR'")
+    elif not is_hf(spec):
+        raise ConfigError(f"data.tokenizer={spec!r}: task={task!r} uses the teacher's "
+                          "tokenizer: set data.tokenizer='teacher' or 'hf:DIR'")
+    name = spec[len(PREFIX):]
+    path = (SHORTCUTS[name]() if name in SHORTCUTS
+            else pathlib.Path(name).expanduser().absolute())
+    return model_dir(path)
+
+
+def lm_tokenizer(config) -> Any:
+    """The `HFTokenizer` for ``task='lm'`` that ``data.tokenizer`` names; its vocabulary is
+    checked against the ``vocab_size`` of the config.json beside it (both sizes named)."""
+    from jaxdistill.hf.tokenizer import load_lm_tokenizer
+
+    directory = tokenizer_dir(config, 'lm')
+    model_config = files.read_config(directory, required=False) or {}
+    vocab = model_config.get('vocab_size')
+    try:
+        return load_lm_tokenizer(directory, int(vocab) if vocab else None,
+                                 key=f'data.tokenizer={config.data.tokenizer!r}')
+    except CheckpointError as e:
+        raise CheckpointError(f'data.tokenizer={config.data.tokenizer!r}: {e}') from None

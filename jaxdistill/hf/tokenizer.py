@@ -150,8 +150,16 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of many texts in one (multi-threaded) call."""
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def to_json(self) -> str:
+        """The ``tokenizer.json`` text (what identifies the tokenizer in packed caches)."""
+        return self._tok.to_str()
 
 
 def load_lm_tokenizer(directory: str | pathlib.Path, model_vocab: int | None = None,

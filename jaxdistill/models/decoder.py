@@ -18,6 +18,7 @@ list, as flax's lm1b example does). Parameters are boxed with ``nn.with_logical_
 ``lm_head`` (untied)       ``('embed', 'vocab')``
 ``query``                  ``('embed', 'heads', 'kv')``
 ``key`` / ``value``        ``('embed', 'heads', 'kv')`` (kv heads)
+``*_bias`` (``qkv_bias``)  ``('heads', 'kv')``
 ``out``                    ``('heads', 'kv', 'embed')``
 ``gate`` / ``up``          ``('embed', 'mlp')``
 ``down``                   ``('mlp', 'embed')``
@@ -248,7 +249,7 @@ class Decoder(nn.Module):
 
     ``return_hidden=True`` returns ``{'logits', 'hidden'}`` with the final normed hidden state
     ``[B, T, d_model]``, so token losses can recompute logits chunk by chunk from
-    ``hidden @ output_projection(params)`` (`jaxdistill.token_losses.chunked_kd_from_hidden`).
+    ``hidden @ output_projection(params)`` (`jaxdistill.losses.token.chunked_kd_from_hidden`).
     """
 
     vocab_size: int

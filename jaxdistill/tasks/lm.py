@@ -3,7 +3,9 @@
 ``config.task='lm'``: the ``data`` block names the text (``data.files``: your own .jsonl /
 .txt / .parquet files, or ``data.name``: ``pytext``, Python's own documentation, bundled, or
 any TFDS text dataset prepared as ArrayRecord, at ``data.text_key``), a tokenizer
-(``data.tokenizer``: ``'byte'`` or ``'bpe'`` with ``data.vocab_size``) and a row length
+(``data.tokenizer``: ``'byte'``, ``'bpe'`` with ``data.vocab_size``, or a Hugging Face
+``tokenizer.json``: ``'teacher'``, the one beside an ``hf:`` teacher, or ``'hf:DIR'``, with the
+BOS/EOS/pad ids its tokenizer_config.json / config.json name) and a row length
 (``data.seq_len``). ``pytext`` is small and packed in memory; everything else is tokenized and
 packed once, streaming, into ArrayRecord rows (`jaxdistill.data.packed`) that each process
 reads its batches from, so the corpus may be larger than memory. Models map tokens
@@ -40,8 +42,8 @@ from jaxdistill.data import packed as packed_lib
 from jaxdistill.data import text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import ConfigError
-from jaxdistill.signals import cache
-from jaxdistill.tasks import StepInputs
+from jaxdistill.hf import teacher as hf_teacher
+from jaxdistill.tasks import BaseTask, StepInputs
 
 TEXT_DATASETS = (text.NAME,)  # bundled, packed in memory; any other text streams from a cache
 BPE_SAMPLE_BYTES = 64 << 20  # a BPE for data.files learns its merges on this much train text
@@ -61,15 +63,22 @@ def _check_config(config) -> None:
                           f'{d.vocab_size} (e.g. 2048)')
 
 
-class LanguageModelTask:
+class LanguageModelTask(BaseTask):
     """Next-token prediction on packed text rows ``{'inputs', 'targets', 'mask'}``."""
 
     name = 'lm'
     has_labels = True  # a label-only baseline can be trained
+    unit, what = 'target tokens', 'token'
+    columns = (('test perplexity', 'perplexity', 'num'),
+               ('next-token accuracy', 'accuracy', 'pct'),
+               *BaseTask.columns[1:])
 
     def __init__(self, config):
         _check_config(config)
         self.config, d = config, config.data
+        # 'teacher' / 'hf:DIR': the checkpoint's own tokenizer.json (jaxdistill.hf.tokenizer)
+        self._hf_tokenizer = (hf_teacher.lm_tokenizer(config)
+                              if hf_teacher.uses_hf_tokenizer(d.tokenizer) else None)
         if corpus_lib.as_globs(d.files) or d.name not in TEXT_DATASETS:
             self._open_corpus(d)
         else:
@@ -78,8 +87,8 @@ class LanguageModelTask:
 
     def _open_pytext(self, d) -> None:
         ddir = data_dir(d)
-        self.tokenizer = text.get_tokenizer(d.tokenizer, data_dir=ddir,
-                                            vocab_size=d.vocab_size)
+        self.tokenizer = self._hf_tokenizer or text.get_tokenizer(
+            d.tokenizer, data_dir=ddir, vocab_size=d.vocab_size)
         self.train_rows = text.load_packed(ddir, self.tokenizer, d.seq_len, 'train')
         self.test_rows = text.load_packed(ddir, self.tokenizer, d.seq_len, 'test')
         info = text.builder(ddir).info
@@ -97,13 +106,14 @@ class LanguageModelTask:
         root = os.path.expanduser(d.cache_dir) if d.cache_dir else corpus.default_cache_dir
         many = jax.process_count() > 1
         if jax.process_index() == 0:
-            self.tokenizer = _corpus_tokenizer(d, corpus, root)
+            self.tokenizer = self._hf_tokenizer or _corpus_tokenizer(d, corpus, root)
             rows, meta = packed_lib.open_or_pack(corpus, self.tokenizer, d.seq_len, root)
         if many:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices('jaxdistill: packed text')
             if jax.process_index() != 0:
-                self.tokenizer = _corpus_tokenizer(d, corpus, root, train=False)
+                self.tokenizer = self._hf_tokenizer or _corpus_tokenizer(d, corpus, root,
+                                                                         train=False)
                 rows, meta = packed_lib.open_or_pack(corpus, self.tokenizer, d.seq_len, root,
                                                      is_writer=False)
         self.train_rows, self.test_rows = rows['train'], rows['test']
@@ -178,15 +188,17 @@ class LanguageModelTask:
 
         def prepare(batch: dict, rng: jax.Array) -> StepInputs:
             del rng
-            # cached top-k (teacher_signal='cached'); 'labelled' False: on-policy samples
-            teacher = cache.decode(batch) if 'topk_ids' in batch else None
-            labelled = batch.get('labelled')
+            labelled = batch.get('labelled')  # False: rows a signal made (on-policy samples)
             return StepInputs(batch['inputs'], batch['targets'], batch['mask'],
-                              None if labelled is None else labelled[:, None], teacher)
+                              None if labelled is None else labelled[:, None])
 
         return prepare
 
     # -- evaluation -----------------------------------------------------------------
+    def samples(self, models: dict[str, tuple[Model, dict]], mesh: Mesh) -> list[dict[str, str]]:
+        """The report's greedy continuations (`continuations`)."""
+        return self.continuations(models, mesh)
+
     def continuations(self, models: dict[str, tuple[Model, dict]], mesh: Mesh, n: int = 3,
                       new_tokens: int = 48) -> list[dict[str, str]]:
         """Greedy continuations of ``n`` held-out prompts by every `Decoder` in ``models``

@@ -1,4 +1,4 @@
-"""jaxdistill/token_losses.py: chunked and vocabulary-sharded paths equal the naive losses."""
+"""jaxdistill/losses/token.py: chunked and vocabulary-sharded paths equal the naive losses."""
 
 import functools
 
@@ -10,18 +10,9 @@ from absl.testing import parameterized
 from jax.sharding import AxisType, Mesh
 from scipy.special import softmax
 
-from jaxdistill import losses, token_losses
+from jaxdistill import losses
 from jaxdistill.errors import ConfigError
-
-
-@pytest.fixture(autouse=True, scope='module')
-def fast_compile():
-    """Compile with few XLA optimisations while this module runs (as in test_losses.py)."""
-    before = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-    yield
-    jax.config.update('jax_disable_most_optimizations', before)
-
+from jaxdistill.losses import token
 
 RNG = np.random.default_rng(1)
 B, T, V, D_S, D_T = 2, 7, 16, 6, 10  # B * T = 14 tokens: chunk_size 4 pads, 7 divides
@@ -73,7 +64,7 @@ class ChunkedTest(parameterized.TestCase):
     def test_logits_path_equals_naive(self, chunk_size):
         def chunked(zs, zt):
             return jnp.stack([
-                losses.token_mean(token_losses.chunked_token_loss(
+                losses.token_mean(token.chunked_token_loss(
                     zs, zt, loss=loss, where=MASK, chunk_size=chunk_size, **hyper), MASK)
                 for loss, hyper in CASES])
 
@@ -81,7 +72,7 @@ class ChunkedTest(parameterized.TestCase):
 
     def test_per_token_outputs_sum_bf16_and_traced_temperature(self):
         def fn(zs, zt, t):  # t traced, as a temperature schedule is under jit
-            chunked = functools.partial(token_losses.chunked_token_loss, loss='jsd',
+            chunked = functools.partial(token.chunked_token_loss, loss='jsd',
                                         temperature=t, chunk_size=4)
             return (chunked(zs, zt, where=MASK), chunked(zs, zt, where=MASK, reduction='sum'),
                     chunked(zs.astype(jnp.bfloat16), zt.astype(jnp.bfloat16)),
@@ -97,7 +88,7 @@ class ChunkedTest(parameterized.TestCase):
     def test_hidden_path_equals_naive(self):
         def chunked(h_s, w_s, b_s):
             return jnp.stack([
-                losses.token_mean(token_losses.chunked_kd_from_hidden(
+                losses.token_mean(token.chunked_kd_from_hidden(
                     h_s, w_s, H_T, W_T, loss=loss, where=MASK, chunk_size=4, student_bias=b_s,
                     **hyper), MASK)
                 for loss, hyper in CASES])
@@ -120,7 +111,7 @@ class ChunkedTest(parameterized.TestCase):
             return jax.jit(grad).lower(h, w, h, w).compile().memory_analysis().temp_size_in_bytes
 
         def chunked(hs, ws, ht, wt):
-            return token_losses.chunked_kd_from_hidden(hs, ws, ht, wt, chunk_size=chunk)
+            return token.chunked_kd_from_hidden(hs, ws, ht, wt, chunk_size=chunk)
 
         def direct(hs, ws, ht, wt):
             return losses.kd(hs @ ws, ht @ wt)
@@ -150,7 +141,7 @@ class ShardedTest(parameterized.TestCase):
     def sharded(self, mesh, token_axis=('data', 'fsdp')):
         def fn(zs, zt):
             return jnp.stack([
-                losses.token_mean(token_losses.vocab_sharded_loss(
+                losses.token_mean(token.vocab_sharded_loss(
                     zs, zt, mesh=mesh, token_axis=token_axis, loss=loss, where=MASK, **hyper),
                     MASK)
                 for loss, hyper in CASES])
@@ -167,7 +158,7 @@ class ShardedTest(parameterized.TestCase):
 
     def test_never_gathers_logits_and_takes_traced_temperature(self):
         def total(zs, t):  # t traced, as a temperature schedule is under jit
-            return token_losses.vocab_sharded_loss(zs, ZT, mesh=self.mesh(), temperature=t,
+            return token.vocab_sharded_loss(zs, ZT, mesh=self.mesh(), temperature=t,
                                                    where=MASK, reduction='sum')
 
         compiled = jax.jit(jax.value_and_grad(total)).lower(ZS, 1.5).compile()
@@ -182,9 +173,9 @@ class ShardedTest(parameterized.TestCase):
 
     def test_vocab_not_divisible(self):
         with pytest.raises(ConfigError, match=r"vocab 15 is not divisible by mesh axis 'tensor'"):
-            token_losses.vocab_sharded_loss(ZS[..., :15], ZT[..., :15], mesh=self.mesh())
+            token.vocab_sharded_loss(ZS[..., :15], ZT[..., :15], mesh=self.mesh())
         with pytest.raises(ConfigError, match=r"vocab_axis='model' is not a mesh axis"):
-            token_losses.vocab_sharded_loss(ZS, ZT, mesh=self.mesh(), vocab_axis='model')
+            token.vocab_sharded_loss(ZS, ZT, mesh=self.mesh(), vocab_axis='model')
 
 
 class ErrorsTest(parameterized.TestCase):
@@ -201,10 +192,39 @@ class ErrorsTest(parameterized.TestCase):
         ]
         for kwargs, match in cases:
             with pytest.raises(ConfigError, match=match):
-                token_losses.chunked_token_loss(ZS, ZT, **kwargs)
+                token.chunked_token_loss(ZS, ZT, **kwargs)
         with pytest.raises(ConfigError, match=r'student vocab 16 != teacher vocab 15'):
-            token_losses.chunked_token_loss(ZS, ZT[..., :15])
+            token.chunked_token_loss(ZS, ZT[..., :15])
         with pytest.raises(ConfigError, match=r'student_hidden .* does not match student_w'):
-            token_losses.chunked_kd_from_hidden(H_S, W_T, H_T, W_T)
+            token.chunked_kd_from_hidden(H_S, W_T, H_T, W_T)
         with pytest.raises(ConfigError, match=r'student vocab 16 != teacher vocab 15'):
-            token_losses.chunked_kd_from_hidden(H_S, W_S, H_T, W_T[:, :15])
+            token.chunked_kd_from_hidden(H_S, W_S, H_T, W_T[:, :15])
+
+
+def test_the_old_module_name_still_imports():
+    """README and docs name `jaxdistill.token_losses`: the same functions under that name."""
+    from jaxdistill import token_losses
+
+    for name in ('TOKEN_LOSSES', 'chunked_token_loss', 'chunked_kd_from_hidden',
+                 'vocab_sharded_loss'):
+        assert getattr(token_losses, name) is getattr(token, name)
+
+
+def test_a_registered_pointwise_loss_gets_the_memory_paths():
+    """A loss registered with per-entry ``terms`` is chunked like the built-in ones."""
+    def half_tvd_terms(logp_s, p_s, logp_t, p_t, *, temperature):
+        del temperature
+        return 0.25 * jnp.abs(p_t - p_s)
+
+    def half_tvd(student_logits, teacher_logits, *, temperature=1.0, where=None, axis=-1):
+        return 0.5 * losses.tvd(student_logits, teacher_logits, temperature=temperature,
+                                where=where, axis=axis)
+
+    losses.register('half_tvd', half_tvd, terms=half_tvd_terms)
+    try:
+        got = token.chunked_token_loss(ZS, ZT, loss='half_tvd', where=MASK, chunk_size=4)
+        np.testing.assert_allclose(got, half_tvd(ZS, ZT, where=MASK), rtol=1e-6, atol=1e-7)
+    finally:
+        losses.unregister('half_tvd')
+    with pytest.raises(ConfigError, match="unknown loss 'half_tvd'"):
+        token.chunked_token_loss(ZS, ZT, loss='half_tvd')
