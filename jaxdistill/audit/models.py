@@ -58,8 +58,30 @@ def _tuples(x: Any) -> Any:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """A run's config.json over today's defaults (a run written before a key existed gets
+    its default, as the run itself did)."""
+    from jaxdistill.config import base_config
+
     with open(os.path.join(workdir, 'config.json')) as f:
-        return ml_collections.ConfigDict(_tuples(json.load(f)))
+        saved = _tuples(json.load(f))
+    config = base_config()
+    _overlay(config, saved)
+    return config
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
+    for k, v in saved.items():
+        node = config.get(k)
+        if isinstance(v, dict) and isinstance(node, ml_collections.ConfigDict) and \
+                k != 'kwargs':
+            _overlay(node, v)
+            continue
+        with config.unlocked():
+            try:
+                config[k] = v
+            except TypeError:  # a value of another type than today's default
+                del config[k]
+                config[k] = v
 
 
 def _stage_entry(config, stage: str, flag: str) -> dict[str, Any]:
