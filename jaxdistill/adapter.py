@@ -6,7 +6,7 @@ class with its constructor arguments (`NnxSpec`, run by `_Nnx`). Either way a mo
 ``(params, state)``, two nested dicts of arrays: ``params`` are trained, ``state`` holds
 everything else that persists (BatchNorm statistics, ...); it is updated in training
 and returned untouched in evaluation. Plain dicts are what Orbax, the mesh shardings
-and `train.params_sha256` already handle, so an NNX model checkpoints like a linen one.
+and `provenance.params_sha256` already handle, so an NNX model checkpoints like a linen one.
 
 Intermediate activations ("features") are tapped by module path (``'conv0'``,
 ``'stage1_block0/proj'``, ``'blocks/0/mlp'``) without editing the module: linen through

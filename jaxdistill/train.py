@@ -17,16 +17,16 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import hidden_logits, telemetry
+from jaxdistill import hidden_logits, provenance, telemetry
 from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
 from jaxdistill.adapter import Model
 from jaxdistill.checkpoint import StageCheckpoints
+from jaxdistill.data import loader
 from jaxdistill.data.prefetch import prefetch
 from jaxdistill.evaluate import count_params  # noqa: F401  (train.count_params: run, export)
 from jaxdistill.metrics import MetricWriter, Progress, wandb_args
@@ -400,17 +400,21 @@ class _Loop:
         window = tcfg.profile_steps if tcfg.profile_steps and \
             tcfg.profile_steps[1] <= stage.steps else ()
         self.profiler = telemetry.Profiler(window, f'{workdir}/profile/{stage.name}', is_main)
+        self.workers = loader.resolve_workers(config.data.workers)
+        self._host = None
 
     def _fetch(self, step: int):
         """On the prefetch thread: this step's batch on the mesh, and its digest."""
-        batch = self.stage.batches[step]
-        return ckpt_lib.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
+        del step  # the batches come in step order from `loader.iterate`
+        batch = next(self._host)
+        return provenance.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
 
     def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
         stage, tcfg, start = self.stage, self.tcfg, int(state.step)
         progress = Progress(stage.name, stage.steps, start=start, enabled=self.is_main)
         self.guard.last_saved = start or None
         try:
+            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers)
             batches = prefetch(self._fetch, start, stage.steps)
             for step in range(start, stage.steps):
                 with self.throughput.waiting():
@@ -421,7 +425,7 @@ class _Loop:
                 state, metrics = step_fn(state, stage.teacher_model, batch)
                 done = step + 1
                 self.profiler.after(done, metrics)
-                self.digest = ckpt_lib.advance_digest(self.digest, batch_hash)
+                self.digest = provenance.advance_digest(self.digest, batch_hash)
                 self.guard.push(done, metrics)
                 if step == start:  # the first step compiles: start the clocks after it
                     jax.block_until_ready(metrics)
@@ -506,17 +510,4 @@ class _Loop:
             print(message, flush=True)
         raise Preempted(message)
 
-
-def params_sha256(params: Any) -> str:
-    """SHA-256 over every leaf's path, dtype, shape and bytes, in sorted path order."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(mesh_lib.to_host(params))[0]
-    for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
-        arr = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(f'{arr.dtype.str}{arr.shape}'.encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()
 

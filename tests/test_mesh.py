@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import config as config_lib
 from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, run, train
+from jaxdistill import modules, provenance, run, train
 from jaxdistill.adapter import Model
 from jaxdistill.config import loss_entry
 from jaxdistill.errors import ConfigError
@@ -241,5 +241,5 @@ def test_layouts_shard_the_teacher_they_load(layouts, data_dir):
     teacher = run.load_teacher(p)
     specs = {s.sharding.spec for s in jax.tree.leaves(teacher['params'])}
     assert P('fsdp') in specs
-    assert train.params_sha256(teacher['params']) == results['provenance'][
+    assert provenance.params_sha256(teacher['params']) == results['provenance'][
         'teacher_params_sha256'] == layouts['one'][2]['provenance']['teacher_params_sha256']

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdistill import run, signals, train
+from jaxdistill import provenance, run, signals, train
 from jaxdistill.errors import ConfigError, DataError
 from jaxdistill.models.decoder import Decoder
 from jaxdistill.signals import cache, on_policy
@@ -81,7 +81,7 @@ def test_cached_batches_carry_the_teachers_topk_of_their_own_rows(cached_run):
     workdir, c, _, _, _ = cached_run
     p = run.plan(c, workdir, devices=DEVICES)
     teacher_vars = run.load_teacher(p)
-    expected = cache.fingerprint(c, p.task, train.params_sha256(teacher_vars['params']))
+    expected = cache.fingerprint(c, p.task, provenance.params_sha256(teacher_vars['params']))
     arrays = cache.load(cache.directory(c, workdir), expected, len(p.task.train_rows['inputs']))
     batches = p.task.batches_from(cache.attach(p.task.train_rows, arrays), c.seed)
     for step in (0, 7, 19, 1234):  # any step: a resumed run reads batch `step` the same way

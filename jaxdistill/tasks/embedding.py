@@ -54,7 +54,7 @@ from jaxdistill.data import sentences, text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import CheckpointError, ConfigError, DataError
 from jaxdistill.hf import teacher as hf_teacher
-from jaxdistill.tasks import StepInputs
+from jaxdistill.tasks import BaseTask, StepInputs
 
 DATASETS = (sentences.NAME,)
 NEIGHBOURS = 10
@@ -93,11 +93,35 @@ def _model_limit(directory: pathlib.Path) -> int | None:
     return hf.model_max_length(directory) if has_config else None
 
 
-class EmbeddingTask:
+class EmbeddingTask(BaseTask):
     """Sentence-embedding distillation on ``{'input_ids', 'attention_mask'}`` rows."""
 
     name = 'embedding'
     has_labels = False  # the baseline is the untrained student (see the module docstring)
+    columns = (('Spearman vs teacher', 'spearman', 'num'),
+               ('NN@10 agreement', 'nn_agreement_at_10', 'pct'),
+               ('sentences/s', 'sentences_per_second', 'num'), ('params', 'params', 'num'),
+               ('size ratio', 'size_ratio', 'num'), ('steps', 'steps', 'num'))
+
+    @classmethod
+    def preamble(cls, results: dict[str, Any]) -> str:
+        return (f"Dataset `{results['provenance']['dataset']}`, {results['test_examples']:,} "
+                "held-out sentences. Spearman: rank correlation of the student's and the "
+                "teacher's cosine similarities over every pair of sentences; NN@10: the "
+                "fraction of the teacher's 10 nearest neighbours of a sentence among the "
+                "student's 10; sentences/s: one batch, this machine; size ratio: teacher / "
+                'student parameters. The teacher row compares it with itself (sanity: 1).')
+
+    @classmethod
+    def summary(cls, results: dict[str, Any]) -> list[str]:
+        if 'baseline' not in results:
+            return []
+        b, s = results['baseline'], results['student']
+        return [f"Distillation moved the Spearman correlation with the teacher from "
+                f"{b['spearman']:.4f} (the untrained student: without labels there is no "
+                f"baseline to train) to {s['spearman']:.4f}, and NN@10 agreement from "
+                f"{100 * b['nn_agreement_at_10']:.2f} % to "
+                f"{100 * s['nn_agreement_at_10']:.2f} %.", '']
 
     def __init__(self, config):
         _check_config(config)

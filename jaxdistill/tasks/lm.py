@@ -43,8 +43,7 @@ from jaxdistill.data import text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import ConfigError
 from jaxdistill.hf import teacher as hf_teacher
-from jaxdistill.signals import cache
-from jaxdistill.tasks import StepInputs
+from jaxdistill.tasks import BaseTask, StepInputs
 
 TEXT_DATASETS = (text.NAME,)  # bundled, packed in memory; any other text streams from a cache
 BPE_SAMPLE_BYTES = 64 << 20  # a BPE for data.files learns its merges on this much train text
@@ -64,11 +63,15 @@ def _check_config(config) -> None:
                           f'{d.vocab_size} (e.g. 2048)')
 
 
-class LanguageModelTask:
+class LanguageModelTask(BaseTask):
     """Next-token prediction on packed text rows ``{'inputs', 'targets', 'mask'}``."""
 
     name = 'lm'
     has_labels = True  # a label-only baseline can be trained
+    unit, what = 'target tokens', 'token'
+    columns = (('test perplexity', 'perplexity', 'num'),
+               ('next-token accuracy', 'accuracy', 'pct'),
+               *BaseTask.columns[1:])
 
     def __init__(self, config):
         _check_config(config)
@@ -185,15 +188,17 @@ class LanguageModelTask:
 
         def prepare(batch: dict, rng: jax.Array) -> StepInputs:
             del rng
-            # cached top-k (teacher_signal='cached'); 'labelled' False: on-policy samples
-            teacher = cache.decode(batch) if 'topk_ids' in batch else None
-            labelled = batch.get('labelled')
+            labelled = batch.get('labelled')  # False: rows a signal made (on-policy samples)
             return StepInputs(batch['inputs'], batch['targets'], batch['mask'],
-                              None if labelled is None else labelled[:, None], teacher)
+                              None if labelled is None else labelled[:, None])
 
         return prepare
 
     # -- evaluation -----------------------------------------------------------------
+    def samples(self, models: dict[str, tuple[Model, dict]], mesh: Mesh) -> list[dict[str, str]]:
+        """The report's greedy continuations (`continuations`)."""
+        return self.continuations(models, mesh)
+
     def continuations(self, models: dict[str, tuple[Model, dict]], mesh: Mesh, n: int = 3,
                       new_tokens: int = 48) -> list[dict[str, str]]:
         """Greedy continuations of ``n`` held-out prompts by every `Decoder` in ``models``
