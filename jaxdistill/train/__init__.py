@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from jaxdistill import objective as objective_lib
 from jaxdistill import provenance
+from jaxdistill.data import loader
 from jaxdistill.data.prefetch import prefetch
 from jaxdistill.models.adapter import Model
 from jaxdistill.objective import Objective
@@ -400,10 +401,13 @@ class _Loop:
         window = tcfg.profile_steps if tcfg.profile_steps and \
             tcfg.profile_steps[1] <= stage.steps else ()
         self.profiler = telemetry.Profiler(window, f'{workdir}/profile/{stage.name}', is_main)
+        self.workers = loader.resolve_workers(config.data.workers)
+        self._host = None
 
     def _fetch(self, step: int):
         """On the prefetch thread: this step's batch on the mesh, and its digest."""
-        batch = self.stage.batches[step]
+        del step  # the batches come in step order from `loader.iterate`
+        batch = next(self._host)
         return provenance.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
 
     def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
@@ -411,6 +415,7 @@ class _Loop:
         progress = Progress(stage.name, stage.steps, start=start, enabled=self.is_main)
         self.guard.last_saved = start or None
         try:
+            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers)
             batches = prefetch(self._fetch, start, stage.steps)
             for step in range(start, stage.steps):
                 with self.throughput.waiting():
