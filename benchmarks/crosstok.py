@@ -82,9 +82,10 @@ def _step(config):
 
     import jax
 
-    from jaxdistill import mesh as mesh_lib
-    from jaxdistill import modules, objective, tasks, train
-    from jaxdistill.adapter import Model
+    from jaxdistill import objective, tasks, train
+    from jaxdistill.models import modules
+    from jaxdistill.models.adapter import Model
+    from jaxdistill.runtime import mesh as mesh_lib
 
     task = tasks.build(config)
     mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])

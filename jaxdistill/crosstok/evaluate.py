@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill import mesh as mesh_lib
 from jaxdistill.crosstok import losses as xl
 from jaxdistill.crosstok.data import CrossVocab
 from jaxdistill.data import text
+from jaxdistill.runtime import mesh as mesh_lib
 
 
 def _own(model, model_vars, inputs, targets, mask):
