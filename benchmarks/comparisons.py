@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness, pairs, steps
-from jaxdistill import hostmem
+from jaxdistill.runtime import hostmem
 
 PAIRS = ('image', 'lm')
 # Every ratio is lower-is-better except cpu_mfu's; a goal is the largest ratio that meets
@@ -263,12 +263,10 @@ def host_memory(quick: bool, repeats: int, processes: int = 3) -> dict[str, Any]
     """
     goal = None
     runs: dict[str, list[dict]] = {'reuse': [], 'system': []}
-    from benchmarks import run as run_lib
-
     for _ in range(processes):
         for policy in runs:
             args = ['--probe', policy, '--repeats', str(repeats)] + (['--quick'] if quick else [])
-            runs[policy].append(run_lib.run_marked(args, hostmem.environ(policy)))
+            runs[policy].append(harness.run_marked(args, hostmem.environ(policy)))
     results = {}
     for name in PAIRS:
         timings = {policy: harness.Timing(policy, [t for run in runs[policy]

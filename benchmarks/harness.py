@@ -1,4 +1,6 @@
-"""The measuring pieces every comparison shares: an interleaved timer, FLOP counts, machine info.
+"""The measuring pieces every comparison shares: an interleaved timer, FLOP counts, machine info,
+and the record a worker process prints (`run_marked`: `benchmarks.run` and `comparisons` both
+start workers, so it lives here, below both).
 
 Why interleaved: this machine's cores are shared with other jobs, so its speed drifts by
 tens of percent within a minute. Timing candidate A ten times and then B ten times would
@@ -10,9 +12,12 @@ absolute times do not. Every raw time is kept, with the median and the spread.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -159,3 +164,29 @@ def machine_info() -> dict[str, Any]:
 def load_average() -> list[float]:
     """1, 5 and 15 minute load averages: > cpu_count means the cores were shared."""
     return [round(x, 2) for x in os.getloadavg()]
+
+
+# ------------------------------------------------------------ records from other processes
+MARKER = 'BENCHMARK_RESULT '
+"""Prefix of the one stdout line in which a ``benchmarks.run`` worker prints its record."""
+
+
+class WorkerError(RuntimeError):
+    """A ``benchmarks.run`` subprocess gave no record; the message says why."""
+
+
+def run_marked(args: list[str], env: dict[str, str], timeout_s: float | None = None
+               ) -> dict[str, Any]:
+    """Runs ``python -m benchmarks.run ARGS`` and returns the record it printed after
+    `MARKER`; raises `WorkerError` with the reason if it timed out, failed or printed none."""
+    command = [sys.executable, '-m', 'benchmarks.run', *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(f'timed out after {timeout_s:.0f} s') from None
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
+        raise WorkerError(f'exit {done.returncode}: {tail}')
+    return json.loads(lines[-1][len(MARKER):])

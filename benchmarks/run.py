@@ -18,18 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
-from benchmarks import report
+from benchmarks import comparisons, harness, report
 
-NAMES = ('distill_over_limit', 'vs_naive_jax', 'vs_pytorch', 'cached_over_student_only',
-         'chunked_kl_memory_ratio', 'scaling_8dev', 'cpu_mfu', 'bf16_teacher', 'host_memory',
-         'text_packing', 'hf_lm')
-MARKER = 'BENCHMARK_RESULT '
+NAMES = tuple(comparisons.COMPARISONS)
 TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed for '
                  '`repeats` rounds, the candidates interleaved and their order rotated every '
                  'round; each timed call ends with `jax.block_until_ready` (PyTorch runs '
@@ -39,9 +34,9 @@ TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed
 
 
 def _worker_env(name: str) -> dict[str, str]:
-    from jaxdistill import hostmem
+    from jaxdistill.runtime import hostmem
 
-    # What the CLI runs under (jaxdistill/hostmem.py), decided for the CPU the worker uses.
+    # What the CLI runs under (jaxdistill/runtime/hostmem.py), decided for the CPU the worker uses.
     env = hostmem.environ('auto', dict(os.environ, JAX_PLATFORMS='cpu'))
     env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8' if name == 'scaling_8dev'
                         else '')
@@ -62,8 +57,7 @@ def run_worker(name: str, quick: bool, repeats: int) -> dict[str, Any]:
     """
     import jax
 
-    from benchmarks import comparisons, harness
-    from jaxdistill import hostmem
+    from jaxdistill.runtime import hostmem
 
     before, start = harness.load_average(), time.perf_counter()
     record = comparisons.COMPARISONS[name](quick, repeats)
@@ -75,33 +69,12 @@ def run_worker(name: str, quick: bool, repeats: int) -> dict[str, Any]:
     return record
 
 
-class WorkerError(RuntimeError):
-    """A ``benchmarks.run`` subprocess gave no record; the message says why."""
-
-
-def run_marked(args: list[str], env: dict[str, str], timeout_s: float | None = None
-               ) -> dict[str, Any]:
-    """Runs ``python -m benchmarks.run ARGS`` and returns the record it printed after
-    `MARKER`; raises `WorkerError` with the reason if it timed out, failed or printed none."""
-    command = [sys.executable, '-m', 'benchmarks.run', *args]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise WorkerError(f'timed out after {timeout_s:.0f} s') from None
-    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
-        raise WorkerError(f'exit {done.returncode}: {tail}')
-    return json.loads(lines[-1][len(MARKER):])
-
-
 def run_in_subprocess(name: str, quick: bool, repeats: int, timeout_s: float) -> dict[str, Any]:
     """A comparison's record from its own process, or an error record saying why not."""
     args = ['--worker', name, '--repeats', str(repeats)] + (['--quick'] if quick else [])
     try:
-        return run_marked(args, _worker_env(name), timeout_s)
-    except WorkerError as e:
+        return harness.run_marked(args, _worker_env(name), timeout_s)
+    except harness.WorkerError as e:
         return {'status': 'error', 'reason': str(e)}
 
 
@@ -129,36 +102,33 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 7)
     if args.probe:  # one process of host_memory: the distill steps under one policy
-        from jaxdistill import hostmem
+        from jaxdistill.runtime import hostmem
 
         if hostmem.in_force() != args.probe:
             raise SystemExit(f'--probe {args.probe} started without its environment')
-        from benchmarks import comparisons
-
-        print(MARKER + json.dumps(comparisons.host_memory_probe(args.quick, repeats)),
+        print(harness.MARKER + json.dumps(comparisons.host_memory_probe(args.quick, repeats)),
               flush=True)
         return
     if args.worker:
-        print(MARKER + json.dumps(run_worker(args.worker, args.quick, repeats)), flush=True)
+        print(harness.MARKER + json.dumps(run_worker(args.worker, args.quick, repeats)),
+              flush=True)
         return
 
-    from benchmarks import harness
-
     before = harness.load_average()
-    comparisons = {}
+    records = {}
     for name in args.only or NAMES:
-        comparisons[name] = run_in_subprocess(name, args.quick, repeats, args.timeout)
-        print(_summary_line(name, comparisons[name]), flush=True)
+        records[name] = run_in_subprocess(name, args.quick, repeats, args.timeout)
+        print(_summary_line(name, records[name]), flush=True)
     here = os.path.dirname(os.path.abspath(__file__))
     out = args.out or os.path.join(here, 'results_quick.json' if args.quick else 'results.json')
     if args.merge and os.path.exists(out):
         with open(out) as f:
-            comparisons = {**json.load(f)['comparisons'], **comparisons}
+            records = {**json.load(f)['comparisons'], **records}
     command = 'python -m benchmarks.run' + (' --quick' if args.quick else '')
     results = {'schema_version': report.SCHEMA_VERSION, 'command': command,
                'quick': args.quick, 'timing_method': TIMING_METHOD,
                'machine': harness.machine_info(), 'load_average_before': before,
-               'load_average_after': harness.load_average(), 'comparisons': comparisons}
+               'load_average_after': harness.load_average(), 'comparisons': records}
     report.validate(results)
     with open(out, 'w') as f:
         json.dump(results, f, indent=2)

@@ -28,9 +28,9 @@ from jax.sharding import Mesh
 
 from benchmarks import harness
 from benchmarks.pairs import Pair
-from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
-from jaxdistill import train
+from jaxdistill import signals, train
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.signals import cache as cache_lib
 
 STEPS_FOR_SCHEDULE = 1000  # the optimizer's schedule length; the timed steps sit in warm-up
@@ -61,7 +61,8 @@ def _optimizer(pair: Pair) -> optax.GradientTransformation:
 
 
 def _train_runner(pair: Pair, mesh: Mesh, objective: objective_lib.Objective,
-                  teacher_vars: dict | None, batch: dict | None = None) -> Runner:
+                  teacher_vars: dict | None, batch: dict | None = None,
+                  prepare: Callable | None = None) -> Runner:
     optimizer = _optimizer(pair)
     sample = pair.batch['image' if pair.name == 'image' else 'inputs']
     state, shardings = train.create_train_state(pair.student, optimizer, jax.random.key(0),
@@ -72,8 +73,8 @@ def _train_runner(pair: Pair, mesh: Mesh, objective: objective_lib.Objective,
         t_shardings = mesh_lib.param_sharding(mesh, teacher_vars)
         teacher_vars = jax.device_put(teacher_vars, t_shardings)
     step = train.make_train_step(pair.student, objective, optimizer, mesh=mesh,
-                                 state_shardings=shardings, prepare=pair.prepare, seed=0,
-                                 teacher=teacher, teacher_shardings=t_shardings)
+                                 state_shardings=shardings, prepare=prepare or pair.prepare,
+                                 seed=0, teacher=teacher, teacher_shardings=t_shardings)
     batch = mesh_lib.to_global(mesh, pair.batch if batch is None else batch)
     return Runner(step, state, (teacher_vars, batch))
 
@@ -172,4 +173,5 @@ def cached_runner(pair: Pair, mesh: Mesh, cache: dict[str, np.ndarray] | None) -
     """
     if cache is None:
         return student_runner(pair, mesh)
-    return _train_runner(pair, mesh, pair.objective(), None, batch=dict(pair.batch, **cache))
+    return _train_runner(pair, mesh, pair.objective(), None, batch=dict(pair.batch, **cache),
+                         prepare=signals.step_prepare(signals.get('cached'), pair.prepare))

@@ -15,11 +15,10 @@ from typing import Any
 
 import ml_collections
 
-from jaxdistill import signals
-from jaxdistill.ensemble import MODES as ENSEMBLE_MODES
+from jaxdistill import signals, tasks
 from jaxdistill.errors import ConfigError, closest
-from jaxdistill.mesh import DEFAULT_RULES, check_rules
-from jaxdistill.tasks import TASKS
+from jaxdistill.runtime.mesh import DEFAULT_RULES, check_rules
+from jaxdistill.teachers.ensemble import MODES as ENSEMBLE_MODES
 
 # Sub-trees whose keys belong to the user (module constructor arguments).
 FREE_FORM = ('teacher.kwargs', 'student.kwargs')
@@ -103,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Beta(a, a) mixup on device for the baseline and student stages (a teacher trained here
     # trains without it); the teacher scores the same mixed images the student sees.
     c.data.mixup = 0.0
+    # threads making training batches ahead of the step (0: one per CPU core, up to 8); image-
+    # by-image augmentation (inception_crop, image_size) runs as a Grain per-example pipeline
+    c.data.workers = 0
     c.data.cache_mb = 1024.0  # decode a split once into memory when smaller than this
     # The fraction of the train split whose labels the students (baseline and distilled)
     # may use, drawn per seed. The baseline trains on those examples alone; the distilled
@@ -164,7 +166,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Weights & Biases project to log every stage's scalars and the config to ('' = off;
     # pip install "jaxdistill[wandb]"); TensorBoard and metrics.jsonl are always written
     c.train.wandb_project = ''
-    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs (jaxdistill/telemetry.py)
+    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs
+    # (jaxdistill/train/telemetry.py)
     c.train.peak_tflops = 0.0
 
     c.distill = ml_collections.ConfigDict()
@@ -185,39 +188,23 @@ def base_config() -> ml_collections.ConfigDict:
     # probability distill.on_policy.lmbda, by the student's own completions of its prompts,
     # which the teacher then scores inside the step.
     c.distill.teacher_signal = 'online'
-    # How token-level logit terms are computed (jaxdistill/hidden_logits.py): 'dense' (the
+    # How token-level logit terms are computed (jaxdistill/train/hidden_logits.py): 'dense' (the
     # models' [B, T, V] logits), 'chunked' (from the decoders' final hidden states and heads,
     # distill.chunk_size tokens at a time: no [B, T, V] array), 'vocab_sharded' (logits split
     # over mesh.tensor), or 'auto': chunked for decoder students with vocabularies >= 32k.
     c.distill.token_loss = 'auto'
     c.distill.chunk_size = 1024
-    c.distill.cache = ml_collections.ConfigDict()
-    c.distill.cache.k = 32  # top-k teacher log-probabilities kept per token
-    c.distill.cache.dtype = 'float16'  # 'float16', or 'uint8' (quantised per token)
-    c.distill.cache.path = ''  # empty: WORKDIR/teacher_cache
-    # Prompts and sampling for 'sequence' (the teacher samples) and 'on_policy' (the student
-    # samples): a prompt is the first prompt_len tokens of a packed train row, completed by
-    # max_new_tokens sampled tokens (0: the rest of the row, data.seq_len - prompt_len).
-    c.distill.sampling = ml_collections.ConfigDict()
-    c.distill.sampling.prompt_len = 32
-    c.distill.sampling.max_new_tokens = 0
-    c.distill.sampling.temperature = 1.0
-    c.distill.sampling.top_k = 0  # 0: off
-    c.distill.sampling.top_p = 1.0  # 1: off
-    c.distill.sampling.batch_size = 256  # rows generated at once ('sequence')
-    # A keyed green-list watermark in the teacher's samples ('sequence'; Kirchenbauer et al.
-    # 2023): +delta on the logits of a gamma share of tokens chosen by hash(key, previous
-    # token). key 0: off. Detect it with jaxdistill.audit.watermark (docs/audit.md).
-    c.distill.sampling.watermark = ml_collections.ConfigDict(dict(key=0, gamma=0.25, delta=2.0))
+    # Each signal's own section (distill.cache for 'cached', distill.sampling for 'sequence'
+    # and 'on_policy', distill.on_policy), documented and defaulted in its jaxdistill/signals
+    # file.
+    for section, defaults in signals.defaults().items():
+        c.distill[section] = defaults
     # An output protection on everything the student learns from (online teacher, cache):
     # name '' (none), 'topk' (k), 'round' (decimals), 'temperature' (spread), 'antidistill'
     # (lam, proxy_seed). Students are still scored against the unprotected teacher.
     # jaxdistill/audit/protect.py; measured in docs/audit.md.
     c.distill.protection = ml_collections.ConfigDict(dict(
         name='', k=1, decimals=1, spread=1.0, lam=2.0, proxy_seed=0))
-    c.distill.on_policy = ml_collections.ConfigDict()
-    # GKD's lambda: the probability that a step trains on the student's own samples
-    c.distill.on_policy.lmbda = 0.5
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = 'adamw'
@@ -290,7 +277,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, 'mode', MODES)
     _check_choice(config, 'export.format', EXPORT_FORMATS)
     _check_student_source(config)
-    _check_choice(config, 'task', TASKS)
+    _check_choice(config, 'task', tasks.names())
     _check_choice(config, 'distill.ensemble', ENSEMBLE_MODES)
     signals.check_config(config)
     _check_protection(config)
@@ -309,6 +296,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(config, 'train.keep_checkpoints', config.train.keep_checkpoints)
     _check_best(config)
     _check_telemetry(config)
+    if config.data.workers < 0:
+        raise ConfigError(f'data.workers={config.data.workers} must be >= 0 (0: one per CPU '
+                          'core, up to 8)')
     _check_accum(config)
     if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError(
@@ -337,7 +327,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_telemetry(config) -> None:
-    from jaxdistill import telemetry
+    from jaxdistill.train import telemetry
 
     telemetry.check_profile_steps(config.train.profile_steps, config.train.steps)
     if config.train.wandb_project and importlib.util.find_spec('wandb') is None:

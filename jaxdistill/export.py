@@ -27,12 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, paths, train
-from jaxdistill.adapter import Model
+from jaxdistill import provenance, train
 from jaxdistill.errors import CheckpointError, ConfigError
 from jaxdistill.hf import export as hf_export
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
+from jaxdistill.train import checkpoint as ckpt_lib
 
 SPEC = 'export.json'
 FORMAT = 'jaxdistill-export/1'
@@ -58,7 +60,7 @@ def export_student(p) -> dict[str, Any]:
         'format': FORMAT, 'module': module_name, 'kwargs': kwargs,
         'logits_key': config.student.logits_key,
         'input': {'shape': list(p.sample.shape[1:]), 'dtype': str(np.dtype(p.sample.dtype))},
-        'params_sha256': train.params_sha256(model['params']),
+        'params_sha256': provenance.params_sha256(model['params']),
         'params': train.count_params(model['params']),
         'provenance': {'checkpoint': f'{directory}/{step}', 'step': step,
                        'steps': meta.get('steps'), 'teacher': meta.get('teacher'),
@@ -188,7 +190,7 @@ def load(path: str) -> ExportedModel:
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                             {'params': params, 'state': state})
     variables, _ = ckpt_lib.load_model(paths.join(path, 'model'), abstract)
-    digest = train.params_sha256(variables['params'])
+    digest = provenance.params_sha256(variables['params'])
     if digest != spec['params_sha256']:
         raise CheckpointError(f'{path}: the parameters have sha256 {digest[:12]} but {SPEC} '
                               f'says {spec["params_sha256"][:12]}: the export is damaged; '

@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxdistill.errors import JaxdistillError
-from jaxdistill.preemption import Preempted
+from jaxdistill.runtime import hostmem
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
@@ -49,7 +49,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
             'host_memory', 'auto', ['auto', 'reuse', 'system'],
             'XLA:CPU step memory: reuse the previous step\'s pages (no page faults; resident '
             'memory stays at its peak) or the C library\'s defaults; auto: reuse when computing '
-            'on a CPU under glibc (jaxdistill/hostmem.py).', flag_values=flag_values),
+            'on a CPU under glibc (jaxdistill/runtime/hostmem.py).', flag_values=flag_values),
     }
     flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
     return holders
@@ -183,16 +183,19 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder] = _FLAGS,
     if len(argv) > 1:
         _fail(f'unexpected arguments {argv[1:]}: every option is a --flag')
     logging.set_verbosity(logging.ERROR)  # library chatter; our own output is print()
-    from jaxdistill import hostmem
+    from jaxdistill.train.preemption import Preempted  # imports jax: after the process's start
 
     value = {name: holder.value for name, holder in holders.items()}
     try:
-        # First: it may restart this process with glibc's tunables (jaxdistill/hostmem.py).
+        # `cli` applied the policy before jax was imported, so this restarts nothing then;
+        # a caller of main() that skipped it gets the same one restart here.
         if restart:
             hostmem.ensure(value['host_memory'])
+            print(hostmem.describe(value['host_memory']), flush=True)  # what it did, one line
         else:
             hostmem.resolve(value['host_memory'])
-        from jaxdistill import distributed, run  # after flag parsing: --help stays fast
+        from jaxdistill import run
+        from jaxdistill.runtime import distributed
 
         # Before anything touches a device: JAX then sees every process's devices.
         distributed.initialize(value['coordinator_address'], value['num_processes'],
@@ -225,7 +228,12 @@ def run_cli(argv: list[str]) -> int:
 
 
 def cli() -> None:
-    """The ``jaxdistill`` console script: the same as ``python -m jaxdistill.main``."""
+    """The ``jaxdistill`` console script: the same as ``python -m jaxdistill.main``.
+
+    Where the process starts: its allocator policy first (at most one restart, before jax or
+    the config file is loaded; jaxdistill/runtime/hostmem.py), then the flags and the job.
+    """
+    hostmem.start(sys.argv)
     app.run(main, flags_parser=parse_flags)
 
 

@@ -6,7 +6,8 @@ import io
 import json
 from typing import Any
 
-from jaxdistill import paths
+from jaxdistill import signals, tasks
+from jaxdistill.runtime import paths
 
 
 def write_atomic(path: str, text: str | bytes) -> None:
@@ -28,26 +29,15 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return f'{value:,}' if isinstance(value, int) else str(value)
 
 
-def _columns(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(header, key, format) of the table's score columns; language models add perplexity,
-    sentence embeddings have similarity scores instead of accuracy."""
-    task = results['provenance'].get('task')
-    if task == 'embedding':
-        return [('Spearman vs teacher', 'spearman', 'num'),
-                ('NN@10 agreement', 'nn_agreement_at_10', 'pct'),
-                ('sentences/s', 'sentences_per_second', 'num'), ('params', 'params', 'num'),
-                ('size ratio', 'size_ratio', 'num'), ('steps', 'steps', 'num')]
-    lm = task == 'lm'
-    cols = [('test perplexity', 'perplexity', 'num')] if lm else []
-    cols += [('next-token accuracy' if lm else 'test accuracy', 'accuracy', 'pct'),
-             ('agreement with teacher', 'agreement', 'pct'),
-             ('KL to teacher', 'kl_to_teacher', 'num')]
-    return cols + [('params', 'params', 'num'), ('steps', 'steps', 'num'),
-                   ('steps/s', 'steps_per_second', 'num')]
+def _task(results: dict[str, Any]) -> type:
+    """The task class that shapes the table (its columns, preamble and summary)."""
+    name = results['provenance'].get('task')
+    return tasks.get(name) if name in tasks.REGISTRY else tasks.BaseTask
 
 
 def markdown(results: dict[str, Any], curves_png: str | None) -> str:
-    cols = _columns(results)
+    task = _task(results)
+    cols = task.columns
     rows = []
     for name, r in results.items():
         if not isinstance(r, dict) or name in ('provenance',) or 'params' not in r:
@@ -55,26 +45,10 @@ def markdown(results: dict[str, Any], curves_png: str | None) -> str:
         cells = [_fmt(r.get(key), fmt == 'pct') for _, key, fmt in cols]
         rows.append(f"| {name} | {' | '.join(cells)} |")
     p = results['provenance']
-    lines = ['# jaxdistill report', '', _preamble(results), '',
+    lines = ['# jaxdistill report', '', task.preamble(results), '',
              '| model | ' + ' | '.join(c[0] for c in cols) + ' |',
              '|---' * (len(cols) + 1) + '|', *rows, '']
-    if 'baseline' in results and p.get('task') == 'embedding':
-        b, s = results['baseline'], results['student']
-        lines += [f"Distillation moved the Spearman correlation with the teacher from "
-                  f"{b['spearman']:.4f} (the untrained student: without labels there is no "
-                  f"baseline to train) to {s['spearman']:.4f}, and NN@10 agreement from "
-                  f"{100 * b['nn_agreement_at_10']:.2f} % to "
-                  f"{100 * s['nn_agreement_at_10']:.2f} %.", '']
-    elif 'baseline' in results:
-        gain = results['student']['accuracy'] - results['baseline']['accuracy']
-        agree = results['student']['agreement'] - results['baseline']['agreement']
-        n, labelled = p.get('train_examples'), p.get('labelled_examples')
-        same = ('same batches' if n is None or labelled == n else
-                f'both may read the labels of the same {labelled:,} of {n:,} train examples; '
-                'the baseline trains on those alone, the distilled student on every image')
-        lines += [f'Distillation changed test accuracy by {100 * gain:+.2f} points and agreement '
-                  f'with the teacher by {100 * agree:+.2f} points over the label-only baseline '
-                  f'(same student, same initialisation, {same}).', '']
+    lines += task.summary(results)
     lines += [
         '## Provenance', '',
         f"- teacher parameters SHA-256: `{p['teacher_params_sha256']}`",
@@ -83,8 +57,8 @@ def markdown(results: dict[str, Any], curves_png: str | None) -> str:
         f"- objective: `{json.dumps(p['losses'])}`",
     ]
     if p.get('teacher_signal', 'online') != 'online':
-        extra = {k: v for k, v in p.items() if k.startswith(('cache_', 'on_policy_'))
-                 or k in ('teacher_cache', 'teacher_sequences', 'generated_tokens')}
+        shown = getattr(signals.REGISTRY.get(p['teacher_signal']), 'report_keys', ())
+        extra = {k: v for k, v in p.items() if k in shown}
         lines.append(f"- teacher signal: `{p['teacher_signal']}` `{json.dumps(extra)}`")
     lines.append('')
     lines += _samples(results.get('samples'))
@@ -108,22 +82,6 @@ def _samples(samples: list[dict[str, str]] | None) -> list[str]:
 
 def _one_line(text: str) -> str:
     return text.replace('\n', '⏎').replace('`', "'")
-
-
-def _preamble(results: dict[str, Any]) -> str:
-    p = results['provenance']
-    if p.get('task') == 'embedding':
-        return (f"Dataset `{p['dataset']}`, {results['test_examples']:,} held-out sentences. "
-                "Spearman: rank correlation of the student's and the teacher's cosine "
-                'similarities over every pair of sentences; NN@10: the fraction of the '
-                "teacher's 10 nearest neighbours of a sentence among the student's 10; "
-                'sentences/s: one batch, this machine; size ratio: teacher / student '
-                'parameters. The teacher row compares it with itself (sanity: 1).')
-    unit = 'target tokens' if p.get('task') == 'lm' else 'examples'
-    what = 'token' if p.get('task') == 'lm' else 'class'
-    return (f"Dataset `{p['dataset']}`, test split of {results['test_examples']:,} {unit}. "
-            f"Agreement: the student predicts the teacher's top-1 {what}; KL: mean "
-            'KL(teacher ‖ student) at T = 1, in nats.')
 
 
 def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str) -> bool:

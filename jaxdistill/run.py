@@ -16,24 +16,18 @@ import ml_collections
 import numpy as np
 
 from jaxdistill import config as config_lib
-from jaxdistill import ensemble as ensemble_lib
 from jaxdistill import export as export_lib
-from jaxdistill import (
-    hidden_logits,
-    objective,
-    paths,
-    report,
-    signals,
-    students,
-    tasks,
-    telemetry,
-    train,
-)
-from jaxdistill import mesh as mesh_lib
+from jaxdistill import objective, report, signals, tasks, train
+from jaxdistill import provenance as provenance_lib
 from jaxdistill import teachers as teachers_lib
-from jaxdistill.adapter import Model
 from jaxdistill.audit import protect
 from jaxdistill.errors import ConfigError, closest
+from jaxdistill.models import students
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
+from jaxdistill.teachers import ensemble as ensemble_lib
+from jaxdistill.train import hidden_logits, telemetry
 
 
 @dataclasses.dataclass
@@ -43,7 +37,7 @@ class Plan:
     config: ml_collections.ConfigDict
     workdir: str
     mesh: Any
-    task: Any  # a `jaxdistill.tasks` task: data, step inputs, evaluation
+    task: tasks.Task  # data, step inputs, evaluation, report columns
     teacher: Model  # the first teacher
     student: Model
     objective: objective.Objective
@@ -51,7 +45,7 @@ class Plan:
     teacher_dir: str  # where the first teacher's checkpoints are (trained here or given)
     projections: dict[str, tuple[int, int]]  # learned projections of feature losses
     teachers: list[teachers_lib.Teacher]  # every teacher, the first one first
-    token_loss: str = 'dense'  # distill.token_loss resolved (jaxdistill/hidden_logits.py)
+    token_loss: str = 'dense'  # distill.token_loss resolved (jaxdistill/train/hidden_logits.py)
     # what the students start from (student.checkpoint / from_teacher_layers), set once the
     # teacher is loaded; None: random from the seed
     init_params: Any = None
@@ -79,7 +73,7 @@ def _first_difference(old, new, prefix: str = '') -> str | None:
     # Resuming on another mesh is a resharded restore; exporting reads the run.
     harmless = {'train.log_every', 'train.eval_every', 'mode', 'export.format', 'mesh.data',
                 'mesh.fsdp', 'mesh.tensor', 'train.profile_steps', 'train.compilation_cache',
-                'train.wandb_project', 'train.peak_tflops'}
+                'train.wandb_project', 'train.peak_tflops', 'data.workers'}
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             key = f'{prefix}{k}'
@@ -184,22 +178,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     teacher_vars = teachers_lib.combined_vars(all_vars)
     judge = teachers_lib.combined(p.teachers, 'probs')  # students are scored against it
     say = print if is_main else (lambda *_: None)
-    signal = signals.prepare(config, p.workdir, p.task, teacher_model, teacher_vars,
-                             train.params_sha256(all_vars[0]['params']), p.student, p.mesh, say)
+    prepared = signals.prepare(config, p.workdir, p.task, teacher_model, teacher_vars,
+                               provenance_lib.params_sha256(all_vars[0]['params']), p.student,
+                               p.mesh, say)
     if config.mode == 'cache_teacher':
-        return {'provenance': signal.provenance}
+        return {'provenance': prepared.provenance}
     evaluator = p.task.evaluator(p.mesh, judge, teacher_vars, p.student)
     scores, histories, models = train_students(p, teacher_model, teacher_vars, evaluator,
-                                               is_main, signal)
+                                               is_main, prepared)
     results = assemble_results(p, all_vars, evaluator, scores)
     results['provenance'].update(teacher_signal=config.distill.teacher_signal,
-                                 **signal.provenance)
-    if signal.label_only:  # what the student trained with: cross-entropy on the teacher's text
-        results['provenance']['losses'] = objective.label_only().describe()
-    if hasattr(p.task, 'continuations'):
-        results['samples'] = p.task.continuations(
-            {'teacher': (p.teacher, all_vars[0]), **{k: (p.student, v) for k, v in models.items()}},
-            p.mesh)
+                                 **prepared.provenance)
+    # what the student trained with (a signal may replace distill.losses)
+    results['provenance']['losses'] = _signal(p).objective(p.objective).describe()
+    samples = p.task.samples(
+        {'teacher': (p.teacher, all_vars[0]), **{k: (p.student, v) for k, v in models.items()}},
+        p.mesh)
+    if samples is not None:
+        results['samples'] = samples
     for t in p.teachers:
         history = results[t.name].pop('history', None)
         if history:
@@ -209,22 +205,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return results
 
 
+def _signal(p: Plan) -> signals.Signal:
+    return signals.get(p.config.distill.teacher_signal)
+
+
 def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: bool,
-                   signal: signals.StudentSignal | None = None):
+                   prepared: signals.Prepared | None = None):
     """The label-only baseline (if asked for) and the distilled student; returns their
     scores, learning curves and final ``{'params', 'state'}``.
 
-    ``signal`` (default online) says what the student learns from: the teacher inside the
-    step, batches that carry its cached top-k, or its completions (`jaxdistill.signals`).
+    The configured `signals.Signal` says what the student learns from (the teacher inside
+    the step, batches that carry its cached top-k, or its completions), and ``prepared``
+    (default: nothing) is what its `Signal.prepare` made: rows, batch hook, provenance.
 
     A task without labels (``embedding``) has no label-only baseline to train: its
     ``baseline`` is the student at initialisation, the distilled student's step 0.
     """
     config, seed = p.config, p.config.seed
     mixup = config.data.mixup
-    signal = signal or signals.StudentSignal(None, True, False)
-    needs_teacher = p.objective.needs_teacher and signal.online_teacher
-    identity = {'params_sha256': train.params_sha256(teacher_vars['params']),
+    signal, prepared = _signal(p), prepared or signals.Prepared()
+    student_objective = signal.objective(p.objective)
+    needs_teacher = student_objective.needs_teacher and signal.teacher_in_step
+    identity = {'params_sha256': provenance_lib.params_sha256(teacher_vars['params']),
                 'checkpoint': p.teacher_dir}  # recorded in, and checked on resume of, student/
     stages = []
     scores, histories, models = {}, {}, {}
@@ -236,27 +238,28 @@ def train_students(p: Plan, teacher_model, teacher_vars, evaluator, is_main: boo
                                   p.task.train_batches(seed, 'labelled'), evaluate=evaluator,
                                   prepare=p.task.prepare_fn(mixup), token_loss=p.token_loss,
                                   init_params=p.init_params))
-    from_teacher = p.objective.needs_teacher or signal.label_only
+    # the student depends on the teacher: through its loss terms, or rows the signal made
+    from_teacher = student_objective.needs_teacher or prepared.rows is not None
     stages.append(train.Stage('student', paths.join(p.workdir, 'student'), p.student,
-                              objective.label_only() if signal.label_only else p.objective,
-                              config.train.steps, seed,
-                              p.task.train_batches(seed, 'transfer') if signal.rows is None
-                              else p.task.batches_from(signal.rows, seed),
+                              student_objective, config.train.steps, seed,
+                              p.task.train_batches(seed, 'transfer') if prepared.rows is None
+                              else p.task.batches_from(prepared.rows, seed),
                               teacher=teacher_model if needs_teacher else None,
                               teacher_model=teacher_vars if needs_teacher else None,
                               teacher_shardings=jax.tree.map(lambda x: x.sharding,
                                                              teacher_vars),
                               evaluate=evaluator, projections=p.projections,
                               teacher_identity=identity if from_teacher else None,
-                              prepare=p.task.prepare_fn(mixup), batch_hook=signal.batch_hook,
-                              token_loss=p.token_loss, init_params=p.init_params))
+                              prepare=signals.step_prepare(signal, p.task.prepare_fn(mixup)),
+                              batch_hook=prepared.batch_hook, token_loss=p.token_loss,
+                              init_params=p.init_params))
     for stage in stages:
         result = train.run_stage(stage, config, p.mesh, p.sample, is_main)
         scores[stage.name] = {
             **evaluator(result.model), 'params': train.count_params(result.model['params']),
             'steps': stage.steps, 'train_loss': result.meta['train_loss'],
             'steps_per_second': result.meta['steps_per_second'],
-            'params_sha256': train.params_sha256(result.model['params'])}
+            'params_sha256': provenance_lib.params_sha256(result.model['params'])}
         histories[stage.name] = result.meta['history']
         models[stage.name] = result.model
     return scores, histories, models
@@ -270,7 +273,7 @@ def untrained_scores(p: Plan, evaluator) -> dict[str, Any]:
                                         p.sample, p.mesh, p.projections, p.init_params)
     return {**evaluator(state.model), 'params': train.count_params(state.params), 'steps': 0,
             'train_loss': None, 'steps_per_second': None,
-            'params_sha256': train.params_sha256(state.params)}
+            'params_sha256': provenance_lib.params_sha256(state.params)}
 
 
 def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:
@@ -286,7 +289,7 @@ def assemble_results(p: Plan, all_vars, evaluator, scores) -> dict[str, Any]:
         own = (evaluator.teacher_scores() if len(p.teachers) == 1
                else p.task.scorer(t.model, p.mesh)(variables))
         entries[t.name] = {**own, 'params': train.count_params(variables['params']),
-                           'params_sha256': train.params_sha256(variables['params']),
+                           'params_sha256': provenance_lib.params_sha256(variables['params']),
                            'steps': t_meta.get('steps'),
                            'steps_per_second': t_meta.get('steps_per_second'),
                            'history': t_meta.get('history')}

@@ -71,7 +71,10 @@ fi
 xla_flags="$(printf '%s' "${XLA_FLAGS:-}" | sed -E 's/--xla_force_host_platform_device_count=[0-9]+//g')"
 xla_flags="${xla_flags:+$xla_flags }--xla_force_host_platform_device_count=$devices"
 
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # quote
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # quote, host_memory_env
+# The processes compute on the CPU: their --host_memory policy goes into their environment
+# here (exported below), so each starts under it instead of restarting itself.
+tunables="$(host_memory_env cpu "$@")"
 
 command_for() {  # the command line of process $1 (then the jaxdistill ARGS), into `cmd`
   local id="$1"
@@ -82,6 +85,9 @@ command_for() {  # the command line of process $1 (then the jaxdistill ARGS), in
 }
 
 if [[ "$dry_run" == 1 ]]; then
+  if [[ -n "$tunables" ]]; then
+    echo "# exported for every process (started by hand, the CLI applies it itself): $tunables"
+  fi
   for ((i = 0; i < num; i++)); do
     command_for "$i" "${@}"
     echo "cd $(quote "$root") && $(quote "${cmd[@]}") > $(quote "$log_dir/process_$i.log") 2>&1"
@@ -90,6 +96,7 @@ if [[ "$dry_run" == 1 ]]; then
 fi
 
 mkdir -p "$log_dir"
+if [[ -n "$tunables" ]]; then export "${tunables?}"; fi
 pids=()
 stop_all() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -73,7 +73,7 @@ if [[ $# -eq 0 ]]; then
   exit 2
 fi
 
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # quote
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # quote, host_memory_env
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${python:-$root/.venv/bin/python}"
@@ -93,7 +93,11 @@ batch_script() {
   if [[ -n "$account" ]]; then echo "#SBATCH --account=$account"; fi
   echo "set -euo pipefail"
   echo "cd $(quote "$root")"
-  # One task per GPU; JAX reads SLURM_* (see jaxdistill/distributed.py). Every task
+  # GPUs keep their allocator unless the arguments ask for --host_memory=reuse.
+  local tunables
+  tunables="$(host_memory_env gpu "$@")"
+  if [[ -n "$tunables" ]]; then echo "export $(quote "$tunables")"; fi
+  # One task per GPU; JAX reads SLURM_* (see jaxdistill/runtime/distributed.py). Every task
   # prints, but only process 0 writes progress, reports and the config.
   echo "srun --kill-on-bad-exit=1 $(quote "$python" -m jaxdistill.main "$@")"
 }

@@ -90,7 +90,7 @@ gcloud_tpu=(gcloud compute tpus tpu-vm)
 where=("--zone=$zone")
 if [[ -n "$project" ]]; then where+=("--project=$project"); fi
 
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # quote
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # quote, host_memory_env
 
 step() {  # print the command; run it unless --dry-run
   quote "$@"
@@ -126,10 +126,13 @@ mkdir -p ~/$bucket && gcsfuse --implicit-dirs $bucket ~/$bucket"
 }
 
 do_run() {
-  local args
+  local args tunables
   args="$(printf '%q ' "$@")"
+  # TPUs keep their allocator unless the arguments ask for --host_memory=reuse.
+  tunables="$(GLIBC_TUNABLES='' host_memory_env tpu "$@")"
   step "${gcloud_tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="cd ~/jaxdistill && \
-nohup .venv/bin/python -m jaxdistill.main ${args% } > ~/jaxdistill.log 2>&1 < /dev/null &"
+${tunables:+$(printf '%q ' "$tunables")}nohup .venv/bin/python -m jaxdistill.main ${args% } \
+> ~/jaxdistill.log 2>&1 < /dev/null &"
 }
 
 do_logs() {

@@ -226,7 +226,7 @@ def test_detect_distribution_null_and_alternative():
 
 def test_generate_with_a_watermark():
     from jaxdistill.models.decoder import Decoder
-    from jaxdistill.sampling import generate
+    from jaxdistill.models.sampling import generate
     from tests.test_decoder import CFG, random_params
 
     model = Decoder(**CFG)
@@ -284,9 +284,9 @@ def test_protection_config_errors():
 def test_antidistill_direction_is_savanis_finite_difference():
     """d(c) = <g, grad log p(c)>: Savani et al. estimate it as (log p at theta + eps g minus
     at theta - eps g) / 2 eps; the jvp is its exact limit."""
-    from jaxdistill import modules
-    from jaxdistill.adapter import Model
     from jaxdistill.audit import protect
+    from jaxdistill.models import modules
+    from jaxdistill.models.adapter import Model
 
     proxy = Model(modules.resolve('mlp', {'hidden': (16,), 'num_classes': 5}, key='m'), '',
                   'proxy')
@@ -304,3 +304,21 @@ def test_antidistill_direction_is_savanis_finite_difference():
     fd = np.asarray(fd, np.float64)
     fd = (fd - fd.mean(-1, keepdims=True)) / fd.std(-1, keepdims=True)
     np.testing.assert_allclose(d, fd, atol=2e-2)
+
+
+def test_hf_models_are_audited_on_token_probes():
+    """hf:DIR suspects load through jaxdistill.hf; three tiny families on one vocabulary."""
+    import pathlib
+
+    fixtures = pathlib.Path(__file__).parent / 'fixtures' / 'hf'
+    rng = np.random.default_rng(10)
+    tokens = rng.integers(0, 192, (24, 49))
+    probe = audit_models.lm_probe(tokens[:, :-1], tokens[:, 1:], np.ones((24, 48), bool),
+                                  seed=0, max_tokens=0, source='random tokens')
+    outs = [audit_models.outputs(audit_models.load(f'hf:{fixtures / f}', f), probe)
+            for f in ('llama', 'mistral', 'qwen2', 'gemma')]
+    assert outs[0].shape == (24 * 48, 192)
+    r = lineage.test('logits', outs[0], outs[1], outs[2:], probe, seed=0)
+    assert r['p_value'] >= 1 / 3 and set(r['fingerprints']['used']) >= {'dark_kl_gain'}
+    with pytest.raises(AuditError, match='no such directory'):
+        audit_models.load('hf:/nonexistent', '--suspect')

@@ -20,8 +20,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, train
+from jaxdistill import objective, provenance, train
+from jaxdistill.models import modules
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import StepInputs
 from tests.helpers import ROOT
 
@@ -85,8 +86,8 @@ def batch_stats(state) -> dict[str, np.ndarray]:
 def test_student_learns_and_teacher_stays_as_trained(job):
     name, workdir, results = job
     first, last = restore(workdir, 'student', step=10), restore(workdir, 'student', step=20)
-    assert results['student']['params_sha256'] == train.params_sha256(last['params'])
-    assert train.params_sha256(first['params']) != train.params_sha256(last['params'])
+    assert results['student']['params_sha256'] == provenance.params_sha256(last['params'])
+    assert provenance.params_sha256(first['params']) != provenance.params_sha256(last['params'])
     stats = batch_stats(last['state'])
     assert stats, 'the student has BatchNorm statistics'
     for path, value in stats.items():  # moved from their (0, 1) start, and still moving
@@ -94,7 +95,7 @@ def test_student_learns_and_teacher_stays_as_trained(job):
         assert not np.array_equal(value, batch_stats(first['state'])[path]), path
     # The teacher the student stage read and scored is, bit for bit, the one trained.
     teacher = restore(workdir, 'teacher')
-    sha = train.params_sha256(teacher['params'])
+    sha = provenance.params_sha256(teacher['params'])
     assert results['teacher']['params_sha256'] == sha
     assert results['provenance']['teacher_params_sha256'] == sha
     assert batch_stats(teacher['state']), 'the teacher has BatchNorm statistics'
@@ -152,7 +153,7 @@ def test_the_step_updates_student_statistics_and_reads_the_teacher_frozen():
     t_params, t_state = teacher.init(jax.random.key(1), x)
     t_state = jax.tree.map(lambda v: v + 2.0, t_state)  # running stats far from the batch's
     teacher_vars = {'params': t_params, 'state': t_state}
-    t_sha = train.params_sha256(teacher_vars)
+    t_sha = provenance.params_sha256(teacher_vars)
     obj = objective.build([{'name': 'feature_mse', 'weight': 1.0, 'student': 'conv0',
                             'teacher': 'blocks/0/bn'}], total_steps=10)
     opt = optax.sgd(0.1)
@@ -166,8 +167,8 @@ def test_the_step_updates_student_statistics_and_reads_the_teacher_frozen():
                                                         teacher_vars))
     state, metrics = step(state, teacher_vars, mesh_lib.to_global(mesh, {'image': x,
                                                                          'label': labels}))
-    assert train.params_sha256(teacher_vars) == t_sha
-    assert train.params_sha256(state.params) != train.params_sha256(before['params'])
+    assert provenance.params_sha256(teacher_vars) == t_sha
+    assert provenance.params_sha256(state.params) != provenance.params_sha256(before['params'])
     for path, value in batch_stats(state.model_state).items():
         assert not np.array_equal(value, batch_stats(before['state'])[path]), path
     # Independent reference: the student's conv0 (before its BatchNorm) against the

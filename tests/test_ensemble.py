@@ -1,12 +1,12 @@
-"""jaxdistill/ensemble.py and teachers.py: several teachers, mixed or term by term."""
+"""jaxdistill/teachers/ensemble.py and teachers.py: several teachers, mixed or term by term."""
 
 import jax
 import numpy as np
 import pytest
 
-from jaxdistill import objective, run, train
-from jaxdistill.ensemble import mix_probabilities
+from jaxdistill import objective, provenance, run
 from jaxdistill.errors import CheckpointError, ConfigError
+from jaxdistill.teachers.ensemble import mix_probabilities
 from tests.helpers import load_config
 
 
@@ -75,7 +75,7 @@ def test_every_teacher_and_the_ensemble_are_reported(ensemble_run, data_dir):
     logps, labels = [], np.concatenate([b['label'][b['mask']] for b in batches])
     for i, t in enumerate(p.teachers):
         v = run.load_teacher(p, i)
-        assert train.params_sha256(v['params']) == r[t.name]['params_sha256']  # frozen
+        assert provenance.params_sha256(v['params']) == r[t.name]['params_sha256']  # frozen
         z = np.concatenate([np.asarray(t.model.apply(v['params'], v['state'], b['image'],
                                                      train=False)[0])[b['mask']]
                             for b in batches])

@@ -21,9 +21,9 @@ import pytest
 from orbax.checkpoint import StandardCheckpointer
 
 from jaxdistill import config as config_lib
-from jaxdistill import export, objective, run, train
-from jaxdistill.checkpoint import StageCheckpoints, find_teacher
+from jaxdistill import export, objective, provenance, run, train
 from jaxdistill.errors import CheckpointError, ConfigError, TrainingError
+from jaxdistill.train.checkpoint import StageCheckpoints, find_teacher
 from tests.helpers import ROOT, load_config
 
 # Enough steps to interrupt mid-stage; a metrics line per step tells the test where the run is.
@@ -161,7 +161,7 @@ def teacher_run(data_dir, tmp_path_factory):
     stage = train.Stage('teacher', str(workdir / 'teacher'), p.teacher, objective.label_only(),
                         10, 1, p.task.train_batches(1), prepare=p.task.prepare_fn())
     result = train.run_stage(stage, c, p.mesh, p.sample)
-    return str(workdir), train.params_sha256(result.model['params'])
+    return str(workdir), provenance.params_sha256(result.model['params'])
 
 
 def test_teacher_shape_mismatch_names_the_parameter_and_both_shapes(teacher_run, data_dir):
@@ -187,7 +187,7 @@ def test_teacher_from_a_run_one_of_its_steps_or_an_orbax_checkpoint(teacher_run,
         c.teacher.checkpoint = source
         p = run.plan(c, '/nonexistent/unused', devices=jax.devices()[:1])
         assert p.teacher_dir == find_teacher(source)
-        assert train.params_sha256(run.load_teacher(p)['params']) == want, source
+        assert provenance.params_sha256(run.load_teacher(p)['params']) == want, source
 
 
 @pytest.mark.slow

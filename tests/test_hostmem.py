@@ -1,4 +1,4 @@
-"""jaxdistill.hostmem: what each policy means, its errors, and its effect (page faults)."""
+"""jaxdistill.runtime.hostmem: what each policy means, its errors, and its effect (page faults)."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from jaxdistill import hostmem
 from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import hostmem
 from tests.helpers import ROOT
 
 glibc_only = pytest.mark.skipif(not hostmem.is_glibc(), reason='the tunables are glibc-only')
@@ -20,7 +20,7 @@ glibc_only = pytest.mark.skipif(not hostmem.is_glibc(), reason='the tunables are
 PROBE = r'''
 import json, resource
 import jax, jax.numpy as jnp
-from jaxdistill import hostmem
+from jaxdistill.runtime import hostmem
 x = jnp.full((2048, 256), 0.01)
 w = jnp.full((256, 8192), 0.01)
 step = jax.jit(jax.grad(lambda w: jax.nn.logsumexp(x @ w, axis=-1).sum()))
@@ -87,7 +87,7 @@ def test_unknown_policy_names_the_flag_and_the_choices():
 @glibc_only
 def test_the_cli_restarts_itself_once_under_its_policy():
     """`ensure` execs the same command with the tunables; the second process goes on."""
-    code = ('import os, sys; from jaxdistill import hostmem; '
+    code = ('import os, sys; from jaxdistill.runtime import hostmem; '
             'print(hostmem.ensure(sys.argv[1]), os.getpid(), flush=True)')
     for policy, started_with in (('reuse', 'system'), ('system', 'reuse'), ('reuse', 'reuse')):
         env = hostmem.environ(started_with, {'JAX_PLATFORMS': 'cpu',
@@ -97,3 +97,70 @@ def test_the_cli_restarts_itself_once_under_its_policy():
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines = proc.stdout.split()
         assert lines[0] == policy and len(lines) == 2, proc.stdout  # printed once: one exec
+
+
+def test_policy_in_reads_the_flag_like_absl():
+    assert hostmem.policy_in(['prog', '--config=x']) == 'auto'
+    assert hostmem.policy_in(['prog', '--host_memory=system']) == 'system'
+    assert hostmem.policy_in(['prog', '--host_memory', 'reuse', '--x']) == 'reuse'
+    assert hostmem.policy_in(['prog', '-host_memory=reuse', '--host_memory=system']) == 'system'
+    assert hostmem.policy_in(['prog', '--config.host_memory=reuse']) == 'auto'
+
+
+@glibc_only
+@pytest.mark.parametrize('policy,env,want', [
+    ('auto', {'JAX_PLATFORMS': 'cpu'}, 'host memory: system (auto on a CPU under glibc: the C '
+     "library's defaults; reuse not applied: this process was not started by the CLI entry"),
+    ('auto', {'JAX_PLATFORMS': 'cpu', 'GLIBC_TUNABLES': ':'.join(hostmem.TUNABLES)},
+     'host memory: reuse (auto on a CPU under glibc: glibc tunables: one malloc arena, no mmap, '
+     'no trim; in force from the start (launch script or environment))'),
+    ('reuse', {'JAX_PLATFORMS': 'cuda', 'GLIBC_TUNABLES': ':'.join(hostmem.TUNABLES),
+               'JAXDISTILL_HOST_MEMORY_RESTARTED': '1'},
+     'host memory: reuse (glibc tunables: one malloc arena, no mmap, no trim; restarted once at '
+     'start to apply it)'),
+    ('auto', {'JAX_PLATFORMS': 'tpu'}, "host memory: system (auto on an accelerator or not "
+     "glibc: the C library's defaults; nothing to apply)"),
+])
+def test_describe_says_which_policy_and_how(policy, env, want):
+    assert hostmem.describe(policy, env).startswith(want)
+
+
+CONFIG_PROBE = '''
+import os, sys
+from jaxdistill.runtime import hostmem
+
+
+def get_config():
+    print('config loaded:', hostmem.in_force(), os.environ.get('{marker}', '-'),
+          'jax' in sys.modules, flush=True)
+    raise SystemExit(0)
+'''
+
+
+@glibc_only
+@pytest.mark.parametrize('started_with,flag,want', [
+    ('system', [], 'config loaded: reuse 1'),  # auto on a CPU: one restart
+    ('reuse', [], 'config loaded: reuse -'),  # a launcher set it: no restart
+    ('reuse', ['--host_memory=system'], 'config loaded: system 1'),
+    ('system', ['--host_memory', 'system'], 'config loaded: system -'),
+])
+def test_the_cli_entry_applies_the_policy_before_jax(tmp_path, started_with, flag, want):
+    """`python -m jaxdistill.main`: the restart (if any) happens before the config file is
+    loaded and before jax is imported, exactly once."""
+    config = tmp_path / 'probe.py'
+    config.write_text(CONFIG_PROBE.replace('{marker}', hostmem._RESTARTED))
+    env = hostmem.environ(started_with, {'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': ROOT,
+                                         'PATH': os.environ.get('PATH', '')})
+    proc = subprocess.run([sys.executable, '-m', 'jaxdistill.main', f'--config={config}',
+                           f'--workdir={tmp_path}/w', *flag], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [f'{want} False'], proc.stdout
+
+
+def test_the_cli_module_imports_no_jax():
+    """What `start` relies on: importing the CLI's module leaves jax unloaded."""
+    code = 'import sys, jaxdistill.main; print("jax" in sys.modules)'
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, 'PYTHONPATH': ROOT})
+    assert proc.stdout.strip() == 'False', proc.stderr[-2000:]

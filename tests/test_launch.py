@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from jaxdistill.runtime import hostmem
 from tests.helpers import ROOT
 
 SCRIPTS = ('tpu_vm.sh', 'slurm_gpu.sh', 'local_multihost.sh')
@@ -113,3 +114,41 @@ def test_local_multihost_dry_run():
             'jaxdistill.main', '--coordinator_address=localhost:4321', '--num_processes=3',
             f'--process_id={i}']
         assert cmd[13:] == [*ARGS, '>', f'/tmp/jaxdistill-multihost/process_{i}.log', '2>&1']
+
+
+def host_memory_env(platform, *args, glibc_tunables=''):
+    """launch/lib.sh's host_memory_env, run in bash."""
+    script = f'source launch/lib.sh; host_memory_env {shlex.join([platform, *args])}'
+    proc = subprocess.run(['bash', '-euo', 'pipefail', '-c', script], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, 'GLIBC_TUNABLES': glibc_tunables})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.mark.skipif(not hostmem.is_glibc(), reason='the tunables are glibc-only')
+@pytest.mark.parametrize('platform,args', [
+    ('cpu', []), ('cpu', ['--host_memory=system']), ('gpu', []), ('tpu', ['--x=1']),
+    ('gpu', ['--host_memory=reuse']), ('cpu', ['--host_memory=auto'])])
+def test_launchers_set_the_clis_host_memory_policy(platform, args):
+    """lib.sh decides as hostmem does (one policy, written twice: bash has no jaxdistill)."""
+    user = 'glibc.pthread.rseq=0'
+    want = hostmem.environ(hostmem.policy_in(args), {'JAX_PLATFORMS': platform,
+                                                     'GLIBC_TUNABLES': user})
+    got = host_memory_env(platform, *args, glibc_tunables=user)
+    tunables = want['GLIBC_TUNABLES']
+    assert got == ('' if tunables == user else f'GLIBC_TUNABLES={tunables}')
+
+
+def test_local_multihost_dry_run_names_the_exported_tunables():
+    proc = launch('local_multihost.sh', '--dry-run', '--port', '4321', '--python',
+                  '/env/bin/python', '2', '--', *ARGS)
+    first = proc.stdout.splitlines()[0]
+    if hostmem.is_glibc():
+        assert first.startswith('# exported for every process') and first.endswith(
+            'GLIBC_TUNABLES=' + ':'.join(hostmem.TUNABLES))
+    proc = launch('slurm_gpu.sh', '--dry-run', '--python', '/p', '--', *ARGS,
+                  '--host_memory=reuse')
+    exports = [line for line in proc.stdout.splitlines() if line.startswith('export ')]
+    assert exports == ([f"export GLIBC_TUNABLES={':'.join(hostmem.TUNABLES)}"]
+                       if hostmem.is_glibc() else [])

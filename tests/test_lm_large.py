@@ -18,9 +18,10 @@ from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
 from jaxdistill import config as config_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, run, train
-from jaxdistill.adapter import Model
+from jaxdistill import provenance, run, train
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
 from tests.helpers import ROOT, load_config, load_module
 
 NAME = 'lm_large.py'
@@ -175,7 +176,7 @@ def test_tiny_run_restores_the_teacher_into_fsdp_shards(tiny_run):
     assert teacher['params']['embedding'].sharding.spec == P(None, 'fsdp')
     total = train.count_params(teacher['params']) * 4
     assert set(_param_bytes(teacher['params']).values()) == {total // 8}
-    assert train.params_sha256(teacher['params']) == result['provenance'][
+    assert provenance.params_sha256(teacher['params']) == result['provenance'][
         'teacher_params_sha256']
 
 

@@ -1,4 +1,6 @@
-"""jaxdistill/mesh.py: mesh sizes, sharding rules, and the same run on every layout."""
+"""jaxdistill/runtime/mesh.py: mesh sizes, sharding rules, and the same run on every layout."""
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -7,13 +9,14 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import config as config_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, run, train
-from jaxdistill.adapter import Model
+from jaxdistill import provenance, run, train
 from jaxdistill.config import loss_entry
 from jaxdistill.errors import ConfigError
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.train import checkpoint as ckpt_lib
 from tests.helpers import load_config
 
 
@@ -139,6 +142,17 @@ def _param_bytes(params) -> dict:
     return out
 
 
+def bytes_per_device(tree):
+    """Bytes each device holds of ``tree`` (arrays or sharded ShapeDtypeStructs)."""
+    out = {}
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        size = math.prod(shard) * np.dtype(leaf.dtype).itemsize
+        for device in leaf.sharding.device_set:
+            out[device] = out.get(device, 0) + size
+    return out
+
+
 def test_fsdp_holds_an_eighth_of_the_parameters_per_device():
     """A 1.2M-parameter MLP: replicated, every device holds it all; fsdp=8, an eighth."""
     opt = train.make_optimizer(config_lib.base_config().optimizer, 10)
@@ -151,7 +165,7 @@ def test_fsdp_holds_an_eighth_of_the_parameters_per_device():
         per_device[name] = _param_bytes(state.params)
         if name == 'fsdp':
             abstract, _ = train.abstract_state(model, opt, jax.random.key(0), sample, mesh)
-            assert mesh_lib.bytes_per_device(abstract.params) == per_device[name]
+            assert bytes_per_device(abstract.params) == per_device[name]
     total = train.count_params(state.params) * 4
     assert set(per_device['replicated'].values()) == {total}
     ratio = max(per_device['fsdp'].values()) / total
@@ -228,5 +242,5 @@ def test_layouts_shard_the_teacher_they_load(layouts, data_dir):
     teacher = run.load_teacher(p)
     specs = {s.sharding.spec for s in jax.tree.leaves(teacher['params'])}
     assert P('fsdp') in specs
-    assert train.params_sha256(teacher['params']) == results['provenance'][
+    assert provenance.params_sha256(teacher['params']) == results['provenance'][
         'teacher_params_sha256'] == layouts['one'][2]['provenance']['teacher_params_sha256']

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdistill import run, signals, train
+from jaxdistill import provenance, run, signals, train
 from jaxdistill.errors import ConfigError, DataError
 from jaxdistill.models.decoder import Decoder
 from jaxdistill.signals import cache, on_policy
@@ -81,7 +81,7 @@ def test_cached_batches_carry_the_teachers_topk_of_their_own_rows(cached_run):
     workdir, c, _, _, _ = cached_run
     p = run.plan(c, workdir, devices=DEVICES)
     teacher_vars = run.load_teacher(p)
-    expected = cache.fingerprint(c, p.task, train.params_sha256(teacher_vars['params']))
+    expected = cache.fingerprint(c, p.task, provenance.params_sha256(teacher_vars['params']))
     arrays = cache.load(cache.directory(c, workdir), expected, len(p.task.train_rows['inputs']))
     batches = p.task.batches_from(cache.attach(p.task.train_rows, arrays), c.seed)
     for step in (0, 7, 19, 1234):  # any step: a resumed run reads batch `step` the same way
@@ -144,7 +144,7 @@ def test_on_policy_batch_is_the_students_own_completion(data_dir, teacher_dir, t
     hook = on_policy.OnPolicy(c, p.student, p.mesh)
     state, _ = train.create_train_state(p.student, train.make_optimizer(c.optimizer, 20),
                                         jax.random.key(0), p.sample, p.mesh)
-    from jaxdistill import mesh as mesh_lib
+    from jaxdistill.runtime import mesh as mesh_lib
     batch = mesh_lib.to_global(p.mesh, p.task.train_batches(0)[0])
     step = next(s for s in range(100) if on_policy.uses_student_samples(c.seed, s, 0.5))
     out = hook(state, batch, step)

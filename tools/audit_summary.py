@@ -53,18 +53,22 @@ def watermark(w: dict) -> list[str]:
 def protections(result: dict) -> list[str]:
     rows = result['rows']
     lines = ['### protections (digits, 10 % labels)', '',
-             '| protection | teacher accuracy | teacher NLL | student accuracy | '
-             'gain over labels-only baseline | seeds |', '|---|---|---|---|---|---|']
+             '| protection | teacher test accuracy | teacher test NLL | student accuracy | '
+             'gain over labels-only baseline | seeds (students) |', '|---|---|---|---|---|---|']
     for name in dict.fromkeys(r['protection'] for r in rows):
         mine = [r for r in rows if r['protection'] == name]
 
-        def stat(key, scale=1.0, mine=mine):
-            v = np.array([r[key] for r in mine]) * scale
-            return f'{v.mean():.2f} ± {v.std():.2f}' if len(v) > 1 else f'{v.mean():.2f}'
+        def stat(key, scale=1.0, unit='', digits=2, mine=mine):
+            v = np.array([r[key] for r in mine if key in r]) * scale
+            if not len(v):
+                return 'not trained'
+            return (f'{v.mean():.{digits}f} ± {v.std():.{digits}f}{unit}' if len(v) > 1
+                    else f'{v.mean():.{digits}f}{unit}')
 
-        lines.append(f'| {name} | {stat("teacher_accuracy", 100)} % | {stat("teacher_nll")} | '
-                     f'{stat("student_accuracy", 100)} % | {stat("gain", 100)} points | '
-                     f'{len(mine)} |')
+        trained = sum('gain' in r for r in mine)
+        lines.append(f'| {name} | {stat("teacher_accuracy", 100, " %")} | '
+                     f'{stat("teacher_nll", 1, "", 3)} | {stat("student_accuracy", 100, " %")} | '
+                     f'{stat("gain", 100, " points")} | {len(mine)} ({trained}) |')
     base = {r['seed']: r['baseline_accuracy'] for r in rows}
     lines += ['', 'Labels-only baseline: ' + ', '.join(f'seed {s}: {100 * a:.2f} %'
                                                      for s, a in sorted(base.items())), '']

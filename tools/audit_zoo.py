@@ -52,10 +52,10 @@ LM = dict(config='configs/lm_text.py', teachers=(0, 1), students=(1, 2),
 # Protections: students at 10 % labels (where distillation helps, README) from the digits
 # zoo's teachers, one run per protection; 'none' also trains the labels-only baseline.
 PROTECT = dict(config='configs/digits.py', teachers=(0, 1), zoo='digits',
-               protections={'none': [], 'topk1': ['name=topk', 'k=1'],
-                            'topk2': ['name=topk', 'k=2'], 'round1': ['name=round', 'decimals=1'],
+               protections={'none': [], 'antidistill': ['name=antidistill', 'lam=2.0'],
+                            'topk1': ['name=topk', 'k=1'], 'round1': ['name=round', 'decimals=1'],
                             'temperature': ['name=temperature', 'spread=1.0'],
-                            'antidistill': ['name=antidistill', 'lam=2.0']},
+                            'topk2': ['name=topk', 'k=2']},
                common=['--config.train.steps=800', '--config.train.eval_every=0',
                        '--config.train.checkpoint_every=800', '--config.train.log_every=400'])
 DOMAINS = {'digits': DIGITS, 'lm': LM, 'protect': PROTECT}
@@ -126,11 +126,13 @@ def models(domain: str, root: str) -> list[dict]:
     return out
 
 
-def build(domain: str, root: str) -> None:
+def build(domain: str, root: str, only: tuple[str, ...] = ()) -> None:
     os.makedirs(root, exist_ok=True)
     log = open(os.path.join(root, 'build.log'), 'a')
     env = {**os.environ, 'PYTHONPATH': os.getcwd()}
     for r in plan(domain, root):
+        if only and r['name'] not in only:
+            continue
         if os.path.exists(os.path.join(r['workdir'], 'results.json')):
             continue
         start = time.time()
@@ -228,24 +230,24 @@ def audit(domain: str, root: str, seed: int = 0) -> dict:
     return result
 
 
-def _lm_generations(loaded, probe, seed: int, prompt_len: int = 32, new: int = 96):
-    """The suspect's sampled continuations (T = 1) of the probe rows' first tokens."""
+def _lm_generations(loaded, probe, seed: int, watermark=None):
+    """Sampled continuations (T = 1) of the probe rows' first quarter, to the row length."""
     import jax
 
-    from jaxdistill import sampling
+    from jaxdistill.models import sampling
 
+    prompt_len = probe.inputs.shape[1] // 4
     prompts = probe.inputs[:, :prompt_len]
     lengths = np.full(len(prompts), prompt_len, np.int32)
     tokens, mask = sampling.generate(loaded.model.module, loaded.variables['params'], prompts,
-                                     lengths, new, jax.random.key(seed))
+                                     lengths, probe.inputs.shape[1] - prompt_len,
+                                     jax.random.key(seed), watermark=watermark)
     return np.asarray(tokens), np.asarray(mask)
 
 
 def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0) -> dict:
     """Watermark radioactivity on every lm model, and the watermark's cost to each teacher."""
-    import jax
 
-    from jaxdistill import sampling
     from jaxdistill.audit import fingerprints as fp
     from jaxdistill.audit import models as audit_models
     from jaxdistill.audit import watermark as wm
@@ -270,12 +272,9 @@ def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0
             row['perplexity'] = float(np.exp(-clean[np.arange(len(labels)), labels].mean()))
             row['perplexity_watermarked'] = float(
                 np.exp(-biased[np.arange(len(labels)), labels].mean()))
-            marked, mmask = sampling.generate(
-                loaded.model.module, loaded.variables['params'], probe.inputs[:, :32],
-                np.full(len(probe.inputs), 32, np.int32), 96, jax.random.key(seed),
-                watermark=(key, gamma, delta))
-            row['text_watermarked'] = wm.detect_text(np.asarray(marked), np.asarray(mmask), key,
-                                                     gamma, logits.shape[-1])
+            marked, mmask = _lm_generations(loaded, probe, seed, (key, gamma, delta))
+            row['text_watermarked'] = wm.detect_text(marked, mmask, key, gamma,
+                                                     logits.shape[-1])
         rows.append(row)
         print(f"  watermark {m['path']}: z text {row['text']['z']:.2f} "
               f"distribution {row['distribution']['z']:.2f}", flush=True)
@@ -284,7 +283,8 @@ def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0
 
 def audit_protect(root: str, seed: int = 0) -> dict:
     """The protections table: each protection's cost to the teacher (its served outputs'
-    test accuracy and NLL) and the student's gain over the labels-only baseline."""
+    test accuracy and NLL) and, where its student is trained, the student's gain over the
+    labels-only baseline of the same seed."""
     import jax
     import jax.numpy as jnp
 
@@ -292,36 +292,45 @@ def audit_protect(root: str, seed: int = 0) -> dict:
     from jaxdistill.audit import fingerprints as fp
     from jaxdistill.audit import models as audit_models
     from jaxdistill.audit import protect
+    from jaxdistill.models import modules
+    from jaxdistill.models.adapter import Model
 
     rows = []
     for r in plan('protect', root):
-        results = os.path.join(r['workdir'], 'results.json')
-        base = os.path.join(root, f'P{r["seed"]}_none', 'results.json')
-        if not (os.path.exists(results) and os.path.exists(base)):
+        base = os.path.join(root, f'P{r["seed"]}_none')
+        if not os.path.exists(os.path.join(base, 'results.json')):
             continue
-        with open(results) as f:
-            res = json.load(f)
-        with open(base) as f:
-            baseline = json.load(f)['baseline']
-        config = audit_models.read_config(r['workdir'])
+        with open(os.path.join(base, 'results.json')) as f:
+            none = json.load(f)
+        config = audit_models.read_config(base)
+        for key in PROTECT['protections'][r['signal']]:
+            k, v = key.split('=')
+            config.distill.protection[k] = type(config.distill.protection[k])(v)
         task = tasks.build(config)
-        teacher = audit_models.load(res['provenance']['teacher_checkpoint'], 'teacher')
+        teacher = audit_models.load(none['provenance']['teacher_checkpoint'], 'teacher')
         probe = audit_models.probe_from_run(config, seed=seed, ambiguous=0, max_tokens=0,
-                                            source=r['workdir'])
-        student = audit_models.load(os.path.join(r['workdir'], 'student'), 'student').model
+                                            source=base)
+        student = Model(modules.resolve(config.student.module, config.student.kwargs,
+                                        key='student.module'), '', 'student')
         served = protect.wrap(teacher.model, config, task, student)
-        z = np.asarray(jax.jit(lambda v, x, s=served: s.apply(v['params'], v['state'], x)[0])(
-            teacher.variables, jnp.asarray(probe.inputs)))
+        serve = jax.jit(lambda v, x, s=served: s.apply(v['params'], v['state'], x,
+                                                       train=False)[0])
+        z = np.asarray(serve(teacher.variables, jnp.asarray(probe.inputs)))
         logp = fp.log_softmax(z)
         labels = probe.labels
-        rows.append({'protection': r['signal'], 'seed': r['seed'],
-                     'teacher_accuracy': float(np.mean(np.argmax(z, -1) == labels)),
-                     'teacher_nll': float(-logp[np.arange(len(labels)), labels].mean()),
-                     'student_accuracy': res['student']['accuracy'],
-                     'student_agreement': res['student']['agreement'],
-                     'baseline_accuracy': baseline['accuracy'],
-                     'gain': res['student']['accuracy'] - baseline['accuracy']})
-        print(f"  {r['name']}: {rows[-1]}", flush=True)
+        row = {'protection': r['signal'], 'seed': r['seed'],
+               'teacher_accuracy': float(np.mean(np.argmax(z, -1) == labels)),
+               'teacher_nll': float(-logp[np.arange(len(labels)), labels].mean()),
+               'baseline_accuracy': none['baseline']['accuracy']}
+        results = os.path.join(r['workdir'], 'results.json')
+        if os.path.exists(results):
+            with open(results) as f:
+                res = json.load(f)
+            row.update(student_accuracy=res['student']['accuracy'],
+                       student_agreement=res['student']['agreement'],
+                       gain=res['student']['accuracy'] - none['baseline']['accuracy'])
+        rows.append(row)
+        print(f"  {r['name']}: {row}", flush=True)
     out = {'rows': rows, 'load_average': os.getloadavg()[0]}
     with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
         json.dump(out, f, indent=1)
@@ -334,9 +343,10 @@ def main() -> None:
     ap.add_argument('--domain', choices=tuple(DOMAINS), required=True)
     ap.add_argument('--root', required=True)
     ap.add_argument('--seed', type=int, default=0, help='probe / black-box sampling seed')
+    ap.add_argument('--only', default='', help='build: these runs only (comma-separated)')
     args = ap.parse_args()
     if args.phase == 'build':
-        build(args.domain, args.root)
+        build(args.domain, args.root, tuple(n for n in args.only.split(',') if n))
     elif args.domain == 'protect':
         audit_protect(args.root, seed=args.seed)
     else:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from jaxdistill.audit.stats import AuditError
 
-__all__ = ['AuditError', 'audit', 'METHOD']
+__all__ = ['AuditError', 'audit', 'watermark_test', 'METHOD']
 
 METHOD = ('exact permutation (rank) test: each of the suspect and the k references is scored '
           'by the mean over fingerprints of its z-score against the other k models; p = (number '
@@ -110,6 +112,45 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
         'out': os.path.abspath(out),
     }
     report.write(out, result)
+    return result
+
+
+def watermark_test(suspect: str, key: int, out: str, *, gamma: float = 0.25, data: str = '',
+                   seed: int = 0, max_tokens: int = 20000) -> dict[str, Any]:
+    """Tests a language model for the watermark ``key`` (`jaxdistill.audit.watermark`):
+    its next-token distributions on the probe text (white-box) and its own samples
+    continuing the probe rows' first quarter (black-box); writes ``out/watermark.json``."""
+    import jax
+
+    from jaxdistill import report as report_lib
+    from jaxdistill.audit import fingerprints, models
+    from jaxdistill.audit import watermark as wm
+    from jaxdistill.models import sampling
+
+    if not key > 0:
+        raise AuditError(f'--watermark_key={key} must be the watermark\'s key (an int > 0)')
+    if not out:
+        raise AuditError('--out is empty: give a directory for watermark.json')
+    s = models.load(suspect, '--suspect')
+    probe = _probe(data, s, s, seed=seed, ambiguous=0, max_tokens=max_tokens)
+    if probe.task != 'lm':
+        raise AuditError(f'--suspect={suspect}: the watermark lives in sampled text; give a '
+                         'language model and a text probe set')
+    logits = models.outputs(s, probe)
+    prev = probe.inputs[probe.token_mask]
+    prompt = probe.inputs.shape[1] // 4
+    tokens, mask = sampling.generate(
+        s.model.module, s.variables['params'], probe.inputs[:, :prompt],
+        [prompt] * len(probe.inputs), probe.inputs.shape[1] - prompt, jax.random.key(seed))
+    result = {'suspect': {'spec': suspect, 'params_sha256': s.params_sha256}, 'key': key,
+              'gamma': gamma, 'seed': seed, 'probe': {'source': probe.source,
+                                                      'tokens': probe.size},
+              'distribution': wm.detect_distribution(
+                  prev, np.exp(fingerprints.log_softmax(logits)), key, gamma),
+              'text': wm.detect_text(jax.device_get(tokens), jax.device_get(mask), key, gamma,
+                                     logits.shape[-1])}
+    os.makedirs(out, exist_ok=True)
+    report_lib.write_json(os.path.join(out, 'watermark.json'), result)
     return result
 
 

@@ -3,6 +3,7 @@
     python -m jaxdistill.audit --teacher=W/teacher --suspect=S/student \
         --references=R1/baseline,R2/student,R3/baseline --out=audit_out
 
+``--watermark_key=K`` instead tests the suspect for a teacher's watermark (docs/audit.md).
 Each model is a stage directory (``WORKDIR/student``...), an export or ``hf:DIR``. The probe
 set is the test split of the suspect's run (its workdir's config.json; else the
 teacher's); ``--data`` names another run or a ``.npz``. Writes ``OUT/audit.json`` (``score``,
@@ -41,7 +42,11 @@ _AMBIGUOUS = flags.DEFINE_integer('ambiguous', 1000, 'Ambiguous (mixed) probes a
                                   'image probe set.')
 _MAX_TOKENS = flags.DEFINE_integer('max_tokens', 20000, 'Most probe tokens for language '
                                    'models (whole test rows; 0: all).')
-flags.mark_flags_as_required(['teacher', 'suspect', 'references', 'out'])
+_WATERMARK_KEY = flags.DEFINE_integer(
+    'watermark_key', 0, 'Instead of the lineage test: test the suspect for this watermark key '
+    '(distill.sampling.watermark.key); writes OUT/watermark.json.')
+_GAMMA = flags.DEFINE_float('gamma', 0.25, 'The watermark\'s green share.')
+flags.mark_flags_as_required(['suspect', 'out'])
 
 
 def _fail(message: str) -> None:
@@ -53,9 +58,20 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f'unexpected arguments {argv[1:]}: every option is a --flag')
     logging.set_verbosity(logging.ERROR)  # library chatter (Orbax); our output is print()
-    from jaxdistill.audit import audit
+    from jaxdistill.audit import audit, watermark_test
 
     try:
+        if _WATERMARK_KEY.value:
+            w = watermark_test(_SUSPECT.value, _WATERMARK_KEY.value, _OUT.value,
+                               gamma=_GAMMA.value, data=_DATA.value, seed=_SEED.value,
+                               max_tokens=_MAX_TOKENS.value)
+            for mode in ('text', 'distribution'):
+                print(f'{mode:>12}: z {w[mode]["z"]:6.2f}  p-value {w[mode]["p_value"]:.3g}')
+            print(f'wrote {os.path.join(_OUT.value, "watermark.json")}')
+            return
+        if not _TEACHER.value or not _REFERENCES.value:
+            _fail('the lineage test needs --teacher and --references (or --watermark_key=K to '
+                  'test for a watermark)')
         result = audit(_TEACHER.value, _SUSPECT.value, _REFERENCES.value, _OUT.value,
                        data=_DATA.value, access=tuple(_ACCESS.value), alpha=_ALPHA.value or None,
                        seed=_SEED.value, ambiguous=_AMBIGUOUS.value, max_tokens=_MAX_TOKENS.value,

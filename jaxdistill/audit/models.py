@@ -27,12 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules
-from jaxdistill.adapter import Model
+from jaxdistill import provenance
 from jaxdistill.audit.stats import AuditError
 from jaxdistill.errors import JaxdistillError
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.train import checkpoint as ckpt_lib
 
 STAGES = ('teacher', 'student', 'baseline')
 MIN_EXAMPLES = 100  # classification probes (test examples)
@@ -58,8 +59,30 @@ def _tuples(x: Any) -> Any:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """A run's config.json over today's defaults (a run written before a key existed gets
+    its default, as the run itself did)."""
+    from jaxdistill.config import base_config
+
     with open(os.path.join(workdir, 'config.json')) as f:
-        return ml_collections.ConfigDict(_tuples(json.load(f)))
+        saved = _tuples(json.load(f))
+    config = base_config()
+    _overlay(config, saved)
+    return config
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
+    for k, v in saved.items():
+        node = config.get(k)
+        if isinstance(v, dict) and isinstance(node, ml_collections.ConfigDict) and \
+                k != 'kwargs':
+            _overlay(node, v)
+            continue
+        with config.unlocked():
+            try:
+                config[k] = v
+            except TypeError:  # a value of another type than today's default
+                del config[k]
+                config[k] = v
 
 
 def _stage_entry(config, stage: str, flag: str) -> dict[str, Any]:
@@ -80,7 +103,6 @@ def _is_stage(name: str) -> bool:
 
 def load(spec: str, flag: str) -> Loaded:
     """Loads a model named by ``spec`` (see the module docstring); one-line errors."""
-    from jaxdistill import train
 
     try:
         if spec.startswith('hf:'):
@@ -100,7 +122,7 @@ def load(spec: str, flag: str) -> Loaded:
         raise
     except JaxdistillError as e:
         raise AuditError(f'{flag}={spec}: {e}') from None
-    loaded.params_sha256 = train.params_sha256(loaded.variables['params'])
+    loaded.params_sha256 = provenance.params_sha256(loaded.variables['params'])
     return loaded
 
 

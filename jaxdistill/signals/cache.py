@@ -14,24 +14,28 @@ The rows go to an ArrayRecord `store` keyed by a fingerprint of the dataset, tok
 row length, train rows, k, dtype and the teacher's parameters; training attaches them to
 the packed rows (`attach`), so every batch carries its own top-k and the step never runs
 the teacher. The arrays stay quantised on the host; `decode` widens them inside the step.
+
+`Cached` is the signal: ``distill.cache`` is its config section.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import paths
+from jaxdistill import provenance
 from jaxdistill.errors import ConfigError
 from jaxdistill.objective import SparseTeacher
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
 from jaxdistill.signals import store
+from jaxdistill.signals.base import BaseSignal, Context, Prepared, require_teacher_term
 
 DTYPES = ('float16', 'uint8')
 KEYS = ('topk_ids', 'topk_lp', 'topk_scale')  # what `attach` adds to each row
@@ -42,19 +46,13 @@ def directory(config, workdir: str) -> str:
     return paths.resolve(path) if path else paths.join(workdir, 'teacher_cache')
 
 
-def rows_sha256(rows: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in ('inputs', 'targets', 'mask'):
-        h.update(np.ascontiguousarray(rows[k]).tobytes())
-    return h.hexdigest()
-
-
 def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
     """What a cache is valid for; a cache whose fingerprint differs is refused."""
     c = config.distill.cache
     return {'kind': 'teacher_topk', 'dataset': task.dataset, 'tokenizer': config.data.tokenizer,
             'vocab_size': int(task.tokenizer.vocab_size), 'seq_len': int(config.data.seq_len),
-            'train_rows_sha256': rows_sha256(task.train_rows), 'k': int(c.k), 'dtype': c.dtype,
+            'train_rows_sha256': provenance.arrays_sha256(task.train_rows), 'k': int(c.k),
+            'dtype': c.dtype,
             'teacher_params_sha256': teacher_sha256}
 
 
@@ -159,7 +157,43 @@ def attach(rows: dict[str, np.ndarray], cache: dict[str, np.ndarray]) -> dict[st
     return {**rows, **{k: cache[k] for k in KEYS}}
 
 
-def check_k(config, vocab_size: int) -> None:
-    k = config.distill.cache.k
-    if not 1 <= k <= vocab_size:
-        raise ConfigError(f'distill.cache.k={k} must be in [1, vocab_size={vocab_size}]')
+class Cached(BaseSignal):
+    """``cached``: each batch carries the teacher's stored top-k; ``kd``/``forward_kl`` become
+    exact sparse KLs (`objective.SparseTeacher`) and the teacher never runs in the step."""
+
+    name = 'cached'
+    tasks = ('lm',)
+    teacher_in_step = False
+    report_keys = ('teacher_cache', 'cache_k', 'cache_dtype', 'cache_bytes_per_token')
+
+    def defaults(self) -> dict[str, ml_collections.ConfigDict]:
+        c = ml_collections.ConfigDict()
+        c.k = 32  # top-k teacher log-probabilities kept per token
+        c.dtype = 'float16'  # 'float16', or 'uint8' (quantised per token)
+        c.path = ''  # empty: WORKDIR/teacher_cache
+        return {'cache': c}
+
+    def check_config(self, config) -> None:
+        c = config.distill.cache
+        if c.dtype not in DTYPES:
+            raise ConfigError(f"distill.cache.dtype={c.dtype!r} must be 'float16' or 'uint8'")
+        if c.k < 1:
+            raise ConfigError(f'distill.cache.k={c.k} must be >= 1 (e.g. 32)')
+
+    def check_models(self, config, teacher, student, objective) -> None:
+        require_teacher_term(self.name, objective)
+
+    def step_teacher(self, batch: dict[str, Any]) -> SparseTeacher:
+        return decode(batch)
+
+    def prepare(self, context: Context) -> Prepared:
+        config, task = context.config, context.task
+        path = directory(config, context.workdir)
+        expected = fingerprint(config, task, context.teacher_sha256)
+        spec = build(config, task, context.teacher, context.teacher_vars, context.mesh, path,
+                     expected, context.say)
+        arrays = load(path, expected, len(task.train_rows['inputs']))
+        return Prepared(attach(task.train_rows, arrays), provenance={
+            'teacher_cache': path, 'cache_k': int(config.distill.cache.k),
+            'cache_dtype': config.distill.cache.dtype,
+            'cache_bytes_per_token': round(bytes_per_token(spec), 2)})

@@ -10,6 +10,9 @@ tokens only (``mask``); label losses (``ce``) skip such batches (``labelled`` Fa
 because the student's samples are not data. No gradient flows through sampling: the
 samples are integers made before the step. With GKD's ``jsd`` (``beta``) in
 ``distill.losses`` this is the paper's objective; ``lmbda=0`` is supervised KD on data.
+
+`OnPolicySignal` is the signal; its config sections are ``distill.on_policy`` and
+``distill.sampling`` (shared with ``sequence``).
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from jaxdistill import mesh as mesh_lib
+from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.signals import sequence
+from jaxdistill.signals.base import BaseSignal, Context, Prepared, require_teacher_term
 
 
 def uses_student_samples(seed: int, step: int, lmbda: float) -> bool:
@@ -62,3 +68,33 @@ class OnPolicy:
     def provenance(self, steps: int) -> dict[str, Any]:
         return {'on_policy_lambda': self.lmbda,
                 'on_policy_steps': count(self.seed, steps, self.lmbda)}
+
+
+class OnPolicySignal(BaseSignal):
+    """``on_policy``: some batches are the student's own samples (the `OnPolicy` hook),
+    scored by the teacher inside the step."""
+
+    name = 'on_policy'
+    tasks = ('lm',)
+    report_keys = ('on_policy_lambda', 'on_policy_steps')
+
+    def defaults(self) -> dict[str, ml_collections.ConfigDict]:
+        c = ml_collections.ConfigDict()
+        c.lmbda = 0.5  # GKD's lambda: the probability that a step trains on student samples
+        return {'sampling': sequence.sampling_defaults(), 'on_policy': c}
+
+    def check_config(self, config) -> None:
+        sequence.check_sampling(config)
+        lmbda = config.distill.on_policy.lmbda
+        if not 0 <= lmbda <= 1:
+            raise ConfigError(f'distill.on_policy.lmbda={lmbda} must be in [0, 1]')
+
+    def check_models(self, config, teacher, student, objective) -> None:
+        sequence.check_sampler(config, student, 'student.module')
+        require_teacher_term(self.name, objective)
+
+    def prepare(self, context: Context) -> Prepared:
+        config = context.config
+        hook = OnPolicy(config, context.student, context.mesh)
+        return Prepared(batch_hook=hook, provenance={
+            **hook.provenance(config.train.steps), 'sampling': config.distill.sampling.to_dict()})

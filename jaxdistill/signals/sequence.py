@@ -12,6 +12,9 @@ learns to continue prompts the way the teacher does, by cross-entropy.
 The rows go to an ArrayRecord `store` (``WORKDIR/teacher_sequences``) keyed by a fingerprint
 of the data, the sampling settings and the teacher, so a rerun or a resumed student
 reads the same completions and a changed setting is refused.
+
+`Sequence` is the signal; ``distill.sampling`` (`sampling_defaults`, shared with
+``on_policy``) is its config section.
 """
 
 from __future__ import annotations
@@ -21,13 +24,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import paths, sampling
+from jaxdistill import objective as objective_lib
+from jaxdistill import provenance
+from jaxdistill.errors import ConfigError
+from jaxdistill.models import sampling
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
 from jaxdistill.signals import store
-from jaxdistill.signals.cache import rows_sha256
+from jaxdistill.signals.base import BaseSignal, Context, Prepared
 
 
 def directory(workdir: str) -> str:
@@ -39,11 +47,73 @@ def new_tokens(config) -> int:
     return s.max_new_tokens or config.data.seq_len - s.prompt_len
 
 
+def sampling_defaults() -> ml_collections.ConfigDict:
+    """``distill.sampling``: prompts and sampling for 'sequence' (the teacher samples) and
+    'on_policy' (the student samples). A prompt is the first ``prompt_len`` tokens of a
+    packed train row, completed by ``max_new_tokens`` sampled tokens (0: the rest of the
+    row, data.seq_len - prompt_len)."""
+    s = ml_collections.ConfigDict()
+    s.prompt_len = 32
+    s.max_new_tokens = 0
+    s.temperature = 1.0
+    s.top_k = 0  # 0: off
+    s.top_p = 1.0  # 1: off
+    s.batch_size = 256  # rows generated at once ('sequence')
+    # A keyed green-list watermark in the teacher's samples ('sequence'; Kirchenbauer et al.
+    # 2023): +delta on the logits of a gamma share of tokens chosen by hash(key, previous
+    # token). key 0: off. Detect it with jaxdistill.audit.watermark (docs/audit.md).
+    s.watermark = ml_collections.ConfigDict(dict(key=0, gamma=0.25, delta=2.0))
+    return s
+
+
+def check_sampling(config) -> None:
+    """``distill.sampling`` against ``data.seq_len``: one line naming the key."""
+    s, seq_len = config.distill.sampling, config.data.seq_len
+    if not 1 <= s.prompt_len < seq_len:
+        raise ConfigError(f'distill.sampling.prompt_len={s.prompt_len} must be in [1, '
+                          f'data.seq_len={seq_len}): a prompt is the start of a train row')
+    new = new_tokens(config)
+    if s.max_new_tokens < 0 or s.prompt_len + new > seq_len:
+        raise ConfigError(
+            f'distill.sampling: prompt_len {s.prompt_len} + max_new_tokens {new} exceeds '
+            f'data.seq_len={seq_len}: shorten the prompts or generate fewer tokens (0: the '
+            'rest of the row)')
+    if not s.temperature > 0:
+        raise ConfigError(f'distill.sampling.temperature={s.temperature} must be > 0')
+    if not 0 < s.top_p <= 1 or s.top_k < 0:
+        raise ConfigError(f'distill.sampling: top_p={s.top_p} must be in (0, 1] and '
+                          f'top_k={s.top_k} >= 0 (0 and 1.0 disable them)')
+    if s.batch_size <= 0:
+        raise ConfigError(f'distill.sampling.batch_size={s.batch_size} must be positive')
+    from jaxdistill.audit import watermark
+
+    watermark.check(s.watermark)
+
+
+def check_sampler(config, model, key: str) -> None:
+    """``model`` (``key``: 'teacher.module' or 'student.module') can sample a prompt plus
+    its completion: a built-in `Decoder` (KV cache) whose context holds both."""
+    from jaxdistill.models.decoder import Decoder
+
+    where = f'distill.teacher_signal={config.distill.teacher_signal!r}: {key}'
+    if not isinstance(model.module, Decoder):
+        raise ConfigError(f'{where} is {type(model.module).__name__}: sampling needs the '
+                          "built-in 'decoder' module (KV cache)")
+    s, max_len = config.distill.sampling, model.module.max_len
+    new = new_tokens(config)
+    if s.prompt_len + new > max_len:
+        raise ConfigError(
+            f'distill.sampling: prompt_len {s.prompt_len} + max_new_tokens {new} = '
+            f'{s.prompt_len + new} tokens exceed the context of {key} (max_len={max_len}): '
+            'shorten the prompts or generate fewer tokens')
+
+
 def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
     s = config.distill.sampling
     return {'kind': 'teacher_sequences', 'dataset': task.dataset,
             'tokenizer': config.data.tokenizer, 'vocab_size': int(task.tokenizer.vocab_size),
-            'seq_len': int(config.data.seq_len), 'train_rows_sha256': rows_sha256(task.train_rows),
+            'seq_len': int(config.data.seq_len),
+            'train_rows_sha256': provenance.arrays_sha256(task.train_rows),
             'prompt_len': int(s.prompt_len), 'max_new_tokens': int(new_tokens(config)),
             'temperature': float(s.temperature), 'top_k': int(s.top_k),
             'top_p': float(s.top_p), 'seed': int(config.seed),
@@ -130,3 +200,39 @@ def load(path: str, expected: dict[str, Any]) -> dict[str, np.ndarray]:
     rows = store.read(path, expected, 'distill.teacher_signal=sequence')
     rows['mask'] = rows['mask'].astype(bool)
     return rows
+
+
+class Sequence(BaseSignal):
+    """``sequence``: the student trains by cross-entropy on the teacher's completions of
+    train prompts (text only, as from an API); the teacher never runs in the step."""
+
+    name = 'sequence'
+    tasks = ('lm',)
+    teacher_in_step = False
+    report_keys = ('teacher_sequences', 'generated_tokens')
+
+    def defaults(self) -> dict[str, ml_collections.ConfigDict]:
+        return {'sampling': sampling_defaults()}
+
+    def check_config(self, config) -> None:
+        if config.teachers:
+            raise ConfigError("distill.teacher_signal='sequence' samples from one teacher: "
+                              "remove `teachers`, or use 'online' / 'cached' for an ensemble")
+        check_sampling(config)
+
+    def check_models(self, config, teacher, student, objective) -> None:
+        check_sampler(config, teacher, 'teacher.module')
+
+    def objective(self, configured):
+        return objective_lib.label_only()  # cross-entropy on the teacher's text
+
+    def prepare(self, context: Context) -> Prepared:
+        config = context.config
+        path = directory(context.workdir)
+        expected = fingerprint(config, context.task, context.teacher_sha256)
+        build(config, context.task, context.teacher, context.teacher_vars, context.mesh, path,
+              expected, context.say)
+        rows = load(path, expected)
+        return Prepared(rows, provenance={
+            'teacher_sequences': path, 'generated_tokens': int(rows['mask'].sum()),
+            'sampling': config.distill.sampling.to_dict()})

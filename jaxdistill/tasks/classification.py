@@ -20,10 +20,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxdistill import data as data_lib
-from jaxdistill import evaluate as eval_lib
-from jaxdistill.adapter import Model
 from jaxdistill.errors import ConfigError
-from jaxdistill.tasks import StepInputs
+from jaxdistill.models.adapter import Model
+from jaxdistill.tasks import BaseTask, StepInputs
+from jaxdistill.tasks import evaluate as eval_lib
 
 
 def _mixup(rng, images, targets, labelled, alpha: float):
@@ -49,8 +49,9 @@ def _check_resizable(shape: tuple[int, ...], d) -> None:
                           "'crop' or 'flip_crop')")
 
 
-class ClassificationTask:
-    """``config.task='classification'``: the ``data`` block names inputs and labels."""
+class ClassificationTask(BaseTask):
+    """``config.task='classification'``: the ``data`` block names inputs and labels (its
+    report is `BaseTask`'s: accuracy, fidelity, and the gain over the baseline)."""
 
     name = 'classification'
     has_labels = True  # a label-only baseline can be trained

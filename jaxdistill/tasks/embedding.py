@@ -17,7 +17,7 @@ tappable as ``'mean_pool'``. There are no labels and no logits, so ``distill.los
 feature terms only, on that tap: ``feature_cosine``/``feature_mse`` (a learned projection
 when the widths differ), ``similarity_mse`` or ``rkd`` (relations within the batch).
 
-Scores on the held-out sentences (float64 numpy, `jaxdistill.evaluate`): ``spearman``
+Scores on the held-out sentences (float64 numpy, `jaxdistill.tasks.evaluate`): ``spearman``
 between the student's and the teacher's cosine similarities over all pairs,
 ``nn_agreement_at_10`` (the fraction of the teacher's 10 nearest neighbours of a sentence
 that are among the student's 10), ``sentences_per_second`` (the same batch of
@@ -46,15 +46,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxdistill import evaluate, hf, losses
-from jaxdistill import mesh as mesh_lib
-from jaxdistill.adapter import Model
+from jaxdistill import hf, losses
 from jaxdistill.data import corpus as corpus_lib
 from jaxdistill.data import sentences, text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import CheckpointError, ConfigError, DataError
 from jaxdistill.hf import teacher as hf_teacher
-from jaxdistill.tasks import StepInputs
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.tasks import BaseTask, StepInputs, evaluate
 
 DATASETS = (sentences.NAME,)
 NEIGHBOURS = 10
@@ -93,11 +93,35 @@ def _model_limit(directory: pathlib.Path) -> int | None:
     return hf.model_max_length(directory) if has_config else None
 
 
-class EmbeddingTask:
+class EmbeddingTask(BaseTask):
     """Sentence-embedding distillation on ``{'input_ids', 'attention_mask'}`` rows."""
 
     name = 'embedding'
     has_labels = False  # the baseline is the untrained student (see the module docstring)
+    columns = (('Spearman vs teacher', 'spearman', 'num'),
+               ('NN@10 agreement', 'nn_agreement_at_10', 'pct'),
+               ('sentences/s', 'sentences_per_second', 'num'), ('params', 'params', 'num'),
+               ('size ratio', 'size_ratio', 'num'), ('steps', 'steps', 'num'))
+
+    @classmethod
+    def preamble(cls, results: dict[str, Any]) -> str:
+        return (f"Dataset `{results['provenance']['dataset']}`, {results['test_examples']:,} "
+                "held-out sentences. Spearman: rank correlation of the student's and the "
+                "teacher's cosine similarities over every pair of sentences; NN@10: the "
+                "fraction of the teacher's 10 nearest neighbours of a sentence among the "
+                "student's 10; sentences/s: one batch, this machine; size ratio: teacher / "
+                'student parameters. The teacher row compares it with itself (sanity: 1).')
+
+    @classmethod
+    def summary(cls, results: dict[str, Any]) -> list[str]:
+        if 'baseline' not in results:
+            return []
+        b, s = results['baseline'], results['student']
+        return [f"Distillation moved the Spearman correlation with the teacher from "
+                f"{b['spearman']:.4f} (the untrained student: without labels there is no "
+                f"baseline to train) to {s['spearman']:.4f}, and NN@10 agreement from "
+                f"{100 * b['nn_agreement_at_10']:.2f} % to "
+                f"{100 * s['nn_agreement_at_10']:.2f} %.", '']
 
     def __init__(self, config):
         _check_config(config)
@@ -253,10 +277,6 @@ def _embed_fn(model: Model, mesh: Mesh) -> Callable:
     return jax.jit(embed, out_shardings=mesh_lib.batch_sharding(mesh))
 
 
-def _count(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
 def similarity_scores(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     return {'spearman': evaluate.similarity_spearman(student, teacher),
             'nn_agreement_at_10': evaluate.nn_agreement(student, teacher, NEIGHBOURS)}
@@ -271,7 +291,7 @@ class Evaluator:
         teacher_fn, self._student_fn = _embed_fn(teacher, mesh), _embed_fn(student, mesh)
         self.teacher_embeddings = task.embed(teacher_fn, teacher_vars, mesh)
         self.teacher_speed = task.throughput(teacher_fn, teacher_vars, mesh)
-        self.teacher_params = _count(teacher_vars['params'])
+        self.teacher_params = evaluate.count_params(teacher_vars['params'])
         self.test_examples = len(task.test_sentences)
 
     def teacher_scores(self) -> dict[str, float]:
@@ -283,4 +303,4 @@ class Evaluator:
         speed = self.task.throughput(self._student_fn, student_vars, self.mesh)
         return {**similarity_scores(embeddings, self.teacher_embeddings),
                 'sentences_per_second': speed, 'speedup': speed / self.teacher_speed,
-                'size_ratio': self.teacher_params / _count(student_vars['params'])}
+                'size_ratio': self.teacher_params / evaluate.count_params(student_vars['params'])}

@@ -35,16 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill.adapter import Model
 from jaxdistill.data import corpus as corpus_lib
 from jaxdistill.data import packed as packed_lib
 from jaxdistill.data import text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import ConfigError
 from jaxdistill.hf import teacher as hf_teacher
-from jaxdistill.signals import cache
-from jaxdistill.tasks import StepInputs
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.tasks import BaseTask, StepInputs
 
 TEXT_DATASETS = (text.NAME,)  # bundled, packed in memory; any other text streams from a cache
 BPE_SAMPLE_BYTES = 64 << 20  # a BPE for data.files learns its merges on this much train text
@@ -64,11 +63,15 @@ def _check_config(config) -> None:
                           f'{d.vocab_size} (e.g. 2048)')
 
 
-class LanguageModelTask:
+class LanguageModelTask(BaseTask):
     """Next-token prediction on packed text rows ``{'inputs', 'targets', 'mask'}``."""
 
     name = 'lm'
     has_labels = True  # a label-only baseline can be trained
+    unit, what = 'target tokens', 'token'
+    columns = (('test perplexity', 'perplexity', 'num'),
+               ('next-token accuracy', 'accuracy', 'pct'),
+               *BaseTask.columns[1:])
 
     def __init__(self, config):
         _check_config(config)
@@ -185,20 +188,22 @@ class LanguageModelTask:
 
         def prepare(batch: dict, rng: jax.Array) -> StepInputs:
             del rng
-            # cached top-k (teacher_signal='cached'); 'labelled' False: on-policy samples
-            teacher = cache.decode(batch) if 'topk_ids' in batch else None
-            labelled = batch.get('labelled')
+            labelled = batch.get('labelled')  # False: rows a signal made (on-policy samples)
             return StepInputs(batch['inputs'], batch['targets'], batch['mask'],
-                              None if labelled is None else labelled[:, None], teacher)
+                              None if labelled is None else labelled[:, None])
 
         return prepare
 
     # -- evaluation -----------------------------------------------------------------
+    def samples(self, models: dict[str, tuple[Model, dict]], mesh: Mesh) -> list[dict[str, str]]:
+        """The report's greedy continuations (`continuations`)."""
+        return self.continuations(models, mesh)
+
     def continuations(self, models: dict[str, tuple[Model, dict]], mesh: Mesh, n: int = 3,
                       new_tokens: int = 48) -> list[dict[str, str]]:
         """Greedy continuations of ``n`` held-out prompts by every `Decoder` in ``models``
         (``name -> (model, {'params', 'state'})``), decoded to text for the report."""
-        from jaxdistill import sampling
+        from jaxdistill.models import sampling
         from jaxdistill.models.decoder import Decoder
 
         decoders = {k: v for k, v in models.items() if isinstance(v[0].module, Decoder)}

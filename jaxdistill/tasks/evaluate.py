@@ -14,8 +14,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill.adapter import Model
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
 
 
 def make_predict(model: Model, mesh: Mesh) -> Callable:
@@ -60,6 +60,11 @@ def kl_to_teacher(student_logits: np.ndarray, teacher_logits: np.ndarray) -> flo
     """Mean over examples of KL(p_teacher || p_student) at temperature 1, in nats."""
     log_t, log_s = log_softmax(teacher_logits), log_softmax(student_logits)
     return float(np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=-1)))
+
+
+def count_params(params: Any) -> int:
+    """The number of parameters (array elements) in a pytree: a report's ``params`` column."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 def fidelity(student_logits, teacher_logits, labels) -> dict[str, float]:

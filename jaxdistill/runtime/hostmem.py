@@ -12,9 +12,14 @@ next step's block then lands on pages already mapped. The process's resident mem
 stays at its peak, as it would under TCMalloc or XLA's own BFC allocator on accelerators.
 
 Tunables are read when a process starts (``mallopt`` later is not enough: threads started
-earlier keep arenas of their own), so the CLI restarts itself once with them set
-(`ensure`, an ``exec``: same process id, same arguments) before anything else runs;
-``benchmarks.run`` sets them in the environment of the processes it starts.
+earlier keep arenas of their own), so the policy is applied where processes start:
+
+* ``launch/`` scripts put the tunables in the environment of the CPU processes they start
+  (``launch/lib.sh``, ``host_memory_env``), and ``benchmarks.run`` in its workers';
+* the CLI's entry (``python -m jaxdistill.main``) calls `start` before importing jax: when
+  the environment lacks what ``--host_memory`` asks for, it restarts once with it set
+  (`ensure`, an ``exec``: same process id, same arguments);
+* the job then prints one line, `describe`: which policy is in force and how it got there.
 
 ``auto`` applies ``reuse`` where it pays: Linux with glibc, computing on the CPU (no GPU or
 TPU plugin installed and ``JAX_PLATFORMS`` empty or starting with ``cpu``). ``system``
@@ -27,7 +32,7 @@ import os
 import pkgutil
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from jaxdistill.errors import ConfigError
 
@@ -97,3 +102,45 @@ def ensure(policy: str) -> str:
     sys.stderr.flush()
     os.execve(sys.executable, list(sys.orig_argv), env)
     raise AssertionError('unreachable')  # pragma: no cover
+
+
+def policy_in(argv: Sequence[str]) -> str:
+    """The ``--host_memory`` value in a command line (the last one wins, as with absl);
+    ``auto`` when there is none."""
+    policy = 'auto'
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.lstrip('-').partition('=')
+        if name == 'host_memory' and arg.startswith('-'):
+            policy = value if eq else (argv[i + 1] if i + 1 < len(argv) else policy)
+    return policy
+
+
+def start(argv: Sequence[str] | None = None) -> None:
+    """A process entry's first step, before jax is imported: the command line's
+    ``--host_memory`` policy in force, by a restart (`ensure`) only if this process's
+    environment lacks it. A bad value is left to the flag parser, which reports it."""
+    try:
+        ensure(policy_in(sys.argv if argv is None else argv))
+    except ConfigError:
+        return
+
+
+def describe(policy: str, env: Mapping[str, str] = os.environ) -> str:
+    """One line for the job's output: the policy in force, and how it got there."""
+    want, now = resolve(policy, env), in_force(env)
+    why = {'reuse': 'glibc tunables: one malloc arena, no mmap, no trim',
+           'system': "the C library's defaults"}[now]
+    if policy == 'auto':
+        where = 'a CPU under glibc' if want == 'reuse' else 'an accelerator or not glibc'
+        why = f'auto on {where}: {why}'
+    if want != now:
+        how = (f'{want} not applied: this process was not started by the CLI entry '
+               '(python -m jaxdistill.main) or launch/, and keeps its allocator')
+    elif env.get(_RESTARTED):
+        how = 'restarted once at start to apply it'
+    elif now == 'reuse':
+        how = 'in force from the start (launch script or environment)'
+    else:
+        how = 'nothing to apply'
+    return f'host memory: {now} ({why}; {how})'
+

@@ -18,7 +18,6 @@ the URL.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +27,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxdistill import paths
+from jaxdistill import provenance
 from jaxdistill.errors import CheckpointError
+from jaxdistill.runtime import paths
 
 COMMIT_MARKER = 'commit_success.txt'  # Orbax writes it last, on every filesystem
 DAMAGED = '.damaged'  # suffix of a step set aside; Orbax no longer lists it
@@ -224,43 +224,7 @@ def run_identity(seed: int, first_batch: dict[str, Any],
     return {'rng': rng_identity(seed), 'teacher': teacher,
             'data': {'seed': int(seed), 'position': 0, 'digest': '',
                      'processes': jax.process_count(),
-                     'first_batch_sha256': rows_sha256(first_batch)}}
-
-
-def rows_sha256(batch: dict[str, Any]) -> str:
-    """SHA-256 of the rows of a global batch as a multiset: each process hashes its own
-    rows and the sorted hashes of all are hashed, so the value is the same on every
-    process and whatever the number of processes (which only reorders the rows)."""
-    keys = sorted(batch)
-    rows = np.stack([np.frombuffer(hashlib.sha256(b''.join(
-        np.ascontiguousarray(batch[k][i]).tobytes() for k in keys)).digest(), np.uint8)
-        for i in range(len(batch[keys[0]]))])
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        rows = np.asarray(multihost_utils.process_allgather(rows, tiled=True))
-    digest = hashlib.sha256(''.join(f'{k}{np.asarray(batch[k]).dtype.str}'
-                                    f'{np.shape(batch[k])[1:]}' for k in keys).encode())
-    digest.update(rows[np.lexsort(rows.T[::-1])].tobytes())
-    return digest.hexdigest()
-
-
-def batch_sha256(batch: dict[str, Any], max_values: int | None = None) -> str:
-    """SHA-256 of a host batch: every key, dtype, shape and value (or ``max_values``
-    evenly strided values per key, so hashing every step stays cheap for images)."""
-    digest = hashlib.sha256()
-    for key in sorted(batch):
-        arr = np.ascontiguousarray(batch[key]).reshape(-1)
-        if max_values and arr.size > max_values:
-            arr = arr[::arr.size // max_values]
-        digest.update(f'{key}{arr.dtype.str}{np.shape(batch[key])}'.encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()
-
-
-def advance_digest(digest: str, batch_hash: str) -> str:
-    """The running digest of every batch consumed so far (process 0's rows): equal
-    digests at equal steps mean no batch was skipped, repeated or reordered."""
-    return hashlib.sha256((digest + batch_hash).encode()).hexdigest()
+                     'first_batch_sha256': provenance.batch_rows_sha256(first_batch)}}
 
 
 def check_resume(saved: dict[str, Any], expected: dict[str, Any], step: int, where: str) -> None:
