@@ -16,9 +16,9 @@ from typing import Any
 import ml_collections
 
 from jaxdistill import signals, tasks
-from jaxdistill.ensemble import MODES as ENSEMBLE_MODES
 from jaxdistill.errors import ConfigError, closest
-from jaxdistill.mesh import DEFAULT_RULES, check_rules
+from jaxdistill.runtime.mesh import DEFAULT_RULES, check_rules
+from jaxdistill.teachers.ensemble import MODES as ENSEMBLE_MODES
 
 # Sub-trees whose keys belong to the user (module constructor arguments).
 FREE_FORM = ('teacher.kwargs', 'student.kwargs')
@@ -326,7 +326,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_telemetry(config) -> None:
-    from jaxdistill import telemetry
+    from jaxdistill.train import telemetry
 
     telemetry.check_profile_steps(config.train.profile_steps, config.train.steps)
     if config.train.wandb_project and importlib.util.find_spec('wandb') is None:

@@ -17,8 +17,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxdistill import hostmem
 from jaxdistill.errors import JaxdistillError
+from jaxdistill.runtime import hostmem
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
@@ -197,7 +197,7 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder] = _FLAGS,
     if len(argv) > 1:
         _fail(f'unexpected arguments {argv[1:]}: every option is a --flag')
     logging.set_verbosity(logging.ERROR)  # library chatter; our own output is print()
-    from jaxdistill.preemption import Preempted  # imports jax: after the process's start
+    from jaxdistill.train.preemption import Preempted  # imports jax: after the process's start
 
     value = {name: holder.value for name, holder in holders.items()}
     try:
@@ -208,7 +208,8 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder] = _FLAGS,
             print(hostmem.describe(value['host_memory']), flush=True)  # what it did, one line
         else:
             hostmem.resolve(value['host_memory'])
-        from jaxdistill import distributed, run  # after flag parsing: --help stays fast
+        from jaxdistill import run
+        from jaxdistill.runtime import distributed
 
         # Before anything touches a device: JAX then sees every process's devices.
         distributed.initialize(value['coordinator_address'], value['num_processes'],

@@ -16,25 +16,18 @@ import ml_collections
 import numpy as np
 
 from jaxdistill import config as config_lib
-from jaxdistill import ensemble as ensemble_lib
 from jaxdistill import export as export_lib
-from jaxdistill import (
-    hidden_logits,
-    objective,
-    paths,
-    report,
-    signals,
-    students,
-    tasks,
-    telemetry,
-    train,
-)
-from jaxdistill import mesh as mesh_lib
+from jaxdistill import objective, report, signals, tasks, train
 from jaxdistill import provenance as provenance_lib
 from jaxdistill import teachers as teachers_lib
-from jaxdistill.adapter import Model
 from jaxdistill.audit import protect
 from jaxdistill.errors import ConfigError, closest
+from jaxdistill.models import students
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
+from jaxdistill.teachers import ensemble as ensemble_lib
+from jaxdistill.train import hidden_logits, telemetry
 
 
 @dataclasses.dataclass

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import modules
-from jaxdistill.adapter import Model
 from jaxdistill.errors import ConfigError
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
 
 
 class DictNet(nn.Module):

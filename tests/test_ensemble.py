@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from jaxdistill import objective, provenance, run
-from jaxdistill.ensemble import mix_probabilities
 from jaxdistill.errors import CheckpointError, ConfigError
+from jaxdistill.teachers.ensemble import mix_probabilities
 from tests.helpers import load_config
 
 

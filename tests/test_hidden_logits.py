@@ -14,11 +14,13 @@ import optax
 import pytest
 
 from jaxdistill import config as config_lib
-from jaxdistill import hidden_logits, modules, objective, train
-from jaxdistill import mesh as mesh_lib
+from jaxdistill import objective, train
 from jaxdistill.config import loss_entry
 from jaxdistill.errors import ConfigError
+from jaxdistill.models import modules
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import StepInputs
+from jaxdistill.train import hidden_logits
 
 V = 96
 

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from etils import epath
 
-from jaxdistill import metrics, paths, report, run
+from jaxdistill import report, run
 from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import paths
 from jaxdistill.signals import store
+from jaxdistill.train import metrics
 from tests.helpers import load_config
 
 

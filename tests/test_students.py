@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdistill import hf, run, students
+from jaxdistill import hf, run
 from jaxdistill.errors import ConfigError
 from jaxdistill.hf.tokenizer import HFTokenizer
+from jaxdistill.models import students
 from tests.helpers import load_config
 
 LLAMA = pathlib.Path(__file__).parent / 'fixtures' / 'hf' / 'llama'

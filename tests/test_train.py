@@ -8,8 +8,8 @@ import pytest
 
 from jaxdistill import config as config_lib
 from jaxdistill import provenance, run, train
-from jaxdistill.checkpoint import StageCheckpoints
 from jaxdistill.config import loss_entry
+from jaxdistill.train.checkpoint import StageCheckpoints
 from tests.helpers import load_config
 
 
