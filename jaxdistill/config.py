@@ -166,7 +166,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Weights & Biases project to log every stage's scalars and the config to ('' = off;
     # pip install "jaxdistill[wandb]"); TensorBoard and metrics.jsonl are always written
     c.train.wandb_project = ''
-    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs (jaxdistill/telemetry.py)
+    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs (train/telemetry.py)
     c.train.peak_tflops = 0.0
 
     c.distill = ml_collections.ConfigDict()
