@@ -50,7 +50,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
             'host_memory', 'auto', ['auto', 'reuse', 'system'],
             'XLA:CPU step memory: reuse the previous step\'s pages (no page faults; resident '
             'memory stays at its peak) or the C library\'s defaults; auto: reuse when computing '
-            'on a CPU under glibc (jaxdistill/hostmem.py).', flag_values=flag_values),
+            'on a CPU under glibc (jaxdistill/runtime/hostmem.py).', flag_values=flag_values),
     }
     flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
     return holders
@@ -245,7 +245,7 @@ def cli() -> None:
     """The ``jaxdistill`` console script: the same as ``python -m jaxdistill.main``.
 
     Where the process starts: its allocator policy first (at most one restart, before jax or
-    the config file is loaded; jaxdistill/hostmem.py), then the flags and the job.
+    the config file is loaded; jaxdistill/runtime/hostmem.py), then the flags and the job.
     """
     hostmem.start(sys.argv)
     app.run(main, flags_parser=parse_flags)
