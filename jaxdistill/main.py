@@ -28,7 +28,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
     holders = {
         'config': config_flags.DEFINE_config_file(
             'config', None,
-            'A configs/*.py file, optionally with a preset: configs/digits.py:smoke.',
+            'A recipe by name or a configs/*.py file, optionally with a preset: digits:smoke, '
+            'configs/digits.py:smoke.',
             flag_values=flag_values, lock_config=True, sys_argv=argv),
         'workdir': flags.DEFINE_string('workdir', None, 'Directory for checkpoints and reports.',
                                        flag_values=flag_values),
@@ -65,6 +66,7 @@ def _fail(message: str) -> None:
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
     """absl parsing, with every failure (flags or the config file) reported in one line."""
+    argv = _named_config(argv)
     _check_config_file(argv)
     try:
         rest = flag_values(argv)
@@ -80,6 +82,19 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
         _fail(f'bad --config: {text}')
     _check_loaded(flag_values, _config_arg(argv))
     return rest
+
+
+def _named_config(argv: list[str]) -> list[str]:
+    """``--config=digits:smoke``: a packaged recipe by name (`jaxdistill.configs`)."""
+    from jaxdistill import configs
+
+    out = list(argv)
+    for i, arg in enumerate(out[1:], 1):
+        if arg.startswith('--config='):
+            out[i] = '--config=' + configs.resolve(arg[len('--config='):])
+        elif out[i - 1] == '--config':
+            out[i] = configs.resolve(arg)
+    return out
 
 
 def _config_arg(argv: list[str]) -> str | None:
@@ -113,9 +128,8 @@ def _check_config_file(argv: list[str]) -> None:
           'e.g. configs/digits.py')
 
 
-# The configs/ folder of a source checkout, listed when the working directory has none.
-_PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 'configs')
+# The packaged recipes (jaxdistill/configs), listed when the working directory has none.
+_PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
 
 def _config_names(folder: str) -> list[str]:
