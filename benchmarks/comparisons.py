@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness, pairs, steps
-from jaxdistill import hostmem
+from jaxdistill.runtime import hostmem
 
 PAIRS = ('image', 'lm')
 # Every ratio is lower-is-better except cpu_mfu's; a goal is the largest ratio that meets

@@ -33,7 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = {
     'digits': ['--config=configs/digits.py', '--config.teacher.steps=40',
                '--config.train.steps=40', '--config.train.checkpoint_every=20',
-               '--config.train.eval_every=20', '--config.train.log_every=10'],
+               '--config.train.eval_every=20', '--config.train.log_every=10',
+               '--config.optimizer.warmup_steps=5'],
     'lm_text_smoke': ['--config=configs/lm_text.py:smoke'],
 }
 

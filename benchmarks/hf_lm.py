@@ -58,9 +58,9 @@ def write_teacher(directory: str, max_len: int) -> str:
 def build(directory: str, batch: int, seq: int):
     """``(pair, teacher_vars)``: the imported teacher and a half-depth student."""
     from benchmarks import pairs
-    from jaxdistill.adapter import Model
     from jaxdistill.hf import load_causal_lm
     from jaxdistill.models import Decoder
+    from jaxdistill.models.adapter import Model
 
     module, params, _ = load_causal_lm(directory)
     module = module.clone(max_len=max(module.max_len, seq))
@@ -73,9 +73,9 @@ def build(directory: str, batch: int, seq: int):
 
 def _step(pair, teacher_vars, token_loss: str, *, with_teacher: bool = True):
     from benchmarks import steps
-    from jaxdistill import mesh as mesh_lib
     from jaxdistill import objective as objective_lib
     from jaxdistill import train
+    from jaxdistill.runtime import mesh as mesh_lib
 
     mesh = steps.make_mesh(jax.devices()[:1])
     optimizer = train.make_optimizer(pair.optimizer_config(), steps.STEPS_FOR_SCHEDULE)

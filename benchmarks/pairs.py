@@ -24,9 +24,9 @@ import numpy as np
 
 from jaxdistill import config as config_lib
 from jaxdistill import objective as objective_lib
-from jaxdistill.adapter import Model
 from jaxdistill.config import loss_entry
 from jaxdistill.models import CNN, Decoder, ResNet20
+from jaxdistill.models.adapter import Model
 from jaxdistill.tasks.classification import ClassificationTask
 from jaxdistill.tasks.lm import LanguageModelTask
 

@@ -34,9 +34,9 @@ TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed
 
 
 def _worker_env(name: str) -> dict[str, str]:
-    from jaxdistill import hostmem
+    from jaxdistill.runtime import hostmem
 
-    # What the CLI runs under (jaxdistill/hostmem.py), decided for the CPU the worker uses.
+    # What the CLI runs under (jaxdistill/runtime/hostmem.py), decided for the CPU the worker uses.
     env = hostmem.environ('auto', dict(os.environ, JAX_PLATFORMS='cpu'))
     env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8' if name == 'scaling_8dev'
                         else '')
@@ -57,7 +57,7 @@ def run_worker(name: str, quick: bool, repeats: int) -> dict[str, Any]:
     """
     import jax
 
-    from jaxdistill import hostmem
+    from jaxdistill.runtime import hostmem
 
     before, start = harness.load_average(), time.perf_counter()
     record = comparisons.COMPARISONS[name](quick, repeats)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 7)
     if args.probe:  # one process of host_memory: the distill steps under one policy
-        from jaxdistill import hostmem
+        from jaxdistill.runtime import hostmem
 
         if hostmem.in_force() != args.probe:
             raise SystemExit(f'--probe {args.probe} started without its environment')

@@ -37,7 +37,8 @@ import numpy as np
 
 from benchmarks.harness import load_average, machine_info
 from jaxdistill import data as data_lib
-from jaxdistill import hostmem, objective, run, train
+from jaxdistill import objective, run, train
+from jaxdistill.runtime import hostmem
 
 PIPELINES = ('grain_shuffle', 'epoch_order')
 STAGES = ('baseline', 'student')

@@ -28,9 +28,9 @@ from jax.sharding import Mesh
 
 from benchmarks import harness
 from benchmarks.pairs import Pair
-from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
 from jaxdistill import signals, train
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.signals import cache as cache_lib
 
 STEPS_FOR_SCHEDULE = 1000  # the optimizer's schedule length; the timed steps sit in warm-up

@@ -16,9 +16,9 @@ from typing import Any
 import ml_collections
 
 from jaxdistill import signals, tasks
-from jaxdistill.ensemble import MODES as ENSEMBLE_MODES
 from jaxdistill.errors import ConfigError, closest
-from jaxdistill.mesh import DEFAULT_RULES, check_rules
+from jaxdistill.runtime.mesh import DEFAULT_RULES, check_rules
+from jaxdistill.teachers.ensemble import MODES as ENSEMBLE_MODES
 
 # Sub-trees whose keys belong to the user (module constructor arguments).
 FREE_FORM = ('teacher.kwargs', 'student.kwargs')
@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Beta(a, a) mixup on device for the baseline and student stages (a teacher trained here
     # trains without it); the teacher scores the same mixed images the student sees.
     c.data.mixup = 0.0
+    # threads making training batches ahead of the step (0: one per CPU core, up to 8); image-
+    # by-image augmentation (inception_crop, image_size) runs as a Grain per-example pipeline
+    c.data.workers = 0
     c.data.cache_mb = 1024.0  # decode a split once into memory when smaller than this
     # The fraction of the train split whose labels the students (baseline and distilled)
     # may use, drawn per seed. The baseline trains on those examples alone; the distilled
@@ -163,7 +166,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Weights & Biases project to log every stage's scalars and the config to ('' = off;
     # pip install "jaxdistill[wandb]"); TensorBoard and metrics.jsonl are always written
     c.train.wandb_project = ''
-    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs (jaxdistill/telemetry.py)
+    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs
+    # (jaxdistill/train/telemetry.py)
     c.train.peak_tflops = 0.0
 
     c.distill = ml_collections.ConfigDict()
@@ -184,7 +188,7 @@ def base_config() -> ml_collections.ConfigDict:
     # probability distill.on_policy.lmbda, by the student's own completions of its prompts,
     # which the teacher then scores inside the step.
     c.distill.teacher_signal = 'online'
-    # How token-level logit terms are computed (jaxdistill/hidden_logits.py): 'dense' (the
+    # How token-level logit terms are computed (jaxdistill/train/hidden_logits.py): 'dense' (the
     # models' [B, T, V] logits), 'chunked' (from the decoders' final hidden states and heads,
     # distill.chunk_size tokens at a time: no [B, T, V] array), 'vocab_sharded' (logits split
     # over mesh.tensor), or 'auto': chunked for decoder students with vocabularies >= 32k.
@@ -292,6 +296,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(config, 'train.keep_checkpoints', config.train.keep_checkpoints)
     _check_best(config)
     _check_telemetry(config)
+    if config.data.workers < 0:
+        raise ConfigError(f'data.workers={config.data.workers} must be >= 0 (0: one per CPU '
+                          'core, up to 8)')
     _check_accum(config)
     if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError(
@@ -320,7 +327,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_telemetry(config) -> None:
-    from jaxdistill import telemetry
+    from jaxdistill.train import telemetry
 
     telemetry.check_profile_steps(config.train.profile_steps, config.train.steps)
     if config.train.wandb_project and importlib.util.find_spec('wandb') is None:

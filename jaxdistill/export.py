@@ -27,12 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, paths, provenance, train
-from jaxdistill.adapter import Model
+from jaxdistill import provenance, train
 from jaxdistill.errors import CheckpointError, ConfigError
 from jaxdistill.hf import export as hf_export
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
+from jaxdistill.train import checkpoint as ckpt_lib
 
 SPEC = 'export.json'
 FORMAT = 'jaxdistill-export/1'

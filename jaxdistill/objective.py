@@ -180,7 +180,7 @@ class Objective:
         ``window`` (gradient accumulation, from `accumulation_window`): this batch is one
         micro-batch of a larger one; each term is scaled to its share of that batch's mean.
         ``precomputed``: values of logit terms (by index) computed another way, chunk by
-        chunk or on sharded logits (`jaxdistill.hidden_logits`).
+        chunk or on sharded logits (`jaxdistill.train.hidden_logits`).
         """
         total = jnp.zeros((), jnp.float32)
         metrics = {}

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdistill import mesh as mesh_lib
+from jaxdistill.runtime import mesh as mesh_lib
 
 
 def params_sha256(params: Any) -> str:

@@ -6,7 +6,8 @@ import io
 import json
 from typing import Any
 
-from jaxdistill import paths, signals, tasks
+from jaxdistill import signals, tasks
+from jaxdistill.runtime import paths
 
 
 def write_atomic(path: str, text: str | bytes) -> None:

@@ -16,25 +16,18 @@ import ml_collections
 import numpy as np
 
 from jaxdistill import config as config_lib
-from jaxdistill import ensemble as ensemble_lib
 from jaxdistill import export as export_lib
-from jaxdistill import (
-    hidden_logits,
-    objective,
-    paths,
-    report,
-    signals,
-    students,
-    tasks,
-    telemetry,
-    train,
-)
-from jaxdistill import mesh as mesh_lib
+from jaxdistill import objective, report, signals, tasks, train
 from jaxdistill import provenance as provenance_lib
 from jaxdistill import teachers as teachers_lib
-from jaxdistill.adapter import Model
 from jaxdistill.audit import protect
 from jaxdistill.errors import ConfigError, closest
+from jaxdistill.models import students
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
+from jaxdistill.teachers import ensemble as ensemble_lib
+from jaxdistill.train import hidden_logits, telemetry
 
 
 @dataclasses.dataclass
@@ -52,7 +45,7 @@ class Plan:
     teacher_dir: str  # where the first teacher's checkpoints are (trained here or given)
     projections: dict[str, tuple[int, int]]  # learned projections of feature losses
     teachers: list[teachers_lib.Teacher]  # every teacher, the first one first
-    token_loss: str = 'dense'  # distill.token_loss resolved (jaxdistill/hidden_logits.py)
+    token_loss: str = 'dense'  # distill.token_loss resolved (jaxdistill/train/hidden_logits.py)
     # what the students start from (student.checkpoint / from_teacher_layers), set once the
     # teacher is loaded; None: random from the seed
     init_params: Any = None
@@ -80,7 +73,7 @@ def _first_difference(old, new, prefix: str = '') -> str | None:
     # Resuming on another mesh is a resharded restore; exporting reads the run.
     harmless = {'train.log_every', 'train.eval_every', 'mode', 'export.format', 'mesh.data',
                 'mesh.fsdp', 'mesh.tensor', 'train.profile_steps', 'train.compilation_cache',
-                'train.wandb_project', 'train.peak_tflops'}
+                'train.wandb_project', 'train.peak_tflops', 'data.workers'}
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             key = f'{prefix}{k}'

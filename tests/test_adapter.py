@@ -1,4 +1,5 @@
-"""jaxdistill/adapter.py: logits, state handling and feature taps of linen and NNX modules."""
+"""jaxdistill/models/adapter.py: logits, state handling and feature taps of linen and NNX
+modules."""
 
 import flax.linen as nn
 import jax
@@ -6,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import modules
-from jaxdistill.adapter import Model
 from jaxdistill.errors import ConfigError
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
 
 
 class DictNet(nn.Module):

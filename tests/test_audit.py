@@ -226,7 +226,7 @@ def test_detect_distribution_null_and_alternative():
 
 def test_generate_with_a_watermark():
     from jaxdistill.models.decoder import Decoder
-    from jaxdistill.sampling import generate
+    from jaxdistill.models.sampling import generate
     from tests.test_decoder import CFG, random_params
 
     model = Decoder(**CFG)
@@ -284,9 +284,9 @@ def test_protection_config_errors():
 def test_antidistill_direction_is_savanis_finite_difference():
     """d(c) = <g, grad log p(c)>: Savani et al. estimate it as (log p at theta + eps g minus
     at theta - eps g) / 2 eps; the jvp is its exact limit."""
-    from jaxdistill import modules
-    from jaxdistill.adapter import Model
     from jaxdistill.audit import protect
+    from jaxdistill.models import modules
+    from jaxdistill.models.adapter import Model
 
     proxy = Model(modules.resolve('mlp', {'hidden': (16,), 'num_classes': 5}, key='m'), '',
                   'proxy')

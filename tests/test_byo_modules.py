@@ -20,8 +20,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, provenance, train
+from jaxdistill import objective, provenance, train
+from jaxdistill.models import modules
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import StepInputs
 from tests.helpers import ROOT
 

@@ -1,5 +1,5 @@
-"""jaxdistill/checkpoint.py: round trip, shape checks, finding runs, damaged steps, best-keeping,
-what a resume verifies."""
+"""jaxdistill/train/checkpoint.py: round trip, shape checks, finding runs, damaged steps,
+best-keeping, what a resume verifies."""
 
 import os
 
@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import checkpoint as ckpt
-from jaxdistill.checkpoint import StageCheckpoints, check_shapes, find_stage_dir
 from jaxdistill.errors import CheckpointError
+from jaxdistill.train import checkpoint as ckpt
+from jaxdistill.train.checkpoint import StageCheckpoints, check_shapes, find_stage_dir
 
 
 def tree():

@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import modules
-from jaxdistill.adapter import Model
 from jaxdistill.errors import ConfigError, DataError
-from jaxdistill.models import BUILTIN
+from jaxdistill.models import BUILTIN, modules
+from jaxdistill.models.adapter import Model
 from jaxdistill.models.decoder import Decoder, output_projection
 
 CFG = dict(vocab_size=256, num_layers=2, d_model=32, num_heads=4, mlp_dim=64, max_len=64,

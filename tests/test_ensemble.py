@@ -1,12 +1,12 @@
-"""jaxdistill/ensemble.py and teachers.py: several teachers, mixed or term by term."""
+"""jaxdistill/teachers/ensemble.py and teachers.py: several teachers, mixed or term by term."""
 
 import jax
 import numpy as np
 import pytest
 
 from jaxdistill import objective, provenance, run
-from jaxdistill.ensemble import mix_probabilities
 from jaxdistill.errors import CheckpointError, ConfigError
+from jaxdistill.teachers.ensemble import mix_probabilities
 from tests.helpers import load_config
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from jaxdistill import config as config_lib
-from jaxdistill import evaluate as eval_lib
 from jaxdistill import run, signals, tasks, train
 from jaxdistill.config import loss_entry
 from jaxdistill.errors import ConfigError
+from jaxdistill.tasks import evaluate as eval_lib
 
 DEVICES = jax.devices()[:1]
 

@@ -22,8 +22,8 @@ from orbax.checkpoint import StandardCheckpointer
 
 from jaxdistill import config as config_lib
 from jaxdistill import export, objective, provenance, run, train
-from jaxdistill.checkpoint import StageCheckpoints, find_teacher
 from jaxdistill.errors import CheckpointError, ConfigError, TrainingError
+from jaxdistill.train.checkpoint import StageCheckpoints, find_teacher
 from tests.helpers import ROOT, load_config
 
 # Enough steps to interrupt mid-stage; a metrics line per step tells the test where the run is.

@@ -14,10 +14,11 @@ import optax
 import pytest
 
 from jaxdistill import config as config_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, train
+from jaxdistill import objective, train
 from jaxdistill.config import loss_entry
 from jaxdistill.errors import ConfigError
+from jaxdistill.models import modules
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import StepInputs
 
 MESH = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -18,8 +18,8 @@ pytest.importorskip('safetensors')
 pytest.importorskip('tokenizers')
 
 from jaxdistill import hf  # noqa: E402
-from jaxdistill.adapter import Model  # noqa: E402
 from jaxdistill.errors import CheckpointError, ConfigError, JaxdistillError  # noqa: E402
+from jaxdistill.models.adapter import Model  # noqa: E402
 from jaxdistill.models.bert import BertEncoder, from_hf_config  # noqa: E402
 
 FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'minilm_reference.npz'

@@ -17,10 +17,10 @@ import pytest
 from jax.sharding import NamedSharding
 
 from jaxdistill import hf, teachers
-from jaxdistill import mesh as mesh_lib
 from jaxdistill.config import base_config
 from jaxdistill.errors import CheckpointError, ConfigError
 from jaxdistill.models.decoder import Decoder
+from jaxdistill.runtime import mesh as mesh_lib
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'hf'
 FAMILIES = ('llama', 'mistral', 'qwen2', 'gemma')

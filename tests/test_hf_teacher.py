@@ -17,12 +17,12 @@ pytest.importorskip('safetensors')
 from safetensors.numpy import save_file  # noqa: E402
 
 from jaxdistill import hf, run, teachers  # noqa: E402
-from jaxdistill import mesh as mesh_lib  # noqa: E402
 from jaxdistill.config import base_config  # noqa: E402
 from jaxdistill.errors import CheckpointError, ConfigError  # noqa: E402
 from jaxdistill.hf import decoder as hf_decoder  # noqa: E402
 from jaxdistill.hf import teacher as hf_teacher  # noqa: E402
 from jaxdistill.models.decoder import Decoder  # noqa: E402
+from jaxdistill.runtime import mesh as mesh_lib
 from tests.test_hf_decoder import LLAMA_CONFIG, TINY, random_llama  # noqa: E402
 
 MINILM = dict(vocab_size=30522, hidden=384, layers=6, heads=12, intermediate=1536, max_len=512)

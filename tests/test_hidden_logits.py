@@ -1,4 +1,4 @@
-"""jaxdistill/hidden_logits.py: distill.token_loss in the real train step.
+"""jaxdistill/train/hidden_logits.py: distill.token_loss in the real train step.
 
 The chunked path (logits recomputed from the decoders' final hidden states, a chunk of
 tokens at a time) and the vocabulary-sharded path must give the dense path's update: the
@@ -14,11 +14,13 @@ import optax
 import pytest
 
 from jaxdistill import config as config_lib
-from jaxdistill import hidden_logits, modules, objective, train
-from jaxdistill import mesh as mesh_lib
+from jaxdistill import objective, train
 from jaxdistill.config import loss_entry
 from jaxdistill.errors import ConfigError
+from jaxdistill.models import modules
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import StepInputs
+from jaxdistill.train import hidden_logits
 
 V = 96
 

@@ -1,4 +1,4 @@
-"""jaxdistill.hostmem: what each policy means, its errors, and its effect (page faults)."""
+"""jaxdistill.runtime.hostmem: what each policy means, its errors, and its effect (page faults)."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from jaxdistill import hostmem
 from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import hostmem
 from tests.helpers import ROOT
 
 glibc_only = pytest.mark.skipif(not hostmem.is_glibc(), reason='the tunables are glibc-only')
@@ -20,7 +20,7 @@ glibc_only = pytest.mark.skipif(not hostmem.is_glibc(), reason='the tunables are
 PROBE = r'''
 import json, resource
 import jax, jax.numpy as jnp
-from jaxdistill import hostmem
+from jaxdistill.runtime import hostmem
 x = jnp.full((2048, 256), 0.01)
 w = jnp.full((256, 8192), 0.01)
 step = jax.jit(jax.grad(lambda w: jax.nn.logsumexp(x @ w, axis=-1).sum()))
@@ -87,7 +87,7 @@ def test_unknown_policy_names_the_flag_and_the_choices():
 @glibc_only
 def test_the_cli_restarts_itself_once_under_its_policy():
     """`ensure` execs the same command with the tunables; the second process goes on."""
-    code = ('import os, sys; from jaxdistill import hostmem; '
+    code = ('import os, sys; from jaxdistill.runtime import hostmem; '
             'print(hostmem.ensure(sys.argv[1]), os.getpid(), flush=True)')
     for policy, started_with in (('reuse', 'system'), ('system', 'reuse'), ('reuse', 'reuse')):
         env = hostmem.environ(started_with, {'JAX_PLATFORMS': 'cpu',
@@ -127,7 +127,7 @@ def test_describe_says_which_policy_and_how(policy, env, want):
 
 CONFIG_PROBE = '''
 import os, sys
-from jaxdistill import hostmem
+from jaxdistill.runtime import hostmem
 
 
 def get_config():

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from jaxdistill import hostmem
+from jaxdistill.runtime import hostmem
 from tests.helpers import ROOT
 
 SCRIPTS = ('tpu_vm.sh', 'slurm_gpu.sh', 'local_multihost.sh')

@@ -18,9 +18,10 @@ from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
 from jaxdistill import config as config_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, provenance, run, train
-from jaxdistill.adapter import Model
+from jaxdistill import provenance, run, train
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
 from tests.helpers import ROOT, load_config, load_module
 
 NAME = 'lm_large.py'

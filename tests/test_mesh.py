@@ -1,4 +1,4 @@
-"""jaxdistill/mesh.py: mesh sizes, sharding rules, and the same run on every layout."""
+"""jaxdistill/runtime/mesh.py: mesh sizes, sharding rules, and the same run on every layout."""
 
 import math
 
@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxdistill import checkpoint as ckpt_lib
 from jaxdistill import config as config_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, provenance, run, train
-from jaxdistill.adapter import Model
+from jaxdistill import provenance, run, train
 from jaxdistill.config import loss_entry
 from jaxdistill.errors import ConfigError
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.train import checkpoint as ckpt_lib
 from tests.helpers import load_config
 
 

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules
-from jaxdistill.adapter import Model
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
 
 BUILTINS = [
     ('mlp', dict(hidden=(16,), num_classes=10), (2, 8, 8, 1)),

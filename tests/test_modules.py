@@ -1,4 +1,4 @@
-"""jaxdistill/modules.py: built-in names, import paths (linen and NNX) and their errors."""
+"""jaxdistill/models/modules.py: built-in names, import paths (linen and NNX) and their errors."""
 
 import flax.linen as nn
 import jax
@@ -6,9 +6,9 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from jaxdistill import modules
-from jaxdistill.adapter import Model, NnxSpec
 from jaxdistill.errors import ConfigError
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model, NnxSpec
 from tests.user_models import nnx_models
 
 

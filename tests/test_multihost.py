@@ -1,4 +1,4 @@
-"""jaxdistill/distributed.py and multi-process runs: 2 real processes x 4 CPU devices.
+"""jaxdistill/runtime/distributed.py and multi-process runs: 2 real processes x 4 CPU devices.
 
 `launch/local_multihost.sh 2` starts two `jaxdistill.main` processes that find each
 other through a coordinator on localhost and exchange collectives through gloo. They
@@ -15,8 +15,9 @@ import sys
 import jax
 import pytest
 
-from jaxdistill import distributed, run
+from jaxdistill import run
 from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import distributed
 from tests.helpers import ROOT
 from tests.test_mesh import STEPS, assert_same_run, smoke_config, stage_result
 
@@ -93,7 +94,7 @@ def test_cli_reports_bad_flags_in_one_line(tmp_path):
 
 SHARED_DIR_PROBE = """
 import sys
-from jaxdistill import distributed
+from jaxdistill.runtime import distributed
 from jaxdistill.errors import ConfigError
 distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 try:
@@ -140,7 +141,8 @@ def test_workdir_must_be_shared_by_all_processes(tmp_path, shared):
 ROWS_PROBE = """
 import sys
 import ml_collections
-from jaxdistill import distributed, mesh
+from jaxdistill.runtime import distributed
+from jaxdistill.runtime import mesh
 from jaxdistill.errors import ConfigError
 distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 data, tensor = map(int, sys.argv[3:5])

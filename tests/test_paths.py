@@ -1,4 +1,4 @@
-"""Workdirs in buckets and behind file:// URIs (jaxdistill/paths.py).
+"""Workdirs in buckets and behind file:// URIs (jaxdistill/runtime/paths.py).
 
 ``gs://`` is exercised through etils.epath's own test double (`epath.testing.mock_epath`)
 with every ``gs://bucket/...`` path mapped onto a local directory, the way a bucket
@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from etils import epath
 
-from jaxdistill import metrics, paths, report, run
+from jaxdistill import report, run
 from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import paths
 from jaxdistill.signals import store
+from jaxdistill.train import metrics
 from tests.helpers import load_config
 
 

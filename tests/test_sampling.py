@@ -1,4 +1,4 @@
-"""jaxdistill/sampling.py: the KV cache against full forwards, and the sampling filters."""
+"""jaxdistill/models/sampling.py: the KV cache against full forwards, and the sampling filters."""
 
 import functools
 
@@ -10,7 +10,7 @@ import pytest
 
 from jaxdistill.errors import ConfigError, DataError
 from jaxdistill.models.decoder import Decoder, init_cache
-from jaxdistill.sampling import generate, sample_logits
+from jaxdistill.models.sampling import generate, sample_logits
 from tests.test_decoder import CFG, random_params
 
 N = 8  # new tokens

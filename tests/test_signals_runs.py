@@ -144,7 +144,7 @@ def test_on_policy_batch_is_the_students_own_completion(data_dir, teacher_dir, t
     hook = on_policy.OnPolicy(c, p.student, p.mesh)
     state, _ = train.create_train_state(p.student, train.make_optimizer(c.optimizer, 20),
                                         jax.random.key(0), p.sample, p.mesh)
-    from jaxdistill import mesh as mesh_lib
+    from jaxdistill.runtime import mesh as mesh_lib
     batch = mesh_lib.to_global(p.mesh, p.task.train_batches(0)[0])
     step = next(s for s in range(100) if on_policy.uses_student_samples(c.seed, s, 0.5))
     out = hook(state, batch, step)

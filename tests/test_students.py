@@ -1,4 +1,4 @@
-"""jaxdistill/students.py + the HF round trip of a run: a Llama checkpoint as teacher
+"""jaxdistill/models/students.py + the HF round trip of a run: a Llama checkpoint as teacher
 (module='hf'), its own tokenizer for the text (data.tokenizer='teacher'), a student cut from
 its layers (student.from_teacher_layers), exported back with --config.export.format=hf."""
 
@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdistill import hf, run, students
+from jaxdistill import hf, run
 from jaxdistill.errors import ConfigError
 from jaxdistill.hf.tokenizer import HFTokenizer
+from jaxdistill.models import students
 from tests.helpers import load_config
 
 LLAMA = pathlib.Path(__file__).parent / 'fixtures' / 'hf' / 'llama'

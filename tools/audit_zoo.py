@@ -237,7 +237,7 @@ def _lm_generations(loaded, probe, seed: int, watermark=None):
     """Sampled continuations (T = 1) of the probe rows' first quarter, to the row length."""
     import jax
 
-    from jaxdistill import sampling
+    from jaxdistill.models import sampling
 
     prompt_len = probe.inputs.shape[1] // 4
     prompts = probe.inputs[:, :prompt_len]
@@ -291,11 +291,12 @@ def audit_protect(root: str, seed: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jaxdistill import modules, tasks
-    from jaxdistill.adapter import Model
+    from jaxdistill import tasks
     from jaxdistill.audit import fingerprints as fp
     from jaxdistill.audit import models as audit_models
     from jaxdistill.audit import protect
+    from jaxdistill.models import modules
+    from jaxdistill.models.adapter import Model
 
     rows = []
     for r in plan('protect', root):

@@ -32,8 +32,9 @@ def cases():
     """``name -> (module, params, tokenizer)`` of every export, deterministic."""
     import jax
 
-    from jaxdistill import hf, students
+    from jaxdistill import hf
     from jaxdistill.data.tokenizer import ByteTokenizer
+    from jaxdistill.models import students
     from jaxdistill.models.decoder import Decoder
 
     out = {}

@@ -123,9 +123,9 @@ def watermark_test(suspect: str, key: int, out: str, *, gamma: float = 0.25, dat
     import jax
 
     from jaxdistill import report as report_lib
-    from jaxdistill import sampling
     from jaxdistill.audit import fingerprints, models
     from jaxdistill.audit import watermark as wm
+    from jaxdistill.models import sampling
 
     if not key > 0:
         raise AuditError(f'--watermark_key={key} must be the watermark\'s key (an int > 0)')

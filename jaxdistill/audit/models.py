@@ -27,12 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, provenance
-from jaxdistill.adapter import Model
+from jaxdistill import provenance
 from jaxdistill.audit.stats import AuditError
 from jaxdistill.errors import JaxdistillError
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.train import checkpoint as ckpt_lib
 
 STAGES = ('teacher', 'student', 'baseline')
 MIN_EXAMPLES = 100  # classification probes (test examples)

@@ -19,6 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from jaxdistill.data import loader
 from jaxdistill.errors import ConfigError, DataError
 
 
@@ -429,23 +430,23 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, augmen
 
     def _fetch(step: int, batch_ids: np.ndarray) -> dict[str, np.ndarray]:
         rows = step * global_batch + own + np.arange(len(batch_ids))  # global rows
-        if augment in ('crop', 'flip_crop') or not (augment or image_size):
-            batch = _stacked(source, batch_ids)
-            if augment:
-                batch['image'] = _shift(batch['image'], *shift_params(
-                    seed, rows, batch['image'].shape[1:-1], augment == 'flip_crop'))
-            return batch
-        out = []
-        for example, row in zip(_examples(source, batch_ids), rows):
-            if augment == 'inception_crop':
-                example = _inception_crop(example, np.random.default_rng([seed, int(row)]),
-                                          image_size)
-            else:
-                example = center_crop(example, image_size)
-            out.append(example)
-        return {k: np.stack([e[k] for e in out]) for k in ('image', 'label')}
+        batch = _stacked(source, batch_ids)
+        if augment:
+            batch['image'] = _shift(batch['image'], *shift_params(
+                seed, rows, batch['image'].shape[1:-1], augment == 'flip_crop'))
+        return batch
 
-    return ids.map_with_index(fetch)
+    if augment in ('crop', 'flip_crop') or not (augment or image_size):
+        return ids.map_with_index(fetch)  # whole-batch operations: one call per batch
+
+    def one(example: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
+        if augment == 'inception_crop':
+            return _inception_crop(example, np.random.default_rng([seed, row]), image_size)
+        return center_crop(example, image_size)
+
+    # Image by image: a Grain per-example pipeline (data/loader.py), run by data.workers.
+    return loader.per_example_batches(source, loader.ProcessRows(ids, global_batch, local, own),
+                                      one, is_labelled)
 
 
 def eval_batches(source: Sequence[Any], *, global_batch: int, image_size: int = 0,

@@ -36,7 +36,7 @@ next position of each row) and per layer ``cached_key`` / ``cached_value`` ``[B,
 head_dim]``, where ``S`` is the length of the tokens passed when the cache was created
 (:func:`init_cache`). A call with ``T`` tokens writes them at ``index .. index + T - 1`` of each
 row and attends causally to everything before, so a prompt is prefilled in one call and
-rows may sit at different positions (set ``index`` per row; see `jaxdistill.sampling`).
+rows may sit at different positions (set ``index`` per row; see `jaxdistill.models.sampling`).
 Keeping ``index + T <= S`` is the caller's job: ``dynamic_update_slice`` would clamp, not
 fail. Positions are rotary only, so ``max_len`` is a bound checked on inputs and caches,
 not a table of learned embeddings.

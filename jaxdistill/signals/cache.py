@@ -29,10 +29,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import paths, provenance
+from jaxdistill import provenance
 from jaxdistill.errors import ConfigError
 from jaxdistill.objective import SparseTeacher
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
 from jaxdistill.signals import store
 from jaxdistill.signals.base import BaseSignal, Context, Prepared, require_teacher_term
 

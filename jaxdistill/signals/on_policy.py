@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdistill import mesh as mesh_lib
 from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.signals import sequence
 from jaxdistill.signals.base import BaseSignal, Context, Prepared, require_teacher_term
 

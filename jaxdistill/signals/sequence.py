@@ -28,10 +28,12 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
-from jaxdistill import paths, provenance, sampling
+from jaxdistill import provenance
 from jaxdistill.errors import ConfigError
+from jaxdistill.models import sampling
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
 from jaxdistill.signals import store
 from jaxdistill.signals.base import BaseSignal, Context, Prepared
 

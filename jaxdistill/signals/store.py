@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from array_record.python import array_record_module as ar
 
-from jaxdistill import paths
 from jaxdistill.errors import DataError
+from jaxdistill.runtime import paths
 
 RECORDS = 'rows.array_record'
 SPEC = 'spec.json'

@@ -20,10 +20,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxdistill import data as data_lib
-from jaxdistill import evaluate as eval_lib
-from jaxdistill.adapter import Model
 from jaxdistill.errors import ConfigError
+from jaxdistill.models.adapter import Model
 from jaxdistill.tasks import BaseTask, StepInputs
+from jaxdistill.tasks import evaluate as eval_lib
 
 
 def _mixup(rng, images, targets, labelled, alpha: float):

@@ -17,7 +17,7 @@ tappable as ``'mean_pool'``. There are no labels and no logits, so ``distill.los
 feature terms only, on that tap: ``feature_cosine``/``feature_mse`` (a learned projection
 when the widths differ), ``similarity_mse`` or ``rkd`` (relations within the batch).
 
-Scores on the held-out sentences (float64 numpy, `jaxdistill.evaluate`): ``spearman``
+Scores on the held-out sentences (float64 numpy, `jaxdistill.tasks.evaluate`): ``spearman``
 between the student's and the teacher's cosine similarities over all pairs,
 ``nn_agreement_at_10`` (the fraction of the teacher's 10 nearest neighbours of a sentence
 that are among the student's 10), ``sentences_per_second`` (the same batch of
@@ -46,15 +46,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxdistill import evaluate, hf, losses
-from jaxdistill import mesh as mesh_lib
-from jaxdistill.adapter import Model
+from jaxdistill import hf, losses
 from jaxdistill.data import corpus as corpus_lib
 from jaxdistill.data import sentences, text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import CheckpointError, ConfigError, DataError
 from jaxdistill.hf import teacher as hf_teacher
-from jaxdistill.tasks import BaseTask, StepInputs
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.tasks import BaseTask, StepInputs, evaluate
 
 DATASETS = (sentences.NAME,)
 NEIGHBOURS = 10

@@ -35,14 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill.adapter import Model
 from jaxdistill.data import corpus as corpus_lib
 from jaxdistill.data import packed as packed_lib
 from jaxdistill.data import text
 from jaxdistill.data.pipeline import data_dir
 from jaxdistill.errors import ConfigError
 from jaxdistill.hf import teacher as hf_teacher
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import BaseTask, StepInputs
 
 TEXT_DATASETS = (text.NAME,)  # bundled, packed in memory; any other text streams from a cache
@@ -203,7 +203,7 @@ class LanguageModelTask(BaseTask):
                       new_tokens: int = 48) -> list[dict[str, str]]:
         """Greedy continuations of ``n`` held-out prompts by every `Decoder` in ``models``
         (``name -> (model, {'params', 'state'})``), decoded to text for the report."""
-        from jaxdistill import sampling
+        from jaxdistill.models import sampling
         from jaxdistill.models.decoder import Decoder
 
         decoders = {k: v for k, v in models.items() if isinstance(v[0].module, Decoder)}

@@ -16,9 +16,9 @@ from typing import Any
 import flax.linen as nn
 from flax import nnx
 
-from jaxdistill.adapter import Model, NnxSpec, signature
 from jaxdistill.errors import ConfigError, closest
 from jaxdistill.models import BUILTIN
+from jaxdistill.models.adapter import Model, NnxSpec, signature
 
 
 def _lookup(spec: str, key: str) -> Callable[..., Any]:

@@ -22,8 +22,8 @@ from typing import Any
 
 import jax
 
-from jaxdistill import paths
 from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import paths
 
 # Dense peak TFLOP/s per chip at bfloat16 (vendor data sheets); `train.peak_tflops`
 # overrides it, and MFU is not reported for devices missing here (CPUs).

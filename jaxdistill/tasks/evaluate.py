@@ -14,8 +14,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill.adapter import Model
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
 
 
 def make_predict(model: Model, mesh: Mesh) -> Callable:

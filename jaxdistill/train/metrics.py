@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from jaxdistill import paths
+from jaxdistill.runtime import paths
 
 
 class RemoteFile:

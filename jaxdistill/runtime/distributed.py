@@ -31,8 +31,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxdistill import paths
 from jaxdistill.errors import ConfigError
+from jaxdistill.runtime import paths
 
 FLAGS = ('--coordinator_address', '--num_processes', '--process_id')
 

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxdistill.adapter import Model
+from jaxdistill.models.adapter import Model
 
 MODES = ('probs', 'terms')
 

@@ -20,18 +20,20 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import hidden_logits, provenance, telemetry
-from jaxdistill import mesh as mesh_lib
 from jaxdistill import objective as objective_lib
-from jaxdistill.adapter import Model
-from jaxdistill.checkpoint import StageCheckpoints
+from jaxdistill import provenance
+from jaxdistill.data import loader
 from jaxdistill.data.prefetch import prefetch
-from jaxdistill.evaluate import count_params  # noqa: F401  (train.count_params: run, export)
-from jaxdistill.metrics import MetricWriter, Progress, wandb_args
+from jaxdistill.models.adapter import Model
 from jaxdistill.objective import Objective
-from jaxdistill.preemption import NonFiniteGuard, Preempted, PreemptionWatch
+from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import StepInputs
+from jaxdistill.tasks.evaluate import count_params  # noqa: F401  (train.count_params: run, export)
+from jaxdistill.train import checkpoint as ckpt_lib
+from jaxdistill.train import hidden_logits, telemetry
+from jaxdistill.train.checkpoint import StageCheckpoints
+from jaxdistill.train.metrics import MetricWriter, Progress, wandb_args
+from jaxdistill.train.preemption import NonFiniteGuard, Preempted, PreemptionWatch
 
 
 @flax.struct.dataclass
@@ -83,7 +85,7 @@ def _init_fn(model: Model, optimizer, sample, projections: dict[str, tuple[int, 
     def init(rng, given=None):
         model_rng, aux_rng = jax.random.split(rng)
         params, state = model.init(model_rng, sample, boxed=boxed)
-        if given is not None:  # a student that starts from given weights (jaxdistill.students)
+        if given is not None:  # a student that starts from given weights (models.students)
             params = jax.tree.map(lambda g, p: g.astype(p.dtype), given, params)
         init_proj = jax.nn.initializers.lecun_normal()
         aux = {key: init_proj(jax.random.fold_in(aux_rng, i), shape, jnp.float32)
@@ -132,7 +134,7 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
     and batch-level terms (``rkd``, ``dist``, ...) are averaged over the micro-batches, and
     mutable state (BatchNorm statistics) is updated once per micro-batch.
 
-    ``token_loss`` (`jaxdistill.hidden_logits`, resolved by `run.plan`): ``'chunked'`` taps
+    ``token_loss`` (`jaxdistill.train.hidden_logits`, resolved by `run.plan`): ``'chunked'`` taps
     the decoders' final hidden states and computes the logit terms ``chunk_size`` tokens at
     a time from them and the output projections; ``'vocab_sharded'`` computes the pointwise
     teacher terms on logits split over the mesh's tensor axis.
@@ -286,7 +288,7 @@ class Stage:
     teacher_identity: dict[str, Any] | None = None
     # ``hook(state, batch, step) -> batch`` on the mesh before each step (on-policy samples)
     batch_hook: Callable[[Any, dict, int], dict] | None = None
-    # How logit terms are computed (`jaxdistill.hidden_logits`): 'dense', 'chunked', ...
+    # How logit terms are computed (`jaxdistill.train.hidden_logits`): 'dense', 'chunked', ...
     token_loss: str = 'dense'
     # The parameters a fresh start begins from (None: random from the seed); see students.py
     init_params: Any = None
@@ -399,10 +401,13 @@ class _Loop:
         window = tcfg.profile_steps if tcfg.profile_steps and \
             tcfg.profile_steps[1] <= stage.steps else ()
         self.profiler = telemetry.Profiler(window, f'{workdir}/profile/{stage.name}', is_main)
+        self.workers = loader.resolve_workers(config.data.workers)
+        self._host = None
 
     def _fetch(self, step: int):
         """On the prefetch thread: this step's batch on the mesh, and its digest."""
-        batch = self.stage.batches[step]
+        del step  # the batches come in step order from `loader.iterate`
+        batch = next(self._host)
         return provenance.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
 
     def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
@@ -410,6 +415,7 @@ class _Loop:
         progress = Progress(stage.name, stage.steps, start=start, enabled=self.is_main)
         self.guard.last_saved = start or None
         try:
+            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers)
             batches = prefetch(self._fetch, start, stage.steps)
             for step in range(start, stage.steps):
                 with self.throughput.waiting():

@@ -21,14 +21,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules
-from jaxdistill.adapter import Model
 from jaxdistill.errors import ConfigError
 from jaxdistill.hf import teacher as hf_teacher
 from jaxdistill.hf.decoder import OVERRIDES
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
 from jaxdistill.models.bert import BertEncoder
 from jaxdistill.models.decoder import Decoder
+from jaxdistill.runtime import mesh as mesh_lib
 
 # The field holding the depth of each module that can be cut.
 DEPTH = {Decoder: 'num_layers', BertEncoder: 'layers'}

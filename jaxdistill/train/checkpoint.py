@@ -27,8 +27,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxdistill import paths, provenance
+from jaxdistill import provenance
 from jaxdistill.errors import CheckpointError
+from jaxdistill.runtime import paths
 
 COMMIT_MARKER = 'commit_success.txt'  # Orbax writes it last, on every filesystem
 DAMAGED = '.damaged'  # suffix of a step set aside; Orbax no longer lists it

@@ -8,7 +8,7 @@ time straight into the mesh's shardings; ``module='hf'`` builds the architecture
 checkpoint's config.json). One without a checkpoint is
 trained first on every label, in ``WORKDIR/teacher`` (the first) or
 ``WORKDIR/teacher_<i>`` (the others), with seed ``seed + 1 + i``. Several teachers reach
-the student as one `jaxdistill.ensemble.Ensemble`.
+the student as one `jaxdistill.teachers.ensemble.Ensemble`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ import jax
 import ml_collections
 from etils import epath
 
-from jaxdistill import checkpoint as ckpt_lib
-from jaxdistill import mesh as mesh_lib
-from jaxdistill import modules, objective, paths, train
-from jaxdistill.adapter import Model
-from jaxdistill.ensemble import Ensemble
+from jaxdistill import objective, train
 from jaxdistill.errors import CheckpointError
 from jaxdistill.hf import teacher as hf_teacher
+from jaxdistill.models import modules
+from jaxdistill.models.adapter import Model
+from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.runtime import paths
+from jaxdistill.teachers.ensemble import Ensemble
+from jaxdistill.train import checkpoint as ckpt_lib
 
 
 @dataclasses.dataclass(frozen=True)

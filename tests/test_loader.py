@@ -1,0 +1,80 @@
+"""jaxdistill/data/loader.py: the per-example Grain pipeline and its worker threads."""
+
+import numpy as np
+import pytest
+
+from jaxdistill.data import loader, pipeline
+from jaxdistill.errors import ConfigError
+
+SEED, BATCH = 3, 8
+
+
+@pytest.fixture(scope='module')
+def images():
+    rng = np.random.default_rng(0)
+    n = 21  # not a multiple of the batch: batches straddle epochs
+    return pipeline.ArraySource({
+        'image': rng.random((n, 20, 24, 3), dtype=np.float32),
+        'label': rng.integers(0, 5, n).astype(np.int32)})
+
+
+def reference(source, step, augment, size, process=0, count=1, labelled=None):
+    """Batch ``step`` computed row by row, straight from the definitions."""
+    ids = pipeline.EpochOrder(len(source), BATCH, SEED)[step]
+    local = BATCH // count
+    rows = []
+    for j in range(process * local, (process + 1) * local):
+        example = source[int(ids[j])]
+        row = step * BATCH + j
+        if augment == 'inception_crop':
+            example = pipeline._inception_crop(example, np.random.default_rng([SEED, row]), size)
+        else:
+            example = pipeline.center_crop(example, size)
+        if labelled is not None:
+            example = {**example, 'labelled': np.isin(ids[j], labelled)}
+        rows.append(example)
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def assert_equal(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize('augment', ['inception_crop', ''])
+def test_per_example_batches_match_the_definition(images, augment):
+    labelled = np.array([0, 4, 7, 20])
+    ds = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED, augment=augment,
+                                image_size=16, labelled=labelled)
+    for step in (0, 2, 5):
+        assert_equal(ds[step], reference(images, step, augment, 16, labelled=labelled))
+    assert ds[0]['image'].shape == (BATCH, 16, 16, 3)
+
+
+def test_workers_give_the_same_batches_and_resume_anywhere(images):
+    ds = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED, augment='inception_crop',
+                                image_size=16)
+    one = list(loader.iterate(ds, 0, 9, workers=1))
+    for workers in (2, 4):
+        for a, b in zip(one, loader.iterate(ds, 0, 9, workers=workers), strict=True):
+            assert_equal(a, b)
+    for a, b in zip(one[4:], loader.iterate(ds, 4, 9, workers=3), strict=True):
+        assert_equal(a, b)  # a resumed stage reads what an uninterrupted one would
+
+
+def test_each_process_reads_its_block(images):
+    whole = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED,
+                                   augment='inception_crop', image_size=16)[3]
+    parts = [pipeline.train_dataset(images, global_batch=BATCH, seed=SEED,
+                                    augment='inception_crop', image_size=16, process_index=p,
+                                    process_count=2)[3] for p in range(2)]
+    assert_equal(whole, {k: np.concatenate([p[k] for p in parts]) for k in whole})
+
+
+def test_iterate_plain_sequences_and_workers():
+    assert list(loader.iterate([10, 11, 12, 13], 1, 3, workers=4)) == [11, 12]
+    assert loader.resolve_workers(3) == 3 and 1 <= loader.resolve_workers(0) <= 8
+    with pytest.raises(ConfigError, match=r'^data.workers=-1 must be >= 0'):
+        loader.resolve_workers(-1)
