@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -30,8 +29,7 @@ import numpy as np
 
 
 def _config(data_dir: str, losses, cross: bool):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from configs import lm_text
+    from jaxdistill.configs import lm_text
 
     c = lm_text.get_config()
     c.data.data_dir = data_dir

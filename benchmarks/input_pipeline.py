@@ -5,7 +5,7 @@
    on decoded 320x256 images, run by 1, 2 and N worker threads (`loader.iterate`),
    interleaved round by round so load drifts hit every setting alike.
 2. ``input_wait``: the share of each log interval the training loop spent waiting for
-   its next batch (``train/input_wait_share``, jaxdistill/telemetry.py), over the
+   its next batch (``train/input_wait_share``, jaxdistill/train/telemetry.py), over the
    student stage of real CLI runs: the digits job (8x8, ``crop``) and the CIFAR-10
    recipe's shapes (32x32x3, ``flip_crop`` + mixup, its smoke-size ResNets) on random
    images of that shape (`cifar_like`: there is no network to fetch CIFAR-10 here).

@@ -36,7 +36,7 @@ TIMING_METHOD = ('Each candidate is warmed up (compilation excluded), then timed
 def _worker_env(name: str) -> dict[str, str]:
     from jaxdistill.runtime import hostmem
 
-    # What the CLI runs under (jaxdistill/hostmem.py), decided for the CPU the worker uses.
+    # What the CLI runs under (jaxdistill/runtime/hostmem.py), decided for the CPU the worker uses.
     env = hostmem.environ('auto', dict(os.environ, JAX_PLATFORMS='cpu'))
     env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8' if name == 'scaling_8dev'
                         else '')

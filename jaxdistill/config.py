@@ -172,7 +172,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Weights & Biases project to log every stage's scalars and the config to ('' = off;
     # pip install "jaxdistill[wandb]"); TensorBoard and metrics.jsonl are always written
     c.train.wandb_project = ''
-    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs (jaxdistill/telemetry.py)
+    # Peak TFLOP/s of one device for train/mfu; 0: known TPUs and GPUs
+    # (jaxdistill/train/telemetry.py)
     c.train.peak_tflops = 0.0
 
     c.distill = ml_collections.ConfigDict()
@@ -198,7 +199,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Switched on by itself, with a note, when teacher.tokenizer differs from data.tokenizer or
     # a loss needs it.
     c.distill.cross_tokenizer = False
-    # How token-level logit terms are computed (jaxdistill/hidden_logits.py): 'dense' (the
+    # How token-level logit terms are computed (jaxdistill/train/hidden_logits.py): 'dense' (the
     # models' [B, T, V] logits), 'chunked' (from the decoders' final hidden states and heads,
     # distill.chunk_size tokens at a time: no [B, T, V] array), 'vocab_sharded' (logits split
     # over mesh.tensor), or 'auto': chunked for decoder students with vocabularies >= 32k.

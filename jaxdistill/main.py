@@ -28,7 +28,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
     holders = {
         'config': config_flags.DEFINE_config_file(
             'config', None,
-            'A configs/*.py file, optionally with a preset: configs/digits.py:smoke.',
+            'A recipe by name or a configs/*.py file, optionally with a preset: digits:smoke, '
+            'configs/digits.py:smoke.',
             flag_values=flag_values, lock_config=True, sys_argv=argv),
         'workdir': flags.DEFINE_string('workdir', None, 'Directory for checkpoints and reports.',
                                        flag_values=flag_values),
@@ -49,7 +50,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
             'host_memory', 'auto', ['auto', 'reuse', 'system'],
             'XLA:CPU step memory: reuse the previous step\'s pages (no page faults; resident '
             'memory stays at its peak) or the C library\'s defaults; auto: reuse when computing '
-            'on a CPU under glibc (jaxdistill/hostmem.py).', flag_values=flag_values),
+            'on a CPU under glibc (jaxdistill/runtime/hostmem.py).', flag_values=flag_values),
     }
     flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
     return holders
@@ -65,6 +66,7 @@ def _fail(message: str) -> None:
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
     """absl parsing, with every failure (flags or the config file) reported in one line."""
+    argv = _named_config(argv)
     _check_config_file(argv)
     try:
         rest = flag_values(argv)
@@ -80,6 +82,19 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
         _fail(f'bad --config: {text}')
     _check_loaded(flag_values, _config_arg(argv))
     return rest
+
+
+def _named_config(argv: list[str]) -> list[str]:
+    """``--config=digits:smoke``: a packaged recipe by name (`jaxdistill.configs`)."""
+    from jaxdistill import configs
+
+    out = list(argv)
+    for i, arg in enumerate(out[1:], 1):
+        if arg.startswith('--config='):
+            out[i] = '--config=' + configs.resolve(arg[len('--config='):])
+        elif out[i - 1] == '--config':
+            out[i] = configs.resolve(arg)
+    return out
 
 
 def _config_arg(argv: list[str]) -> str | None:
@@ -113,9 +128,8 @@ def _check_config_file(argv: list[str]) -> None:
           'e.g. configs/digits.py')
 
 
-# The configs/ folder of a source checkout, listed when the working directory has none.
-_PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 'configs')
+# The packaged recipes (jaxdistill/configs), listed when the working directory has none.
+_PACKAGED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
 
 def _config_names(folder: str) -> list[str]:
@@ -231,7 +245,7 @@ def cli() -> None:
     """The ``jaxdistill`` console script: the same as ``python -m jaxdistill.main``.
 
     Where the process starts: its allocator policy first (at most one restart, before jax or
-    the config file is loaded; jaxdistill/hostmem.py), then the flags and the job.
+    the config file is loaded; jaxdistill/runtime/hostmem.py), then the flags and the job.
     """
     hostmem.start(sys.argv)
     app.run(main, flags_parser=parse_flags)

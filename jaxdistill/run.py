@@ -46,7 +46,7 @@ class Plan:
     teacher_dir: str  # where the first teacher's checkpoints are (trained here or given)
     projections: dict[str, tuple[int, int]]  # learned projections of feature losses
     teachers: list[teachers_lib.Teacher]  # every teacher, the first one first
-    token_loss: str = 'dense'  # distill.token_loss resolved (jaxdistill/hidden_logits.py)
+    token_loss: str = 'dense'  # distill.token_loss resolved (jaxdistill/train/hidden_logits.py)
     # what the students start from (student.checkpoint / from_teacher_layers), set once the
     # teacher is loaded; None: random from the seed
     init_params: Any = None

@@ -9,7 +9,7 @@ quote() {  # one shell-quoted line, readable and copy-pasteable (like shlex.join
   echo "${out[*]}"
 }
 
-# The CLI's --host_memory policy (jaxdistill/hostmem.py), applied where processes start, so the
+# The CLI's --host_memory policy (jaxdistill/runtime/hostmem.py), applied where processes start, so the
 # CLI need not restart itself: `reuse` is these glibc tunables (hostmem.TUNABLES; a test keeps
 # them equal), read by glibc when a process starts.
 HOST_MEMORY_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776

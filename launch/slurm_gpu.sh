@@ -97,7 +97,7 @@ batch_script() {
   local tunables
   tunables="$(host_memory_env gpu "$@")"
   if [[ -n "$tunables" ]]; then echo "export $(quote "$tunables")"; fi
-  # One task per GPU; JAX reads SLURM_* (see jaxdistill/distributed.py). Every task
+  # One task per GPU; JAX reads SLURM_* (see jaxdistill/runtime/distributed.py). Every task
   # prints, but only process 0 writes progress, reports and the config.
   echo "srun --kill-on-bad-exit=1 $(quote "$python" -m jaxdistill.main "$@")"
 }

@@ -1,4 +1,5 @@
-"""jaxdistill/adapter.py: logits, state handling and feature taps of linen and NNX modules."""
+"""jaxdistill/models/adapter.py: logits, state handling and feature taps of linen and NNX
+modules."""
 
 import flax.linen as nn
 import jax

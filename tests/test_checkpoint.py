@@ -1,5 +1,5 @@
-"""jaxdistill/checkpoint.py: round trip, shape checks, finding runs, damaged steps, best-keeping,
-what a resume verifies."""
+"""jaxdistill/train/checkpoint.py: round trip, shape checks, finding runs, damaged steps,
+best-keeping, what a resume verifies."""
 
 import os
 

@@ -21,7 +21,7 @@ from tests.helpers import ROOT, load_config
 
 SMOKE = 'configs/digits.py:smoke'
 CONFIGS = ', '.join(sorted(f for f in os.listdir(os.path.join(ROOT, 'configs'))
-                           if f.endswith('.py')))
+                           if f.endswith('.py') and not f.startswith('_')))
 
 
 def _existing_run(tmp, data_dir):

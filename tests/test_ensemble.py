@@ -1,4 +1,4 @@
-"""jaxdistill/ensemble.py and teachers.py: several teachers, mixed or term by term."""
+"""jaxdistill/teachers/ensemble.py and teachers.py: several teachers, mixed or term by term."""
 
 import jax
 import numpy as np

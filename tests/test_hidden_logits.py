@@ -1,4 +1,4 @@
-"""jaxdistill/hidden_logits.py: distill.token_loss in the real train step.
+"""jaxdistill/train/hidden_logits.py: distill.token_loss in the real train step.
 
 The chunked path (logits recomputed from the decoders' final hidden states, a chunk of
 tokens at a time) and the vocabulary-sharded path must give the dense path's update: the

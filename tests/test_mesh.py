@@ -1,4 +1,4 @@
-"""jaxdistill/mesh.py: mesh sizes, sharding rules, and the same run on every layout."""
+"""jaxdistill/runtime/mesh.py: mesh sizes, sharding rules, and the same run on every layout."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""jaxdistill/modules.py: built-in names, import paths (linen and NNX) and their errors."""
+"""jaxdistill/models/modules.py: built-in names, import paths (linen and NNX) and their errors."""
 
 import flax.linen as nn
 import jax

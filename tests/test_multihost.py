@@ -1,4 +1,4 @@
-"""jaxdistill/distributed.py and multi-process runs: 2 real processes x 4 CPU devices.
+"""jaxdistill/runtime/distributed.py and multi-process runs: 2 real processes x 4 CPU devices.
 
 `launch/local_multihost.sh 2` starts two `jaxdistill.main` processes that find each
 other through a coordinator on localhost and exchange collectives through gloo. They

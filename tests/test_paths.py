@@ -1,4 +1,4 @@
-"""Workdirs in buckets and behind file:// URIs (jaxdistill/paths.py).
+"""Workdirs in buckets and behind file:// URIs (jaxdistill/runtime/paths.py).
 
 ``gs://`` is exercised through etils.epath's own test double (`epath.testing.mock_epath`)
 with every ``gs://bucket/...`` path mapped onto a local directory, the way a bucket

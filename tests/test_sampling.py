@@ -1,4 +1,4 @@
-"""jaxdistill/sampling.py: the KV cache against full forwards, and the sampling filters."""
+"""jaxdistill/models/sampling.py: the KV cache against full forwards, and the sampling filters."""
 
 import functools
 

@@ -1,4 +1,4 @@
-"""jaxdistill/students.py + the HF round trip of a run: a Llama checkpoint as teacher
+"""jaxdistill/models/students.py + the HF round trip of a run: a Llama checkpoint as teacher
 (module='hf'), its own tokenizer for the text (data.tokenizer='teacher'), a student cut from
 its layers (student.from_teacher_layers), exported back with --config.export.format=hf."""
 

@@ -1,5 +1,5 @@
 """Logs without a terminal, throughput scalars, MFU, hparams, W&B, profiling
-(jaxdistill/metrics.py, jaxdistill/telemetry.py)."""
+(jaxdistill/train/metrics.py, jaxdistill/train/telemetry.py)."""
 
 import io
 import json

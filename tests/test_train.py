@@ -1,4 +1,4 @@
-"""jaxdistill/train.py and run.py: the jitted step on a mesh, frozen teacher, stages."""
+"""jaxdistill/train/__init__.py and run.py: the jitted step on a mesh, frozen teacher, stages."""
 
 import jax
 import jax.numpy as jnp

@@ -197,11 +197,14 @@ def audit(domain: str, root: str, seed: int = 0) -> dict:
     for t in teachers:
         t_out = outs[t['path']]
         negatives = [i for i, m in enumerate(suspects) if m['teacher'] != t['teacher']]
-        anchor = lineage.anchor_consensus([outs[a['path']] for a in teachers if a is not t])
+        others = [outs[a['path']] for a in teachers if a is not t]
+        anchor = lineage.anchor_consensus(others) if others else None  # else: leave-one-out
         for access in fp.ACCESS:
             names, skipped = lineage.usable(fp.BY_ACCESS[access], t_out, probe)
             for i, m in enumerate(suspects):
                 pool = [i] + [j for j in negatives if j != i]
+                if len(pool) - 1 < stats.MIN_REFERENCES:
+                    continue  # too few references yet (a partial zoo)
                 vectors = lineage.pool_fingerprints(
                     names, t_out, [outs[suspects[j]['path']] for j in pool], probe,
                     [np.random.default_rng([seed, j]) for j in pool], anchor)

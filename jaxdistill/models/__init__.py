@@ -1,5 +1,7 @@
-"""Built-in Flax modules, addressable by name in `teacher.module` / `student.module`."""
+"""Built-in Flax modules, addressable by name in `teacher.module` / `student.module`, and
+`Model` (`models.adapter`): the one interface the trainer sees for linen and NNX modules."""
 
+from jaxdistill.models.adapter import Model
 from jaxdistill.models.bert import BertEncoder
 from jaxdistill.models.cnn import CNN
 from jaxdistill.models.decoder import Decoder
@@ -18,5 +20,5 @@ BUILTIN = {
     'resnet56': ResNet56,
 }
 
-__all__ = ['BUILTIN', 'BertEncoder', 'CNN', 'Decoder', 'MLP', 'ResNet', 'ResNet18', 'ResNet20',
-           'ResNet50', 'ResNet56']
+__all__ = ['BUILTIN', 'BertEncoder', 'CNN', 'Decoder', 'MLP', 'Model', 'ResNet', 'ResNet18',
+           'ResNet20', 'ResNet50', 'ResNet56']
