@@ -113,7 +113,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Plan:
     task = tasks.build(config)
     for t in teachers:
         task.check_models(t.model, student)
-    if getattr(task, 'cross', None):  # the shared vocabulary of the cross-tokenizer terms
+    if task.cross:  # the shared vocabulary of the cross-tokenizer terms
         obj = dataclasses.replace(obj, cross=task.cross_vocab)
     signals.check_models(config, teachers[0].model, student, obj)
     projections = _check_feature_taps(obj, student, teachers[0].model, task.sample)

@@ -13,52 +13,17 @@ pipeline (`AlignedSource.take`, on the prefetch thread), so the step only gather
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
 from jaxdistill.crosstok import align
-from jaxdistill.crosstok.losses import Alignment
+from jaxdistill.crosstok.losses import Alignment, CrossTeacher, CrossVocab
 from jaxdistill.errors import ConfigError
 
 LOSSES = ('uld', 'aligned_kl')  # the losses that compare two tokenizations
 ALLOWED = LOSSES + ('ce',)  # what an objective may hold when the tokenizers differ
-
-
-class CrossTeacher(NamedTuple):
-    """What a cross-tokenizer batch gives the step about the teacher (`StepInputs.teacher`).
-
-    The step runs the teacher on ``inputs`` and fills ``logits`` (``online``); a cached
-    teacher comes as ``sparse`` top-k with the exact ``target_logprobs`` instead.
-    """
-
-    inputs: Any  # [B, U] teacher token ids
-    targets: Any  # [B, U]
-    mask: Any  # [B, U]
-    alignment: Alignment
-    logits: Any = None  # [B, U, V_t], filled inside the step
-    sparse: Any = None  # a `losses.SparseTeacher` from the cache
-    target_logprobs: Any = None  # [B, U] from the cache
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class CrossVocab:
-    """The static side of the alignment that the objective needs (closed over by the step)."""
-
-    shared_student: np.ndarray
-    shared_teacher: np.ndarray
-    student_to_teacher: np.ndarray  # [tokenizer vocab] teacher id of each student id, or -1
-    student_vocab: int  # model output sizes
-    teacher_vocab: int
-
-    @property
-    def fold(self) -> bool:
-        """One bucket for the outside mass, unless exactly one side has no outside id."""
-        out_s = self.student_vocab > len(self.shared_student)
-        out_t = self.teacher_vocab > len(self.shared_teacher)
-        return out_s == out_t
 
 
 def wanted(config) -> bool:
@@ -116,13 +81,11 @@ class AlignedSource:
         return {**self.rows.take(ids), **self.aligner.rows(ids)}
 
 
-def step_teacher(batch: dict) -> CrossTeacher:
-    """The batch's `CrossTeacher` (inside the jitted step)."""
-    from jaxdistill.signals import cache
-
+def step_teacher(batch: dict, sparse: Any = None) -> CrossTeacher:
+    """The batch's `CrossTeacher` (inside the jitted step); ``sparse``: a cached teacher's
+    decoded top-k (`signals.cache.decode`), None when the teacher runs in the step."""
     alignment = Alignment(batch['xt_pos'], batch['xt_aligned'], batch['xt_same'],
                           batch['xt_span'], batch['xt_teacher_span'], batch['xt_span_mask'])
-    sparse = cache.decode(batch) if 'topk_ids' in batch else None
     return CrossTeacher(batch['teacher_inputs'], batch['teacher_targets'],
                         batch['teacher_mask'], alignment, None, sparse,
                         batch.get('xt_target_lp'))

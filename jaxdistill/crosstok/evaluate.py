@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.crosstok import losses as xl
-from jaxdistill.crosstok.data import CrossVocab
+from jaxdistill.crosstok.losses import CrossVocab
 from jaxdistill.data import text
 from jaxdistill.runtime import mesh as mesh_lib
+from jaxdistill.tasks.evaluate import token_scores
 
 
 def _own(model, model_vars, inputs, targets, mask):
@@ -36,10 +37,8 @@ class Evaluator:
     """`tasks.lm.Evaluator` for a teacher and a student with different tokenizers."""
 
     def __init__(self, task, mesh, teacher, teacher_vars, student, vocab: CrossVocab):
-        from jaxdistill.tasks.lm import _own_scores
-
         self.task, self.mesh, self.teacher_vars = task, mesh, teacher_vars
-        self._scores = _own_scores
+        self._scores = token_scores
         s2t = jnp.asarray(np.concatenate([vocab.student_to_teacher, np.full(
             max(vocab.student_vocab - len(vocab.student_to_teacher), 0), -1, np.int32)]))
 
@@ -69,7 +68,7 @@ class Evaluator:
             out = jax.device_get(teacher_sums(teacher_vars, mesh_lib.to_global(mesh, batch)))
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-        self._teacher = _own_scores(totals, task.test_bytes)
+        self._teacher = token_scores(totals, task.test_bytes)
         self.test_examples = int(task.stats['test']['tokens'])
 
     def teacher_scores(self) -> dict[str, float]:

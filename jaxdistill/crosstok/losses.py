@@ -27,10 +27,12 @@ a batch's alignment arrays and reduces them over the valid positions of the glob
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -178,6 +180,40 @@ class Alignment(NamedTuple):
     span: Array  # [B, T] int32 span of each student target (S: none)
     teacher_span: Array  # [B, U] int32
     span_mask: Array  # [B, S] bool
+
+
+class CrossTeacher(NamedTuple):
+    """What a cross-tokenizer batch gives the step about the teacher (`StepInputs.teacher`).
+
+    The step runs the teacher on ``inputs`` and fills ``logits`` (``online``); a cached
+    teacher comes as ``sparse`` top-k with the exact ``target_logprobs`` instead.
+    """
+
+    inputs: Any  # [B, U] teacher token ids
+    targets: Any  # [B, U]
+    mask: Any  # [B, U]
+    alignment: Alignment
+    logits: Any = None  # [B, U, V_t], filled inside the step
+    sparse: Any = None  # a `losses.SparseTeacher` from the cache
+    target_logprobs: Any = None  # [B, U] from the cache
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CrossVocab:
+    """The static side of the alignment that the objective needs (closed over by the step)."""
+
+    shared_student: np.ndarray
+    shared_teacher: np.ndarray
+    student_to_teacher: np.ndarray  # [tokenizer vocab] teacher id of each student id, or -1
+    student_vocab: int  # model output sizes
+    teacher_vocab: int
+
+    @property
+    def fold(self) -> bool:
+        """One bucket for the outside mass, unless exactly one side has no outside id."""
+        out_s = self.student_vocab > len(self.shared_student)
+        out_t = self.teacher_vocab > len(self.shared_teacher)
+        return out_s == out_t
 
 
 def _mean(value: Array, mask: Array) -> Array:

@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.crosstok import losses as xl
-from jaxdistill.crosstok.data import CrossTeacher, CrossVocab
+from jaxdistill.crosstok.losses import CrossTeacher, CrossVocab
 from jaxdistill.errors import ConfigError
 
 
 def teacher_logprobs(teacher: CrossTeacher, vocab: CrossVocab) -> tuple[jax.Array, jax.Array]:
     """``([B, U, V_t] log-probabilities, [B, U] log-probability of each teacher target)``."""
-    from jaxdistill.objective import dense_logprobs
+    from jaxdistill.losses.sparse import dense_logprobs
 
     if teacher.logits is not None:
         logp = jax.nn.log_softmax(teacher.logits.astype(jnp.float32), axis=-1)

@@ -62,7 +62,7 @@ def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
 
 
 def _cross_fingerprint(task) -> dict[str, Any]:
-    cross = getattr(task, 'cross', None)
+    cross = task.cross
     if not cross:
         return {}
     from jaxdistill.data.packed import tokenizer_sha256
@@ -154,7 +154,7 @@ def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[s
         say(f'teacher cache: {spec["rows"]} rows at {path} ({bytes_per_token(spec):.0f} '
             'bytes/token): reused')
         return spec
-    cross = getattr(task, 'cross', None)
+    cross = task.cross
     vocab = int((cross.teacher_tokenizer if cross else task.tokenizer).vocab_size)
     rows = cross.teacher_train_rows() if cross else task.train_rows
     say(f'teacher cache: top-{c.k} {c.dtype} log-probabilities of {len(rows["inputs"])}'
@@ -218,7 +218,7 @@ class Cached(BaseSignal):
         if 'teacher_inputs' in batch:  # another tokenizer: the top-k of its own tokens
             from jaxdistill.crosstok.data import step_teacher
 
-            return step_teacher(batch)
+            return step_teacher(batch, sparse=decode(batch))
         return decode(batch)
 
     def prepare(self, context: Context) -> Prepared:
@@ -228,7 +228,7 @@ class Cached(BaseSignal):
         spec = build(config, task, context.teacher, context.teacher_vars, context.mesh, path,
                      expected, context.say)
         arrays = load(path, expected, len(task.train_rows['inputs']))
-        if getattr(task, 'cross', None):  # its teacher tokens are this run's, offsets too
+        if task.cross:  # its teacher tokens are this run's, offsets too
             task.cross.check_cache(arrays, path)
         return Prepared(attach(task.train_rows, arrays), provenance={
             'teacher_cache': path, 'cache_k': int(config.distill.cache.k),

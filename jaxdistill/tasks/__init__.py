@@ -51,6 +51,8 @@ class Task(Protocol):
     dataset: str  # what the data is, for provenance
     sample: Any  # one input example with a batch axis of 1 (shapes for init)
     columns: tuple[Column, ...]
+    # a `crosstok.data.CrossTokenizer` when teacher and student tokenize differently, else None
+    cross: Any
 
     def check_models(self, teacher: Any, student: Any) -> None:
         """Both models fit the data (output shapes, vocabulary); one-line ConfigError."""
@@ -85,6 +87,7 @@ class BaseTask:
 
     name = ''
     has_labels = True
+    cross: Any = None  # only `lm` sets it (teacher and student tokenizers differ)
     unit, what = 'examples', 'class'  # the preamble's words for test items and predictions
     columns: tuple[Column, ...] = (
         ('test accuracy', 'accuracy', 'pct'), ('agreement with teacher', 'agreement', 'pct'),

@@ -6,6 +6,7 @@ gathered logits, so they do not depend on the device layout.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -125,3 +126,9 @@ def nn_agreement(student: np.ndarray, teacher: np.ndarray, k: int = 10) -> float
         raise ValueError(f'k={k} needs 0 < k < number of sentences ({len(teacher)})')
     ns, nt = nearest_neighbours(student, k), nearest_neighbours(teacher, k)
     return float(np.mean([len(set(s) & set(t)) / k for s, t in zip(ns, nt)]))
+
+def token_scores(t: dict[str, float], test_bytes: int) -> dict[str, float]:
+    """Perplexity, next-token accuracy and bits per byte from summed test NLL / hits / tokens."""
+    n = max(t['tokens'], 1.0)
+    return {'perplexity': math.exp(t['nll'] / n), 'accuracy': t['correct'] / n,
+            'bits_per_byte': t['nll'] / max(test_bytes, 1) / math.log(2)}

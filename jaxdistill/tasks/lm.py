@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,6 +44,7 @@ from jaxdistill.hf import teacher as hf_teacher
 from jaxdistill.models.adapter import Model
 from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import BaseTask, StepInputs
+from jaxdistill.tasks.evaluate import token_scores
 
 TEXT_DATASETS = (text.NAME,)  # bundled, packed in memory; any other text streams from a cache
 BPE_SAMPLE_BYTES = 64 << 20  # a BPE for data.files learns its merges on this much train text
@@ -263,7 +263,7 @@ class LanguageModelTask(BaseTask):
     def scorer(self, model: Model, mesh: Mesh) -> Callable[[dict], dict[str, float]]:
         """A model's own test scores (used while the teacher trains)."""
         sums = jax.jit(lambda mv, batch: _own_sums(model, mv[0], batch))
-        return lambda model_vars: _own_scores(self._sum(sums, (model_vars,), mesh),
+        return lambda model_vars: token_scores(self._sum(sums, (model_vars,), mesh),
                                               self.test_bytes)
 
     def evaluator(self, mesh: Mesh, teacher: Model, teacher_vars: dict,
@@ -289,11 +289,6 @@ def _own_sums(model: Model, model_vars: dict, batch: dict) -> dict[str, jax.Arra
             'tokens': jnp.sum(mask)}
 
 
-def _own_scores(t: dict[str, float], test_bytes: int) -> dict[str, float]:
-    n = max(t['tokens'], 1.0)
-    return {'perplexity': math.exp(t['nll'] / n), 'accuracy': t['correct'] / n,
-            'bits_per_byte': t['nll'] / max(test_bytes, 1) / math.log(2)}
-
 
 class Evaluator:
     """Scores students against the teacher, token by token, over the whole test split."""
@@ -314,7 +309,7 @@ class Evaluator:
 
         self._sums = jax.jit(sums)
         teacher_sums = jax.jit(lambda mv, batch: _own_sums(teacher, mv[0], batch))
-        self._teacher = _own_scores(task._sum(teacher_sums, (teacher_vars,), mesh),
+        self._teacher = token_scores(task._sum(teacher_sums, (teacher_vars,), mesh),
                                     task.test_bytes)
         self.test_examples = int(task.stats['test']['tokens'])  # target tokens
 
@@ -324,7 +319,7 @@ class Evaluator:
     def __call__(self, student_vars: dict) -> dict[str, float]:
         t = self.task._sum(self._sums, (student_vars, self.teacher_vars), self.mesh)
         n = max(t['tokens'], 1.0)
-        return {**_own_scores(t, self.task.test_bytes), 'agreement': t['agree'] / n,
+        return {**token_scores(t, self.task.test_bytes), 'agreement': t['agree'] / n,
                 'kl_to_teacher': t['kl'] / n}
 
 
