@@ -96,7 +96,8 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
         a_outs.append(models.outputs(a, probe))
         lineage.check_output_space(t_out, a_outs[-1], a.spec, f'--anchors[{i}]')
     anchor = lineage.anchor_consensus(a_outs) if a_outs else None
-    tests = {a: lineage.test(a, t_out, s_out, r_outs, probe, seed, anchor) for a in access}
+    tests = {a: lineage.test(a, t_out, s_out, r_outs, probe, seed, anchor, a_outs or None)
+             for a in access}
     verdict = tests[access[0]]
     result = {
         'score': verdict['score'], 'p_value': verdict['p_value'], 'method': METHOD,

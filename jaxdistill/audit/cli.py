@@ -83,6 +83,8 @@ def main(argv: list[str]) -> None:
 
 def summary(result: dict[str, Any]) -> str:
     lines = [f'{access:>8}: score {t["score"]:6.2f}  p-value {t["p_value"]:.4g}'
+             + (f'  (teacher among anchors: p {t["p_value_teachers"]:.3g})'
+                if 'p_value_teachers' in t else '')
              for access, t in result['tests'].items()]
     return '\n'.join(lines + [f'wrote {os.path.join(result["out"], "audit.json")}, audit.md, '
                               'audit.png'])
