@@ -130,3 +130,15 @@ def test_samples_change_with_the_seed():
                          anchor_outs=list(teachers[1:])) for s in (1, 2))
     assert a['fingerprints']['suspect']['teacher_llr'] != \
         b['fingerprints']['suspect']['teacher_llr']
+
+
+def test_relative_fingerprints_count_the_ambiguous_probes_only():
+    teachers, student, refs, probe = _pool(7)
+    probe.ambiguous = np.arange(200) % 2 == 0  # half the probes are mixes
+    r = lineage.test('logits', teachers[0], student, refs, probe, seed=0,
+                     anchor_outs=list(teachers[1:]))
+    keep = probe.ambiguous
+    expected = relative.fingerprints(teachers[0][keep], teachers[1:, keep],
+                                     relative.view('logits', student[keep]))
+    for name, value in expected.items():
+        assert r['fingerprints']['suspect'][name] == pytest.approx(value, rel=1e-12)

@@ -57,7 +57,15 @@ PROTECT = dict(config='configs/digits.py', teachers=(0, 1), zoo='digits',
                             'topk2': ['name=topk', 'k=2']},
                common=['--config.train.steps=800', '--config.train.eval_every=0',
                        '--config.train.checkpoint_every=800', '--config.train.log_every=400'])
-DOMAINS = {'digits': DIGITS, 'lm': LM, 'protect': PROTECT}
+# The same zoo with a 34k-parameter student (one conv of 16 channels, dense 32; the teacher has
+# 150k, the default student 4.3k): students distilled from digits zoo's teachers (same root
+# suffix: zoo_digits -> zoo_digits_wide, zoo_digits_tune -> zoo_digits_tune_wide), which are
+# also this zoo's teachers and anchors.
+DIGITS_WIDE = dict(config='configs/digits.py', teachers=(0, 1, 2, 3), students=(0, 1, 2),
+                   anchors=(0, 1, 2, 3), signals=('online',), zoo='digits',
+                   common=DIGITS['common'] + ['--config.student.kwargs.channels=(16,)',
+                                              '--config.student.kwargs.dense=32'])
+DOMAINS = {'digits': DIGITS, 'lm': LM, 'protect': PROTECT, 'digits_wide': DIGITS_WIDE}
 WATERMARK = ['--config.distill.sampling.watermark.key=1234',
              '--config.distill.sampling.watermark.gamma=0.25',
              '--config.distill.sampling.watermark.delta=2.0']
@@ -78,12 +86,42 @@ def plan_protect(root: str) -> list[dict]:
     return runs
 
 
+def teacher_root(root: str) -> str:
+    """The digits zoo whose teachers a digits_wide zoo reuses (ROOT without '_wide')."""
+    root = root.rstrip('/')
+    if not root.endswith('_wide'):
+        raise SystemExit(f'--root={root}: a digits_wide zoo is named after its digits zoo + '
+                         '"_wide" (e.g. workdir/zoo_digits_wide beside workdir/zoo_digits)')
+    return root[:-len('_wide')]
+
+
+def plan_wide(root: str, seed_base: int) -> list[dict]:
+    """Wide students (and their labels-only baselines) of the digits zoo's teachers; the
+    teachers and anchors are listed as finished runs of that zoo."""
+    d, b, zoo = DIGITS_WIDE, seed_base, teacher_root(root)
+    runs = [dict(r, borrowed=True) for r in plan('digits', zoo, seed_base)
+            if r['signal'] == 'anchor' or r['name'] == r['teacher']]
+    for j in d['students']:
+        for a in d['teachers']:
+            seed = b + 10 * (a + 1) + 5 + j
+            argv = [PY, '-m', 'jaxdistill.main', f'--config={d["config"]}',
+                    f'--config.seed={seed}',
+                    f'--config.teacher.checkpoint={os.path.join(zoo, f"A{a}")}', *d['common'],
+                    f'--workdir={os.path.join(root, f"A{a}_wide_s{j}")}']
+            runs.append(dict(name=f'A{a}_wide_s{j}', teacher=f'A{a}', signal='online', seed=seed,
+                             baseline=True, argv=argv, workdir=os.path.join(root,
+                                                                            f'A{a}_wide_s{j}')))
+    return runs
+
+
 def plan(domain: str, root: str, seed_base: int = 0) -> list[dict]:
     """Every run of the zoo, in build order: ``{name, workdir, argv, teacher, signal, seed}``.
     ``seed_base`` shifts every seed, so that one zoo can tune the statistic and another,
     disjoint in seeds, report it."""
     d = DOMAINS[domain]
     b = seed_base
+    if domain == 'digits_wide':
+        return plan_wide(root, seed_base)
     runs = [] if domain != 'protect' else plan_protect(root)
     for a in d['teachers'] if domain != 'protect' else ():
         runs.append(dict(name=f'A{a}', teacher=f'A{a}', signal='online', seed=b + a,
@@ -95,8 +133,7 @@ def plan(domain: str, root: str, seed_base: int = 0) -> list[dict]:
                          baseline=False, argv=[f'--config={d["config"]}',
                                                f'--config.seed={b + 50 + x}'],
                          last=['--config.train.steps=1', '--config.train.baseline=False',
-                               '--config.optimizer.warmup_steps=0',
-                               '--config.train.checkpoint_every=1']))
+                               '--config.optimizer.warmup_steps=0']))
     for j in d.get('students', ()):
         for signal in d['signals']:
             for a in d['teachers']:
@@ -134,6 +171,8 @@ def models(domain: str, root: str, seed_base: int = 0) -> list[dict]:
         if r['name'] == r['teacher']:
             out.append(dict(path=os.path.join(r['workdir'], 'teacher'), teacher=r['teacher'],
                             role='teacher', signal='', seed=r['seed']))
+        if r.get('borrowed'):
+            continue  # a teacher of another zoo: its students are that zoo's
         out.append(dict(path=os.path.join(r['workdir'], 'student'), teacher=r['teacher'],
                         role='student', signal=r['signal'], seed=r['seed']))
         if r['baseline']:
@@ -147,7 +186,7 @@ def build(domain: str, root: str, only: tuple[str, ...] = (), seed_base: int = 0
     log = open(os.path.join(root, 'build.log'), 'a')
     env = {**os.environ, 'PYTHONPATH': os.getcwd()}
     for r in plan(domain, root, seed_base):
-        if only and r['name'] not in only:
+        if (only and r['name'] not in only) or r.get('borrowed'):
             continue
         if os.path.exists(os.path.join(r['workdir'], 'results.json')):
             continue
@@ -161,10 +200,14 @@ def build(domain: str, root: str, only: tuple[str, ...] = (), seed_base: int = 0
 
 
 def _outputs(root: str, zoo: list[dict], probe) -> dict[str, np.ndarray]:
-    """Every model's logits on the probe set, computed once (cached in ROOT/outputs/)."""
+    """Every model's logits on the probe set, computed once (cached in ROOT/outputs/, per
+    probe set: a digest of its inputs)."""
+    import hashlib
+
     from jaxdistill.audit import models as audit_models
 
-    cache = os.path.join(root, 'outputs')
+    digest = hashlib.sha256(np.ascontiguousarray(probe.inputs).tobytes()).hexdigest()[:12]
+    cache = os.path.join(root, 'outputs', digest)
     os.makedirs(cache, exist_ok=True)
     out = {}
     for m in zoo:
@@ -198,7 +241,7 @@ def _summary(rows: list[dict], access: str, signal: str | None = None) -> dict:
 
 
 def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
-          ambiguous: int = 1000) -> dict:
+          ambiguous: int = 2000) -> dict:
     """The lineage test with every teacher of the zoo as the audited one (see the module
     docstring); writes ROOT/audit_zoo.json after each teacher."""
     from jaxdistill.audit import fingerprints as fp
@@ -280,7 +323,8 @@ def _teachers_p(access, t_out, a_outs, s_out, probe, seed, j) -> float:
     samples = (fp.sample(s_out, lineage.SAMPLES, np.random.default_rng([seed, j]))
                if access == 'samples' else None)
     return relative.teacher_p_value(relative.teacher_scores(
-        np.stack([t_out, *a_outs]), relative.view(access, s_out, samples), probe.weights))
+        np.stack([t_out, *a_outs]), relative.view(access, s_out, samples),
+        lineage.relative_weights(probe)))
 
 
 def _per_fingerprint(rows: list[dict]) -> dict:
@@ -410,6 +454,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('phase', choices=('build', 'audit'))
     ap.add_argument('--domain', choices=tuple(DOMAINS), required=True)
+    ap.add_argument('--ambiguous', type=int, default=2000, help='audit: mixed image probes')
     ap.add_argument('--root', required=True)
     ap.add_argument('--seed', type=int, default=0, help='probe / black-box sampling seed')
     ap.add_argument('--only', default='', help='build: these runs only (comma-separated)')
@@ -422,7 +467,8 @@ def main() -> None:
     elif args.domain == 'protect':
         audit_protect(args.root, seed=args.seed)
     else:
-        audit(args.domain, args.root, seed=args.seed, seed_base=args.seed_base)
+        audit(args.domain, args.root, seed=args.seed, seed_base=args.seed_base,
+              ambiguous=args.ambiguous)
 
 
 if __name__ == '__main__':

@@ -22,8 +22,16 @@ SAMPLES = 4  # draws per probe for --access=samples
 DARK = ('dark_kl_gain', 'dark_residual_rank', 'dark_residual_loglik')
 # With anchors, the score is the teacher-relative fingerprints' (jaxdistill.audit.relative):
 # chosen on the tuning zoo (docs/audit.md); the consensus fingerprints are still reported.
-SCORED = {'logits': ('teacher_rank',), 'top1': ('teacher_rank',),
-          'samples': ('teacher_rank',)}
+SCORED = {'logits': ('teacher_llr',), 'top1': ('teacher_llr',), 'samples': ('teacher_llr',)}
+
+
+def relative_weights(probe) -> np.ndarray:
+    """The probes the teacher-relative fingerprints count: the ambiguous (mixed) ones when
+    the probe set has them (where independent teachers disagree and a copy follows its own:
+    on clean images every teacher of the task agrees), else every probe."""
+    if probe.ambiguous.any():
+        return probe.weights * probe.ambiguous
+    return probe.weights
 
 
 def usable(names: tuple[str, ...], teacher_out: np.ndarray, probe) -> tuple[list[str], dict]:
@@ -67,7 +75,7 @@ def fingerprint_vector(names: list[str], teacher_out: np.ndarray, suspect_out: n
             out[name] = fp.dark_residual_loglik(teacher_out, samples, consensus, w)
     if anchors is not None:
         view = relative.view(access, suspect_out, samples)
-        out.update(relative.fingerprints(teacher_out, anchors, view, w))
+        out.update(relative.fingerprints(teacher_out, anchors, view, relative_weights(probe)))
     return out
 
 
@@ -142,7 +150,7 @@ def test(access: str, teacher_out: np.ndarray, suspect_out: np.ndarray,
                    if access == 'samples' else None)  # the draws fingerprint_vector made
         scores = relative.teacher_scores(np.stack([teacher_out, *anchor_outs]),
                                          relative.view(access, suspect_out, samples),
-                                         probe.weights)
+                                         relative_weights(probe))
         result['p_value_teachers'] = relative.teacher_p_value(scores)
         result['teacher_scores'] = [float(x) for x in scores]
     return {**result, 'access': access,
