@@ -27,7 +27,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.harness import load_average, machine_info
+from benchmarks.harness import finish_record, load_average, machine_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = {
@@ -112,10 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{s['student_first_step_fresh_s']:.2f} s, resumed "
                   f"{s['student_first_step_resumed_s']:.2f} s (cache) / "
                   f"{s['student_first_step_resumed_no_cache_s']:.2f} s (no cache)", flush=True)
-    record['load_after'] = load_average()
-    with open(a.out, 'w') as f:
-        json.dump(record, f, indent=2)
-    print(f'wrote {a.out}')
+    finish_record(record, a.out)
 
 
 if __name__ == '__main__':

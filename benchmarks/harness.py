@@ -166,6 +166,15 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def finish_record(record: dict[str, Any], path: str) -> None:
+    """Ends a benchmark: records ``load_after``, writes ``record`` as JSON to ``path`` and
+    says where."""
+    record['load_after'] = load_average()
+    with open(path, 'w') as f:
+        json.dump(record, f, indent=2)
+    print(f'wrote {path}')
+
+
 # ------------------------------------------------------------ records from other processes
 MARKER = 'BENCHMARK_RESULT '
 """Prefix of the one stdout line in which a ``benchmarks.run`` worker prints its record."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import load_average, machine_info
+from benchmarks.harness import finish_record, load_average, machine_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: input wait {100 * r['input_wait_share_mean']:.2f} % of step time "
               f"(max {100 * r['input_wait_share_max']:.2f} %), step "
               f"{1000 * r['step_time_s_median']:.1f} ms", flush=True)
-    record['load_after'] = load_average()
-    with open(a.out, 'w') as f:
-        json.dump(record, f, indent=2)
-    print(f'wrote {a.out}')
+    finish_record(record, a.out)
 
 
 if __name__ == '__main__':

@@ -203,9 +203,11 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder] = _FLAGS,
     try:
         # `cli` applied the policy before jax was imported, so this restarts nothing then;
         # a caller of main() that skipped it gets the same one restart here.
+        notes = []
         if restart:
             hostmem.ensure(value['host_memory'])
-            print(hostmem.describe(value['host_memory']), flush=True)  # what it did, one line
+            # what it did, one line: printed once the config holds (bad input prints nothing)
+            notes.append(hostmem.describe(value['host_memory']))
         else:
             hostmem.resolve(value['host_memory'])
         from jaxdistill import run
@@ -215,7 +217,7 @@ def main(argv: list[str], holders: dict[str, flags.FlagHolder] = _FLAGS,
         distributed.initialize(value['coordinator_address'], value['num_processes'],
                                value['process_id'], value['coordinator_timeout'])
         distributed.check_shared_dir(value['workdir'])
-        run.train_and_evaluate(value['config'], value['workdir'])
+        run.train_and_evaluate(value['config'], value['workdir'], notes=notes)
     except Preempted:
         # The checkpoint is committed (run_stage waited for it) and the message printed:
         # leave now instead of spending seconds tearing down native libraries, so a

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -154,9 +155,14 @@ def load_teacher(p: Plan, index: int = 0) -> dict[str, Any]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices=None) -> dict[str, Any]:
-    """The whole job; ``devices`` (default: all) are the ones the mesh is built over."""
+                       devices=None, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The whole job; ``devices`` (default: all) are the ones the mesh is built over.
+    ``notes``: lines the main process prints once the config and workdir are checked (the
+    CLI's host-memory line), so bad input prints only its one-line error."""
     p = plan(config, workdir, devices)
+    if jax.process_index() == 0:
+        for line in notes:
+            print(line, flush=True)
     if config.mode == 'list_features':
         list_features(p)
         return {}

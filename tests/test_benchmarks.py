@@ -61,6 +61,16 @@ def test_timer_divides_by_steps_per_call():
         harness.time_interleaved({'a': lambda: None}, repeats=0)
 
 
+def test_finish_record_adds_the_load_and_writes_the_json(tmp_path, capsys):
+    import json
+
+    path = str(tmp_path / 'r.json')
+    harness.finish_record({'benchmark': 'x'}, path)
+    written = json.load(open(path))
+    assert written['benchmark'] == 'x' and len(written['load_after']) == 3
+    assert capsys.readouterr().out == f'wrote {path}\n'
+
+
 def test_xla_flop_count_of_a_matmul_is_the_analytic_count():
     a, b = jnp.ones((64, 48)), jnp.ones((48, 32))
     assert harness.compiled_flops(jnp.dot, a, b) == harness.matmul_flops(64, 48, 32)

@@ -148,3 +148,17 @@ def test_subprocess_reports_the_same_line(tmp_path, prepared):
         "error: --config=configs/missing.py: no such file 'configs/missing.py'; the configs in "
         f'configs/ are {CONFIGS} (give FILE.py or FILE.py:PRESET)']
     assert not (tmp_path / 'never').exists()
+
+
+def test_subprocess_prints_nothing_else_for_bad_config(tmp_path, prepared):
+    """An error found after the flags parse (in the config's plan): the process's allocator
+    line is not printed either, so stdout stays empty and stderr holds the one line."""
+    cmd = [sys.executable, '-m', 'jaxdistill.main', f'--config={SMOKE}',
+           f'--workdir={tmp_path}/never', f'--config.data.data_dir={prepared}',
+           '--config.student.kwargs.num_classes=7']
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'PYTHONPATH': ROOT})
+    assert proc.returncode == 2 and proc.stdout == '', proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'teacher has 10 outputs but student has 7' in lines[0], lines
+    assert not (tmp_path / 'never').exists()

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxdistill.crosstok.bytes import byte_rows
 from jaxdistill.errors import ConfigError
 
 
@@ -273,7 +274,8 @@ def _joined(surfaces: list[bytes | None], ids: np.ndarray) -> bytes:
 # -- rows -----------------------------------------------------------------------------------
 
 ROW_KEYS = ('teacher_inputs', 'teacher_targets', 'teacher_mask', 'xt_pos', 'xt_aligned',
-            'xt_same', 'xt_span', 'xt_teacher_span', 'xt_span_mask')
+            'xt_same', 'xt_span', 'xt_teacher_span', 'xt_span_mask', 'xt_byte_pos',
+            'xt_byte_depth', 'xt_byte_lo', 'xt_byte_hi', 'xt_byte')
 """What `Aligner.rows` adds to each packed student row (see its docstring)."""
 
 
@@ -288,15 +290,16 @@ class Aligner:
       teacher_len: ``U``, the teacher row length (its inputs and targets).
       vocab: the `VocabMap` (for ``xt_same``).
       pad_id: the teacher's padding id.
+      trie: the teacher vocabulary's `bytes.PrefixTrie` (None: no ``xt_byte*`` arrays).
     """
 
     def __init__(self, student: Stream, teacher: Stream, seq_len: int, teacher_len: int,
-                 vocab: VocabMap, pad_id: int = 0):
+                 vocab: VocabMap, pad_id: int = 0, trie: Any = None):
         if seq_len < 1 or teacher_len < 1:
             raise ConfigError(f'row lengths must be >= 1, got seq_len={seq_len}, '
                               f'teacher_len={teacher_len}')
         self.s, self.t, self.T, self.U = student, teacher, int(seq_len), int(teacher_len)
-        self.s2t, self.pad_id = vocab.student_to_teacher, int(pad_id)
+        self.s2t, self.pad_id, self.trie = vocab.student_to_teacher, int(pad_id), trie
         n_s = len(student.ids)
         self.num_rows = max(1, -(-(n_s - 1) // self.T))
         # Each student token's clean end matched with a teacher token's clean end.
@@ -325,7 +328,9 @@ class Aligner:
           are the same string (the mapped next-token distributions of ``aligned_kl``);
         * ``xt_span`` ``[B, T]`` / ``xt_teacher_span`` ``[B, U]`` int32: the span of each
           student / teacher target (``T``: none), and ``xt_span_mask`` ``[B, T]``: the spans
-          whose tokens are all real and unchanged (``aligned_kl``'s likelihood term).
+          whose tokens are all real and unchanged (``aligned_kl``'s likelihood term);
+        * ``xt_byte_pos``, ``xt_byte_depth``, ``xt_byte_lo``, ``xt_byte_hi`` ``[B, T]`` int32
+          and ``xt_byte`` ``[B, T]``: `bytes.byte_rows` (for ``byte_kl``), with a trie.
         """
         R = np.asarray(row_ids, np.int64).reshape(-1)
         B, T, U = len(R), self.T, self.U
@@ -370,7 +375,8 @@ class Aligner:
         mapped = self.s2t[np.clip(s_next, 0, len(self.s2t) - 1)]
         same = aligned & (mapped == t.ids[next_t]) & (s.end[gc[:, 1:]] == t.end[next_t]) \
             if len(t.ids) else aligned & False
-        return {'teacher_inputs': t_ids[:, :U], 'teacher_targets': t_ids[:, 1:],
+        out = {} if self.trie is None else byte_rows(self.trie, s, t, gc, real_s, a, n, U)
+        return {**out, 'teacher_inputs': t_ids[:, :U], 'teacher_targets': t_ids[:, 1:],
                 'teacher_mask': real_t[:, 1:].copy(), 'xt_pos': qc.astype(np.int32),
                 'xt_aligned': aligned, 'xt_same': same,
                 'xt_span': np.where(s_in, s_span, S).astype(np.int32),

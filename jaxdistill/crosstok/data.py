@@ -19,10 +19,11 @@ import jax
 import numpy as np
 
 from jaxdistill.crosstok import align
+from jaxdistill.crosstok import bytes as xbytes
 from jaxdistill.crosstok.losses import Alignment, CrossTeacher, CrossVocab
 from jaxdistill.errors import ConfigError
 
-LOSSES = ('uld', 'aligned_kl')  # the losses that compare two tokenizations
+LOSSES = ('uld', 'aligned_kl', 'byte_kl')  # the losses that compare two tokenizations
 ALLOWED = LOSSES + ('ce',)  # what an objective may hold when the tokenizers differ
 
 
@@ -85,7 +86,9 @@ def step_teacher(batch: dict, sparse: Any = None) -> CrossTeacher:
     """The batch's `CrossTeacher` (inside the jitted step); ``sparse``: a cached teacher's
     decoded top-k (`signals.cache.decode`), None when the teacher runs in the step."""
     alignment = Alignment(batch['xt_pos'], batch['xt_aligned'], batch['xt_same'],
-                          batch['xt_span'], batch['xt_teacher_span'], batch['xt_span_mask'])
+                          batch['xt_span'], batch['xt_teacher_span'], batch['xt_span_mask'],
+                          batch.get('xt_byte_pos'), batch.get('xt_byte_depth'),
+                          batch.get('xt_byte_lo'), batch.get('xt_byte_hi'), batch.get('xt_byte'))
     return CrossTeacher(batch['teacher_inputs'], batch['teacher_targets'],
                         batch['teacher_mask'], alignment, None, sparse,
                         batch.get('xt_target_lp'))
@@ -117,13 +120,15 @@ class CrossTokenizer:
         self.map = align.vocab_map(task.tokenizer, teacher_tok)
         s_surf = align.vocab_surfaces(task.tokenizer, 'data.tokenizer')
         t_surf = align.vocab_surfaces(teacher_tok, 'teacher.tokenizer')
+        self.trie = xbytes.prefix_trie(t_surf, teacher_tok.eos_id)
+        self.student_surfaces = s_surf
         self.aligners, self.teacher_rows = {}, {}
         for split, rows in (('train', task.train_rows), ('test', task.test_rows)):
             docs = _documents(config, split, data_dir)
             s = align.encode_stream(task.tokenizer, docs, 'data.tokenizer', s_surf)
             t = align.encode_stream(teacher_tok, docs, 'teacher.tokenizer', t_surf)
             al = align.Aligner(s, t, self.seq_len, self.teacher_len, self.map,
-                               pad_id=teacher_tok.pad_id)
+                               pad_id=teacher_tok.pad_id, trie=self.trie)
             _check_rows(al, rows, split)
             self.aligners[split] = al
             if split == 'test':  # the teacher's own rows: its scores as in its own run
@@ -141,8 +146,11 @@ class CrossTokenizer:
         return AlignedSource(rows, self.aligners[split])
 
     def vocab(self, student_vocab: int, teacher_vocab: int) -> CrossVocab:
+        cats = xbytes.student_categories(self.student_surfaces, self.student_tokenizer.eos_id,
+                                         int(student_vocab))
         return CrossVocab(self.map.shared_student, self.map.shared_teacher,
-                          self.map.student_to_teacher, int(student_vocab), int(teacher_vocab))
+                          self.map.student_to_teacher, int(student_vocab), int(teacher_vocab),
+                          xbytes.byte_vocab(self.trie, cats, int(teacher_vocab)))
 
     def teacher_train_rows(self) -> dict[str, np.ndarray]:
         """Every train row's teacher tokens (row order), for the teacher cache."""
@@ -247,7 +255,8 @@ def _check(config, differ: bool) -> None:
                 f'and distill.cross_tokenizer is on: use {" / ".join(LOSSES)} (with ce)')
     if not set(names) & set(LOSSES):
         raise ConfigError("distill.cross_tokenizer is on but distill.losses has no cross-"
-                          "tokenizer term: add {'name': 'aligned_kl'} or {'name': 'uld'}")
+                          "tokenizer term: add {'name': 'byte_kl'}, {'name': 'aligned_kl'} or "
+                          "{'name': 'uld'}")
     if config.teachers:
         raise ConfigError('distill.cross_tokenizer distils one teacher: set teachers=()')
     if config.distill.teacher_signal not in ('online', 'cached'):

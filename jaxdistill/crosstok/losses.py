@@ -180,6 +180,14 @@ class Alignment(NamedTuple):
     span: Array  # [B, T] int32 span of each student target (S: none)
     teacher_span: Array  # [B, U] int32
     span_mask: Array  # [B, S] bool
+    # `byte_kl` (`crosstok.bytes`): per student position, the teacher position whose next
+    # token holds the student's next byte, that byte's depth in it, the rank range of the
+    # teacher tokens extending the bytes before it, and whether the position is supervised
+    byte_pos: Array | None = None  # [B, T] int32
+    byte_depth: Array | None = None  # [B, T] int32
+    byte_lo: Array | None = None  # [B, T] int32
+    byte_hi: Array | None = None  # [B, T] int32
+    byte: Array | None = None  # [B, T] bool
 
 
 class CrossTeacher(NamedTuple):
@@ -207,6 +215,7 @@ class CrossVocab:
     student_to_teacher: np.ndarray  # [tokenizer vocab] teacher id of each student id, or -1
     student_vocab: int  # model output sizes
     teacher_vocab: int
+    bytes: Any = None  # `crosstok.bytes.ByteVocab`, for `byte_kl`
 
     @property
     def fold(self) -> bool:
@@ -288,6 +297,7 @@ def aligned_kl(student_logits: Array, student_targets: Array, teacher_logprobs: 
 
 
 def _register() -> None:
+    from jaxdistill.crosstok import bytes as xbytes
     from jaxdistill.losses.registry import NON_NEGATIVE, Doc, register
 
     register('uld', uld, kind='cross_token', doc=Doc(
@@ -310,6 +320,18 @@ def _register() -> None:
                        'over same-string positions; with identical tokenizers (b) is `kd`; '
                        'where only one side has ids outside the shared set, (b) renormalises '
                        'over the shared ids instead of folding'))
+    register('byte_kl', xbytes.byte_kl, kind='cross_token', doc=Doc(
+        '`T² KL` between the next-byte distributions at every student position: the teacher\'s '
+        'next-token distribution projected by string prefix (`p(b \\| w)` = mass of its tokens '
+        'starting with `w + b` / mass of those strictly extending `w`, `w` the bytes of its '
+        'current token already read), the student\'s grouped by first byte',
+        'teacher and student tokenize differently, above all a byte-level student: dense '
+        'supervision at every byte',
+        'Phan et al. 2024, arXiv 2410.09303 (exact byte-level probabilities from tokenized '
+        'LMs)',
+        notes='per student position (`crosstok.bytes`), averaged over the supervised '
+              'positions; exact for the teacher\'s actual tokenization (not summed over other '
+              'tokenizations); categories: 256 bytes, EOS, other specials'))
 
 
 _register()

@@ -1,4 +1,5 @@
-"""The objective's cross-tokenizer terms: ``uld`` and ``aligned_kl`` from a `CrossTeacher`.
+"""The objective's cross-tokenizer terms (``uld``, ``aligned_kl``, ``byte_kl``) from a
+`CrossTeacher`.
 
 The teacher arrives as its logits on its own tokens (``online``: the step ran it on
 ``CrossTeacher.inputs``) or as its cached top-k per teacher token (``cached``: widened by
@@ -13,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdistill.crosstok import bytes as xbytes
 from jaxdistill.crosstok import losses as xl
 from jaxdistill.crosstok.losses import CrossTeacher, CrossVocab
 from jaxdistill.errors import ConfigError
@@ -47,4 +49,8 @@ def term(spec, hyper: Mapping[str, Any], student_logits: jax.Array, targets: jax
     logp, target_lp = teacher_logprobs(teacher, vocab)
     if spec.name == 'uld':
         return xl.uld_term(student_logits, logp, a, **hyper)['total']
+    if spec.name == 'byte_kl':
+        if mask is not None:
+            a = a._replace(byte=a.byte & mask)
+        return xbytes.byte_kl_term(student_logits, logp, a, vocab.bytes, **hyper)['total']
     return spec.fn(student_logits, targets, logp, target_lp, a, vocab, **hyper)['total']

@@ -196,20 +196,25 @@ def _shift(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -> np.nda
     """Random shifts of a batch ``[B, *spatial, C]``: each row zero-padded by
     ``spatial[0] // 8`` (at least 1; 4 for CIFAR's 32x32, He et al. 2016) along every
     spatial axis and cropped back at its ``offsets``, after a flip of the last spatial axis
-    (horizontal, for images) where ``flips``. One pad and one gather for the whole batch."""
+    (horizontal, for images) where ``flips``.
+
+    One zero-filled buffer and one gather for the whole batch: a view of every window of
+    the padded batch (``sliding_window_view``), indexed by (row, offsets): 2-3.5x faster
+    than ``np.pad`` and a broadcast fancy index (benchmarks/input_pipeline.py ``producer``),
+    which matters where the step is short (the digits job: ~3 ms).
+    """
     spatial = images.shape[1:-1]
     pad = max(1, spatial[0] // 8)
-    if flips.any():
-        images = images.copy()
-        images[flips] = np.flip(images[flips], axis=-2)
-    padded = np.pad(images, ((0, 0),) + ((pad, pad),) * len(spatial) + ((0, 0),))
-    ones = (1,) * len(spatial)
-    index = [np.arange(len(images)).reshape((-1,) + ones)]
-    for axis, size in enumerate(spatial):
-        shape = list(ones)
-        shape[axis] = size
-        index.append(offsets[:, axis].reshape((-1,) + ones) + np.arange(size).reshape(shape))
-    return np.ascontiguousarray(padded[tuple(index)])
+    padded = np.zeros((len(images),) + tuple(s + 2 * pad for s in spatial) + images.shape[-1:],
+                      images.dtype)
+    inner = (slice(None),) + tuple(slice(pad, pad + s) for s in spatial)
+    padded[inner] = images
+    if flips.any():  # the zero border is symmetric: flipping the padded row is the same
+        padded[flips] = padded[flips][..., ::-1, :]
+    axes = tuple(range(1, 1 + len(spatial)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, spatial, axis=axes)
+    picked = windows[(np.arange(len(images)),) + tuple(offsets.T)]  # [B, C, *spatial]
+    return np.ascontiguousarray(np.moveaxis(picked, 1, -1))
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
