@@ -442,7 +442,7 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, augmen
         return batch
 
     if augment in ('crop', 'flip_crop') or not (augment or image_size):
-        return ids.map_with_index(fetch)  # whole-batch operations: one call per batch
+        return loader.whole_batch(ids.map_with_index(fetch))  # one call per batch
 
     def one(example: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
         if augment == 'inception_crop':

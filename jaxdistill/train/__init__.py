@@ -407,6 +407,7 @@ class _Loop:
             tcfg.profile_steps[1] <= stage.steps else ()
         self.profiler = telemetry.Profiler(window, f'{workdir}/profile/{stage.name}', is_main)
         self.workers = loader.resolve_workers(config.data.workers)
+        self.workers_kind = config.data.get('workers_kind', 'threads')
         self._host = None
 
     def _fetch(self, step: int):
@@ -420,7 +421,8 @@ class _Loop:
         progress = Progress(stage.name, stage.steps, start=start, enabled=self.is_main)
         self.guard.last_saved = start or None
         try:
-            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers)
+            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers,
+                                        self.workers_kind)
             batches = prefetch(self._fetch, start, stage.steps)
             for step in range(start, stage.steps):
                 with self.throughput.waiting():
