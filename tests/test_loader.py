@@ -88,20 +88,24 @@ def test_iterate_plain_sequences_and_workers():
 
 
 def test_whole_batch_datasets_skip_the_threads(images, monkeypatch):
-    """A shift is made on the calling thread (more threads only contend for the GIL); an
-    image-by-image pipeline goes to the worker threads."""
+    """A shift is made on the calling thread (more threads only contend for the GIL), the
+    same batches as indexing the dataset; an image-by-image pipeline goes to the threads."""
     made_on = []
     real = pipeline._shift
     monkeypatch.setattr(pipeline, '_shift', lambda *a: made_on.append(
         threading.current_thread()) or real(*a))
-    shifted = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED, augment='crop')
-    assert [b['image'].shape for b in loader.iterate(shifted, 0, 3, workers=4)] == [
-        (BATCH, 20, 24, 3)] * 3
-    assert made_on == [threading.current_thread()] * 3
+    shifted = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED, augment='flip_crop',
+                                     labelled=np.array([2, 3]))
+    for step, batch in enumerate(loader.iterate(shifted, 2, 6, workers=4), start=2):
+        assert_equal(batch, shifted[step])
+    assert made_on == [threading.current_thread()] * 8
     per_example = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED,
                                          augment='inception_crop', image_size=16)
-    assert not any(isinstance(it, type(x for x in ())) for it in [
-        loader.iterate(per_example, 0, 3, workers=2)])
+    made_on.clear()
+    monkeypatch.setattr(pipeline, '_inception_crop', lambda *a: made_on.append(
+        threading.current_thread()) or {**a[0], 'image': np.zeros((16, 16, 3), np.float32)})
+    list(loader.iterate(per_example, 0, 3, workers=2))
+    assert len(made_on) == 3 * BATCH and threading.current_thread() not in made_on
 
 
 def test_worker_processes_give_the_threads_batches(images):
