@@ -411,20 +411,23 @@ class _Loop:
             tcfg.profile_steps[1] <= stage.steps else ()
         self.profiler = telemetry.Profiler(window, f'{workdir}/profile/{stage.name}', is_main)
         self.workers = loader.resolve_workers(config.data.workers)
+        self.workers_kind = config.data.get('workers_kind', 'threads')
+        self._place = mesh_lib.batch_placer(mesh)
         self._host = None
 
     def _fetch(self, step: int):
         """On the prefetch thread: this step's batch on the mesh, and its digest."""
         del step  # the batches come in step order from `loader.iterate`
         batch = next(self._host)
-        return provenance.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
+        return provenance.batch_sha256(batch, max_values=4096), self._place(batch)
 
     def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
         stage, tcfg, start = self.stage, self.tcfg, int(state.step)
         progress = Progress(stage.name, stage.steps, start=start, enabled=self.is_main)
         self.guard.last_saved = start or None
         try:
-            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers)
+            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers,
+                                        self.workers_kind)
             batches = prefetch(self._fetch, start, stage.steps)
             for step in range(start, stage.steps):
                 with self.throughput.waiting():
