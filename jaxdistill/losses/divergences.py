@@ -16,6 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import Array
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from jaxdistill.losses.core import (
@@ -90,14 +91,23 @@ def _dense_forward_kl(zs: Array, zt: Array, axis: int) -> Array:
     return jnp.sum(_forward_kl_terms(logp_s, None, logp_t, p_t, temperature=1), axis=axis)
 
 
-@_dense_forward_kl.defjvp
 def _dense_forward_kl_jvp(axis, primals, tangents):
+    # Symbolic zeros: a frozen teacher's logits (under stop_gradient) have no tangent, and
+    # an instantiated zero one would still cost the teacher's derivative, over [..., V].
     zs, zt = primals
     dzs, dzt = tangents
     (logp_s, p_s), (logp_t, p_t) = _log_softmax(zs, axis, None), _log_softmax(zt, axis, None)
     kl = jnp.sum(_forward_kl_terms(logp_s, p_s, logp_t, p_t, temperature=1), axis=axis)
-    d_teacher = p_t * (logp_t - logp_s - jnp.expand_dims(kl, axis))
-    return kl, jnp.sum((p_s - p_t) * dzs + d_teacher * dzt, axis=axis)
+    tangent = jnp.zeros_like(kl)
+    if not isinstance(dzs, SymbolicZero):
+        tangent = tangent + jnp.sum((p_s - p_t) * dzs, axis=axis)
+    if not isinstance(dzt, SymbolicZero):
+        d_teacher = p_t * (logp_t - logp_s - jnp.expand_dims(kl, axis))
+        tangent = tangent + jnp.sum(d_teacher * dzt, axis=axis)
+    return kl, tangent
+
+
+_dense_forward_kl.defjvp(_dense_forward_kl_jvp, symbolic_zeros=True)
 
 
 def _divergence(name, terms_fn, student_logits, teacher_logits, temperature, where, axis,
