@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import os
+import shutil
 import site as sitelib
 import subprocess
 import sys
@@ -51,8 +52,15 @@ def _wheel_backend() -> bool:
 @pytest.mark.skipif(not _wheel_backend(), reason='setuptools here cannot build a wheel offline '
                                                  '(needs setuptools >= 70.1 or wheel)')
 def test_wheel_ships_the_recipes_and_the_console_script(tmp_path):
+    source = tmp_path / 'source'  # built from a copy: an in-tree build leaves build/ behind
+    shutil.copytree(os.path.join(ROOT, 'jaxdistill'), source / 'jaxdistill',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    for name in ('pyproject.toml', 'README.md'):
+        shutil.copy(os.path.join(ROOT, name), source)
+    clean = {**os.environ, 'PYTHONPATH': ''}  # a source tree on the path reads as installed
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
-                    '-q', '-w', str(tmp_path / 'dist'), ROOT], check=True, timeout=600)
+                    '-q', '-w', str(tmp_path / 'dist'), str(source)], check=True, timeout=600,
+                   env=clean)
     wheel = glob.glob(str(tmp_path / 'dist' / 'jaxdistill-*.whl'))[0]
     names = zipfile.ZipFile(wheel).namelist()
     for recipe in ('digits', 'cifar10_resnet', 'imagenet_resnet', 'lm_text', 'lm_large'):
@@ -65,13 +73,13 @@ def test_wheel_ships_the_recipes_and_the_console_script(tmp_path):
     with open(os.path.join(site, 'shared.pth'), 'w') as f:
         f.write('\n'.join(sitelib.getsitepackages()) + '\n')
     subprocess.run([str(venv / 'bin' / 'pip'), 'install', '-q', '--no-deps', '--no-index',
-                    wheel], check=True, timeout=600)
+                    wheel], check=True, timeout=600, env=clean)
     proc = subprocess.run([str(venv / 'bin' / 'jaxdistill'), '--config=digits:nope',
                            '--workdir=/tmp/never'], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, 'PYTHONPATH': ''})
+                          text=True, timeout=300, env=clean)
     assert proc.returncode == 2
     assert "unknown preset 'nope'" in proc.stderr, proc.stderr[-2000:]
     assert str(venv) in subprocess.run(
         [str(venv / 'bin' / 'python'), '-c', 'import jaxdistill.configs as c; print(c.DIR)'],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': ''},
+        cwd=tmp_path, capture_output=True, text=True, env=clean,
         check=True).stdout

@@ -29,7 +29,21 @@ def lineage(result: dict) -> list[str]:
                          f'{s["auc"]:.3f} | {s["tpr_at_1pct_fpr"]:.2f} | '
                          f'{s["median_p_positive"]:.3f} | {s["p_negative_below_0.05"]:.2f} |')
     refs = sorted({r['references'] for r in result['rows']})
-    lines += ['', f'References per test: {refs} (smallest attainable p = 1/(k+1)).', '']
+    lines += ['', f'References per test: {refs} (smallest attainable p = 1/(k+1)); anchors: '
+              f'{len(result.get("anchors", []))}; scored: {result.get("scored", "consensus")}.',
+              '']
+    teachers = [(a, s) for a, by in result['summary'].items() for s in [by.get('all', {})]
+                if 'median_p_teachers_positive' in s]
+    if teachers:
+        lines += ['Median p-value of the teacher among its anchors, positives: ' + ', '.join(
+            f'{a} {s["median_p_teachers_positive"]:.3f}' for a, s in teachers) + '.', '']
+    per = result.get('per_fingerprint', {})
+    if per:
+        lines += ['| access | fingerprint alone | ROC AUC | TPR at 1 % FPR |', '|---|---|---|---|']
+        for access, by in per.items():
+            for name, v in by.items():
+                lines.append(f'| {access} | {name} | {v["auc"]:.3f} | {v["tpr_at_1pct_fpr"]:.2f} |')
+        lines.append('')
     return lines
 
 

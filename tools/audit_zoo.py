@@ -36,13 +36,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 
 PY = sys.executable
-DIGITS = dict(config='configs/digits.py', teachers=(0, 1, 2), students=(1, 2, 3),
-              signals=('online',),
-              common=['--config.teacher.steps=800', '--config.train.steps=800',
-                      '--config.train.eval_every=0', '--config.train.checkpoint_every=800',
-                      '--config.train.log_every=400', '--config.data.labelled_fraction=1.0'])
-LM = dict(config='configs/lm_text.py', teachers=(0, 1), students=(1, 2),
-          signals=('sequence_wm', 'sequence', 'online', 'cached'),
+DIGITS = dict(config='configs/digits.py', teachers=(0, 1, 2, 3), students=(1, 2),
+              anchors=(0, 1, 2, 3), signals=('online',),
+              common=['--config.train.eval_every=0', '--config.train.checkpoint_every=3000',
+                      '--config.train.log_every=1000', '--config.data.labelled_fraction=1.0'])
+LM = dict(config='configs/lm_text.py', teachers=(0, 1), students=(1, 2), anchors=(0, 1),
+          signals=('cached', 'sequence', 'sequence_wm', 'online'),
           common=['--config.data.seq_len=64', '--config.data.batch_size=16',
                   '--config.teacher.kwargs.max_len=64', '--config.student.kwargs.max_len=64',
                   '--config.distill.sampling.prompt_len=16', '--config.teacher.steps=250',
@@ -58,7 +57,15 @@ PROTECT = dict(config='configs/digits.py', teachers=(0, 1), zoo='digits',
                             'topk2': ['name=topk', 'k=2']},
                common=['--config.train.steps=800', '--config.train.eval_every=0',
                        '--config.train.checkpoint_every=800', '--config.train.log_every=400'])
-DOMAINS = {'digits': DIGITS, 'lm': LM, 'protect': PROTECT}
+# The same zoo with a 34k-parameter student (one conv of 16 channels, dense 32; the teacher has
+# 150k, the default student 4.3k): students distilled from digits zoo's teachers (same root
+# suffix: zoo_digits -> zoo_digits_wide, zoo_digits_tune -> zoo_digits_tune_wide), which are
+# also this zoo's teachers and anchors.
+DIGITS_WIDE = dict(config='configs/digits.py', teachers=(0, 1, 2, 3), students=(0, 1, 2),
+                   anchors=(0, 1, 2, 3), signals=('online',), zoo='digits',
+                   common=DIGITS['common'] + ['--config.student.kwargs.channels=(16,)',
+                                              '--config.student.kwargs.dense=32'])
+DOMAINS = {'digits': DIGITS, 'lm': LM, 'protect': PROTECT, 'digits_wide': DIGITS_WIDE}
 WATERMARK = ['--config.distill.sampling.watermark.key=1234',
              '--config.distill.sampling.watermark.gamma=0.25',
              '--config.distill.sampling.watermark.delta=2.0']
@@ -79,19 +86,60 @@ def plan_protect(root: str) -> list[dict]:
     return runs
 
 
-def plan(domain: str, root: str) -> list[dict]:
-    """Every run of the zoo, in build order: ``{name, workdir, argv, teacher, signal, seed}``."""
+def teacher_root(root: str) -> str:
+    """The digits zoo whose teachers a digits_wide zoo reuses (ROOT without '_wide')."""
+    root = root.rstrip('/')
+    if not root.endswith('_wide'):
+        raise SystemExit(f'--root={root}: a digits_wide zoo is named after its digits zoo + '
+                         '"_wide" (e.g. workdir/zoo_digits_wide beside workdir/zoo_digits)')
+    return root[:-len('_wide')]
+
+
+def plan_wide(root: str, seed_base: int) -> list[dict]:
+    """Wide students (and their labels-only baselines) of the digits zoo's teachers; the
+    teachers and anchors are listed as finished runs of that zoo."""
+    d, b, zoo = DIGITS_WIDE, seed_base, teacher_root(root)
+    runs = [dict(r, borrowed=True) for r in plan('digits', zoo, seed_base)
+            if r['signal'] == 'anchor' or r['name'] == r['teacher']]
+    for j in d['students']:
+        for a in d['teachers']:
+            seed = b + 10 * (a + 1) + 5 + j
+            argv = [PY, '-m', 'jaxdistill.main', f'--config={d["config"]}',
+                    f'--config.seed={seed}',
+                    f'--config.teacher.checkpoint={os.path.join(zoo, f"A{a}")}', *d['common'],
+                    f'--workdir={os.path.join(root, f"A{a}_wide_s{j}")}']
+            runs.append(dict(name=f'A{a}_wide_s{j}', teacher=f'A{a}', signal='online', seed=seed,
+                             baseline=True, argv=argv, workdir=os.path.join(root,
+                                                                            f'A{a}_wide_s{j}')))
+    return runs
+
+
+def plan(domain: str, root: str, seed_base: int = 0) -> list[dict]:
+    """Every run of the zoo, in build order: ``{name, workdir, argv, teacher, signal, seed}``.
+    ``seed_base`` shifts every seed, so that one zoo can tune the statistic and another,
+    disjoint in seeds, report it."""
     d = DOMAINS[domain]
+    b = seed_base
+    if domain == 'digits_wide':
+        return plan_wide(root, seed_base)
     runs = [] if domain != 'protect' else plan_protect(root)
     for a in d['teachers'] if domain != 'protect' else ():
-        runs.append(dict(name=f'A{a}', teacher=f'A{a}', signal='online', seed=a,
-                         baseline=True, argv=[f'--config={d["config"]}', f'--config.seed={a}']))
+        runs.append(dict(name=f'A{a}', teacher=f'A{a}', signal='online', seed=b + a,
+                         baseline=True, argv=[f'--config={d["config"]}', f'--config.seed={b + a}']))
+    for x in d.get('anchors', ()):
+        # anchor teachers: the owner's own recipe at other seeds, with no student in the zoo
+        # (the student stage is one step, never audited)
+        runs.append(dict(name=f'X{x}', teacher=f'X{x}', signal='anchor', seed=b + 50 + x,
+                         baseline=False, argv=[f'--config={d["config"]}',
+                                               f'--config.seed={b + 50 + x}'],
+                         last=['--config.train.steps=1', '--config.train.baseline=False',
+                               '--config.optimizer.warmup_steps=0']))
     for j in d.get('students', ()):
         for signal in d['signals']:
             for a in d['teachers']:
                 preset = {'online': '', 'cached': ':cached', 'sequence': ':sequence',
                           'sequence_wm': ':sequence'}[signal]
-                seed = 10 * (a + 1) + j
+                seed = b + 10 * (a + 1) + j
                 argv = [f'--config={d["config"]}{preset}', f'--config.seed={seed}',
                         f'--config.teacher.checkpoint={os.path.join(root, f"A{a}")}']
                 if signal == 'sequence_wm':
@@ -104,20 +152,27 @@ def plan(domain: str, root: str) -> list[dict]:
     for r in runs:
         r['workdir'] = os.path.join(root, r['name'])
         r['argv'] = [PY, '-m', 'jaxdistill.main', *r['argv'], *d['common'],
-                     f'--workdir={r["workdir"]}']
+                     *r.pop('last', ()), f'--workdir={r["workdir"]}']
     return runs
 
 
-def models(domain: str, root: str) -> list[dict]:
+def models(domain: str, root: str, seed_base: int = 0) -> list[dict]:
     """The zoo's finished models: ``{path, teacher, role, signal, seed}`` (role: 'teacher',
-    'student' (distilled from ``teacher``) or 'baseline' (labels only))."""
+    'anchor' (a teacher with no student in the zoo), 'student' (distilled from
+    ``teacher``) or 'baseline' (labels only))."""
     out = []
-    for r in plan(domain, root):
+    for r in plan(domain, root, seed_base):
         if not os.path.exists(os.path.join(r['workdir'], 'results.json')):
+            continue
+        if r['signal'] == 'anchor':
+            out.append(dict(path=os.path.join(r['workdir'], 'teacher'), teacher=r['teacher'],
+                            role='anchor', signal='', seed=r['seed']))
             continue
         if r['name'] == r['teacher']:
             out.append(dict(path=os.path.join(r['workdir'], 'teacher'), teacher=r['teacher'],
                             role='teacher', signal='', seed=r['seed']))
+        if r.get('borrowed'):
+            continue  # a teacher of another zoo: its students are that zoo's
         out.append(dict(path=os.path.join(r['workdir'], 'student'), teacher=r['teacher'],
                         role='student', signal=r['signal'], seed=r['seed']))
         if r['baseline']:
@@ -126,12 +181,12 @@ def models(domain: str, root: str) -> list[dict]:
     return out
 
 
-def build(domain: str, root: str, only: tuple[str, ...] = ()) -> None:
+def build(domain: str, root: str, only: tuple[str, ...] = (), seed_base: int = 0) -> None:
     os.makedirs(root, exist_ok=True)
     log = open(os.path.join(root, 'build.log'), 'a')
     env = {**os.environ, 'PYTHONPATH': os.getcwd()}
-    for r in plan(domain, root):
-        if only and r['name'] not in only:
+    for r in plan(domain, root, seed_base):
+        if (only and r['name'] not in only) or r.get('borrowed'):
             continue
         if os.path.exists(os.path.join(r['workdir'], 'results.json')):
             continue
@@ -145,10 +200,14 @@ def build(domain: str, root: str, only: tuple[str, ...] = ()) -> None:
 
 
 def _outputs(root: str, zoo: list[dict], probe) -> dict[str, np.ndarray]:
-    """Every model's logits on the probe set, computed once (cached in ROOT/outputs/)."""
+    """Every model's logits on the probe set, computed once (cached in ROOT/outputs/, per
+    probe set: a digest of its inputs)."""
+    import hashlib
+
     from jaxdistill.audit import models as audit_models
 
-    cache = os.path.join(root, 'outputs')
+    digest = hashlib.sha256(np.ascontiguousarray(probe.inputs).tobytes()).hexdigest()[:12]
+    cache = os.path.join(root, 'outputs', digest)
     os.makedirs(cache, exist_ok=True)
     out = {}
     for m in zoo:
@@ -170,58 +229,80 @@ def _summary(rows: list[dict], access: str, signal: str | None = None) -> dict:
         return {}
     p_pos = [r['p_value'] for r in mine if r['positive'] and (signal is None or
                                                             r['signal'] == signal)]
-    return {'auc': stats.roc_auc(pos, neg), 'tpr_at_1pct_fpr': stats.tpr_at_fpr(pos, neg, 0.01),
+    pt = [r.get('p_value_teachers') for r in mine if r['positive'] and (signal is None or
+                                                                       r['signal'] == signal)]
+    extra = {} if None in pt else {'median_p_teachers_positive': float(np.median(pt))}
+    return {**extra, 'auc': stats.roc_auc(pos, neg),
+            'tpr_at_1pct_fpr': stats.tpr_at_fpr(pos, neg, 0.01),
             'positives': len(pos), 'negatives': len(neg),
             'median_p_positive': float(np.median(p_pos)),
             'p_negative_below_0.05': float(np.mean([r['p_value'] <= 0.05 for r in mine
                                                     if not r['positive']]))}
 
 
-def audit(domain: str, root: str, seed: int = 0) -> dict:
+def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
+          ambiguous: int = 2000) -> dict:
     """The lineage test with every teacher of the zoo as the audited one (see the module
     docstring); writes ROOT/audit_zoo.json after each teacher."""
     from jaxdistill.audit import fingerprints as fp
     from jaxdistill.audit import lineage, stats
     from jaxdistill.audit import models as audit_models
 
-    zoo = models(domain, root)
+    zoo = models(domain, root, seed_base)
     teachers = [m for m in zoo if m['role'] == 'teacher']
-    suspects = [m for m in zoo if m['role'] != 'teacher']
+    anchor_models = [m for m in zoo if m['role'] == 'anchor']
+    suspects = [m for m in zoo if m['role'] in ('student', 'baseline')]
     first = os.path.dirname(teachers[0]['path'])
     probe = audit_models.probe_from_run(audit_models.read_config(first), seed=seed,
-                                        ambiguous=1000, max_tokens=10000, source=first)
+                                        ambiguous=ambiguous, max_tokens=10000, source=first)
     outs = _outputs(root, zoo, probe)
-    rows, result = [], {'domain': domain, 'root': root, 'seed': seed, 'probe_size': probe.size,
-                        'load_average': os.getloadavg()[0], 'method': 'leave-one-out: each '
-                        'suspect against every other negative of the zoo as references'}
+    rows, result = [], {'domain': domain, 'root': root, 'seed': seed, 'seed_base': seed_base,
+                        'probe_size': probe.size, 'load_average': os.getloadavg()[0],
+                        'anchors': [a['path'] for a in anchor_models],
+                        'scored': {a: list(lineage.SCORED[a]) for a in fp.ACCESS},
+                        'method': 'leave-one-out: each suspect against every other negative '
+                                  'of the zoo as references'}
     for t in teachers:
         t_out = outs[t['path']]
         negatives = [i for i, m in enumerate(suspects) if m['teacher'] != t['teacher']]
-        others = [outs[a['path']] for a in teachers if a is not t]
-        anchor = lineage.anchor_consensus(others) if others else None  # else: leave-one-out
+        # anchors: the zoo's anchor teachers (no student of theirs is a suspect); a zoo
+        # without them falls back to its other teachers (consensus fingerprints only)
+        a_outs = [outs[a['path']] for a in anchor_models]
+        others = a_outs or [outs[a['path']] for a in teachers if a is not t]
+        anchor = lineage.anchor_consensus(others) if others else None
         for access in fp.ACCESS:
             names, skipped = lineage.usable(fp.BY_ACCESS[access], t_out, probe)
+            # every model's fingerprints once (each model has its own generator)
+            vectors = lineage.pool_fingerprints(
+                names, t_out, [outs[m['path']] for m in suspects], probe,
+                [np.random.default_rng([seed, j]) for j in range(len(suspects))], anchor,
+                access, a_outs or None)
+            every = list(vectors[0])
+            score_names = lineage.scored(access, names, bool(a_outs))
+            cols = [every.index(n) for n in score_names]
+            full = np.array([[v[n] for n in every] for v in vectors])
+            p_teachers = [_teachers_p(access, t_out, a_outs, outs[m['path']], probe, seed, j)
+                          for j, m in enumerate(suspects)] if a_outs else None
             for i, m in enumerate(suspects):
                 pool = [i] + [j for j in negatives if j != i]
                 if len(pool) - 1 < stats.MIN_REFERENCES:
                     continue  # too few references yet (a partial zoo)
-                vectors = lineage.pool_fingerprints(
-                    names, t_out, [outs[suspects[j]['path']] for j in pool], probe,
-                    [np.random.default_rng([seed, j]) for j in pool], anchor)
-                table = np.array([[v[n] for n in names] for v in vectors])
+                table = full[pool][:, cols]
                 r = stats.permutation_test(table[0], table[1:])
                 rows.append({'teacher': t['teacher'], 'suspect': m['path'], 'access': access,
                              'signal': m['signal'], 'role': m['role'],
                              'positive': m['teacher'] == t['teacher'], 'score': r['score'],
                              'p_value': r['p_value'], 'p_value_parametric':
                              r['p_value_parametric'], 'references': len(pool) - 1,
-                             'fingerprints': dict(zip(names, table[0].tolist())),
-                             'skipped': skipped})
+                             'p_value_teachers': p_teachers[i] if p_teachers else None,
+                             'fingerprints': dict(zip(every, full[i].tolist())),
+                             'scored': score_names, 'skipped': skipped})
         result['rows'] = rows
         result['summary'] = {
             access: {'all': _summary(rows, access),
                      **{s: _summary(rows, access, s) for s in DOMAINS[domain]['signals']}}
             for access in fp.ACCESS}
+        result['per_fingerprint'] = _per_fingerprint(rows)
         with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
             json.dump(result, f, indent=1)
         print(f'{t["teacher"]}: ' + json.dumps({a: v['all'] for a, v in
@@ -231,6 +312,35 @@ def audit(domain: str, root: str, seed: int = 0) -> dict:
         with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
             json.dump(result, f, indent=1)
     return result
+
+
+def _teachers_p(access, t_out, a_outs, s_out, probe, seed, j) -> float:
+    """The teacher's rank among its anchors for this suspect (`relative.teacher_p_value`),
+    on the same black-box draws as its fingerprints."""
+    from jaxdistill.audit import fingerprints as fp
+    from jaxdistill.audit import lineage, relative
+
+    samples = (fp.sample(s_out, lineage.SAMPLES, np.random.default_rng([seed, j]))
+               if access == 'samples' else None)
+    return relative.teacher_p_value(relative.teacher_scores(
+        np.stack([t_out, *a_outs]), relative.view(access, s_out, samples),
+        lineage.relative_weights(probe)))
+
+
+def _per_fingerprint(rows: list[dict]) -> dict:
+    """ROC AUC of each fingerprint alone (raw values, pooled over teachers), per access."""
+    from jaxdistill.audit import stats
+
+    out = {}
+    for access in dict.fromkeys(r['access'] for r in rows):
+        mine = [r for r in rows if r['access'] == access]
+        for name in mine[0]['fingerprints']:
+            pos = [r['fingerprints'][name] for r in mine if r['positive']]
+            neg = [r['fingerprints'][name] for r in mine if not r['positive']]
+            if pos and neg and np.all(np.isfinite(pos + neg)):
+                out.setdefault(access, {})[name] = {
+                    'auc': stats.roc_auc(pos, neg), 'tpr_at_1pct_fpr': stats.tpr_at_fpr(pos, neg)}
+    return out
 
 
 def _lm_generations(loaded, probe, seed: int, watermark=None):
@@ -344,16 +454,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('phase', choices=('build', 'audit'))
     ap.add_argument('--domain', choices=tuple(DOMAINS), required=True)
+    ap.add_argument('--ambiguous', type=int, default=2000, help='audit: mixed image probes')
     ap.add_argument('--root', required=True)
     ap.add_argument('--seed', type=int, default=0, help='probe / black-box sampling seed')
     ap.add_argument('--only', default='', help='build: these runs only (comma-separated)')
+    ap.add_argument('--seed_base', type=int, default=0,
+                    help='added to every training seed (a disjoint zoo to tune the statistic on)')
     args = ap.parse_args()
     if args.phase == 'build':
-        build(args.domain, args.root, tuple(n for n in args.only.split(',') if n))
+        build(args.domain, args.root, tuple(n for n in args.only.split(',') if n),
+              seed_base=args.seed_base)
     elif args.domain == 'protect':
         audit_protect(args.root, seed=args.seed)
     else:
-        audit(args.domain, args.root, seed=args.seed)
+        audit(args.domain, args.root, seed=args.seed, seed_base=args.seed_base,
+              ambiguous=args.ambiguous)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,8 @@ from jaxdistill.audit.stats import AuditError
 __all__ = ['AuditError', 'audit', 'watermark_test', 'METHOD']
 
 METHOD = ('exact permutation (rank) test: each of the suspect and the k references is scored '
-          'by the mean over fingerprints of its z-score against the other k models; p = (number '
+          'by the mean over the scored fingerprints (teacher_llr with anchors, else the '
+          'consensus fingerprints) of its z-score against the other k models; p = (number '
           'of the k+1 models scoring >= the suspect) / (k+1), valid (P(p <= a) <= a) when the '
           'suspect is exchangeable with the references, i.e. not distilled from the teacher; '
           'the smallest attainable p is 1/(k+1)')
@@ -57,7 +58,7 @@ def _probe(data: str, suspect, teacher, *, seed: int, ambiguous: int, max_tokens
 
 def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: str = '',
           access: tuple[str, ...] = ('logits', 'top1', 'samples'), alpha: float | None = None,
-          seed: int = 0, ambiguous: int = 1000, max_tokens: int = 20000,
+          seed: int = 0, ambiguous: int = 2000, max_tokens: int = 20000,
           anchors: tuple[str, ...] = ()) -> dict[str, Any]:
     """Runs the lineage test and writes ``out/audit.json``, ``audit.md``, ``audit.png``.
 
@@ -96,7 +97,8 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
         a_outs.append(models.outputs(a, probe))
         lineage.check_output_space(t_out, a_outs[-1], a.spec, f'--anchors[{i}]')
     anchor = lineage.anchor_consensus(a_outs) if a_outs else None
-    tests = {a: lineage.test(a, t_out, s_out, r_outs, probe, seed, anchor) for a in access}
+    tests = {a: lineage.test(a, t_out, s_out, r_outs, probe, seed, anchor, a_outs or None)
+             for a in access}
     verdict = tests[access[0]]
     result = {
         'score': verdict['score'], 'p_value': verdict['p_value'], 'method': METHOD,

@@ -38,8 +38,10 @@ _ALPHA = flags.DEFINE_float('alpha', 0.0, 'Significance level the auditor wants 
                             'to reach (0: none); refused when 1/(references+1) > alpha.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the ambiguous probes, token subsample and '
                              'black-box samples.')
-_AMBIGUOUS = flags.DEFINE_integer('ambiguous', 1000, 'Ambiguous (mixed) probes added to an '
-                                  'image probe set.')
+_AMBIGUOUS = flags.DEFINE_integer('ambiguous', 2000, 'Ambiguous probes added to an image '
+                                  'probe set (half-and-half mixes of two test images of '
+                                  'different labels); the teacher-relative fingerprints are '
+                                  'measured on them.')
 _MAX_TOKENS = flags.DEFINE_integer('max_tokens', 20000, 'Most probe tokens for language '
                                    'models (whole test rows; 0: all).')
 _WATERMARK_KEY = flags.DEFINE_integer(
@@ -83,6 +85,8 @@ def main(argv: list[str]) -> None:
 
 def summary(result: dict[str, Any]) -> str:
     lines = [f'{access:>8}: score {t["score"]:6.2f}  p-value {t["p_value"]:.4g}'
+             + (f'  (teacher among anchors: p {t["p_value_teachers"]:.3g})'
+                if 'p_value_teachers' in t else '')
              for access, t in result['tests'].items()]
     return '\n'.join(lines + [f'wrote {os.path.join(result["out"], "audit.json")}, audit.md, '
                               'audit.png'])

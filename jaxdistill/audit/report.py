@@ -21,11 +21,14 @@ def markdown(result: dict[str, Any]) -> str:
              f'**Verdict ({result["access"]} access): score {result["score"]:.2f}, p-value '
              f'{result["p_value"]:.4g}** (smallest attainable with {len(result["references"])} '
              f'references: {result["min_p_value"]:.4g}).', '',
-             '| access | score | p-value (exact) | p-value (normal fit) | fingerprints |',
-             '|---|---|---|---|---|']
+             '| access | score | p-value (exact) | p-value (normal fit) | p-value (teacher among '
+             'anchors) | scored fingerprints |', '|---|---|---|---|---|---|']
     for access, t in result['tests'].items():
+        teachers = (f'{t["p_value_teachers"]:.3g}' if 'p_value_teachers' in t
+                    else 'no anchors')
+        scored = t['fingerprints'].get('scored', t['fingerprints']['used'])
         lines.append(f'| {access} | {t["score"]:.2f} | {t["p_value"]:.4g} | '
-                     f'{t["p_value_parametric"]:.3g} | {", ".join(t["fingerprints"]["used"])} |')
+                     f'{t["p_value_parametric"]:.3g} | {teachers} | {", ".join(scored)} |')
     lines += ['', '| fingerprint | suspect | references (mean ± sd) |', '|---|---|---|']
     seen = set()
     for t in result['tests'].values():
