@@ -1,16 +1,25 @@
 """Input pipeline throughput and the step's wait for input.
 
-1. ``augment``: images/s of the ImageNet-style augmentation (``inception_crop`` to 224,
+1. ``producer``: microseconds per batch of what the training loop's prefetch thread does
+   for the digits (64x8x8x1, ``crop``) and CIFAR (32x32x32x3, ``flip_crop``) shapes, alone:
+   make the batch, hash it, place it on the device; the batched shift against its
+   previous form (np.pad + broadcast fancy index) and the placement against
+   ``mesh.to_global`` (device_put), interleaved.
+2. ``augment``: images/s of the ImageNet-style augmentation (``inception_crop`` to 224,
    random-resized crop + flip + bilinear resize, per example: jaxdistill/data/loader.py)
-   on decoded 320x256 images, run by 1, 2 and N worker threads (`loader.iterate`),
-   interleaved round by round so load drifts hit every setting alike.
-2. ``input_wait``: the share of each log interval the training loop spent waiting for
+   on decoded 320x256 images, run by 1, 2 and N worker threads and 1, 2 worker processes
+   (``data.workers_kind``, `loader.iterate`), in steady state (start-up and spawn timed
+   apart), interleaved round by round so load drifts hit every setting alike.
+3. ``input_wait``: the share of each log interval the training loop spent waiting for
    its next batch (``train/input_wait_share``, jaxdistill/train/telemetry.py), over the
    student stage of real CLI runs: the digits job (8x8, ``crop``) and the CIFAR-10
    recipe's shapes (32x32x3, ``flip_crop`` + mixup, its smoke-size ResNets) on random
-   images of that shape (`cifar_like`: there is no network to fetch CIFAR-10 here).
+   images of that shape (`cifar_like`: there is no network to fetch CIFAR-10 here), with
+   the load average at the end of each run.
 
-    python -m benchmarks.input_pipeline [--rounds 3] [--out benchmarks/input_pipeline.json]
+    python -m benchmarks.input_pipeline [--rounds 3] [--parts producer,augment,input_wait]
+        [--workers threads:1,threads:2,threads:4,processes:1,processes:2]
+        [--out benchmarks/input_pipeline.json]
 """
 
 from __future__ import annotations
@@ -53,29 +62,114 @@ def cifar_like():
     return make(5000), make(500)
 
 
-def augment_rate(workers: list[int], rounds: int, batches: int = 6,
+def _iterate_times(ds, start: int, count: int, workers: int, kind: str) -> list[float]:
+    """Arrival time of each of ``count`` batches, from the iterator's creation."""
+    from jaxdistill.data import loader
+
+    t0, times = time.perf_counter(), []
+    for _ in loader.iterate(ds, start, start + count, workers, kind):
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def augment_rate(settings: list[tuple[str, int]], rounds: int, batches: int = 16,
                  batch: int = 32) -> dict[str, Any]:
-    from jaxdistill.data import loader, pipeline
+    """Images/s of ``inception_crop`` per (workers kind, count), in steady state: the rate
+    over batches ``batches // 3`` onwards (worker start-up, and for processes the spawn,
+    excluded; recorded as ``first_batch_s``). Settings interleave round by round."""
+    from jaxdistill.data import pipeline
 
     rng = np.random.default_rng(0)
     source = pipeline.ArraySource({'image': rng.random((128, 256, 320, 3), dtype=np.float32),
                                    'label': np.zeros(128, np.int32)})
     ds = pipeline.train_dataset(source, global_batch=batch, seed=0, augment='inception_crop',
                                 image_size=224)
-    times: dict[int, list[float]] = {w: [] for w in workers}
+    skip = batches // 3
+    rates: dict[str, list[float]] = {f'{k}:{w}': [] for k, w in settings}
+    first: dict[str, list[float]] = {name: [] for name in rates}
     step = 0
     for _ in range(rounds):
-        for w in workers:
-            t = time.perf_counter()
-            for _ in loader.iterate(ds, step, step + batches, w):
-                pass
-            times[w].append(time.perf_counter() - t)
+        for kind, w in settings:
+            times = _iterate_times(ds, step, batches, w, kind)
             step += batches
-    rate = {w: batch * batches / statistics.median(ts) for w, ts in times.items()}
-    return {'images_per_second': {str(w): r for w, r in rate.items()},
-            'speedup_over_1': {str(w): r / rate[workers[0]] for w, r in rate.items()},
-            'seconds': {str(w): ts for w, ts in times.items()},
-            'image': [256, 320, 3], 'crop_to': 224, 'batch': batch, 'batches': batches}
+            rates[f'{kind}:{w}'].append(batch * (batches - skip) / (times[-1] - times[skip - 1]))
+            first[f'{kind}:{w}'].append(times[0])
+    rate = {name: statistics.median(r) for name, r in rates.items()}
+    base = rate[f'{settings[0][0]}:{settings[0][1]}']
+    return {'images_per_second': rate, 'speedup_over_first': {n: r / base for n, r in rate.items()},
+            'rounds_images_per_second': rates, 'first_batch_s': first,
+            'image': [256, 320, 3], 'crop_to': 224, 'batch': batch, 'batches': batches,
+            'timed_from_batch': skip}
+
+
+def _shift_before(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """The batched shift as it was before the sliding-window gather (np.pad and a
+    broadcast fancy index), kept here to measure the two side by side."""
+    spatial = images.shape[1:-1]
+    pad = max(1, spatial[0] // 8)
+    if flips.any():
+        images = images.copy()
+        images[flips] = np.flip(images[flips], axis=-2)
+    padded = np.pad(images, ((0, 0),) + ((pad, pad),) * len(spatial) + ((0, 0),))
+    ones = (1,) * len(spatial)
+    index = [np.arange(len(images)).reshape((-1,) + ones)]
+    for axis, size in enumerate(spatial):
+        shape = list(ones)
+        shape[axis] = size
+        index.append(offsets[:, axis].reshape((-1,) + ones) + np.arange(size).reshape(shape))
+    return np.ascontiguousarray(padded[tuple(index)])
+
+
+SHAPES = {'digits': ((8, 8, 1), 64, 'crop', 1437),
+          'cifar_shapes': ((32, 32, 3), 32, 'flip_crop', 5000)}
+
+
+def producer(repeats: int = 7, calls: int = 200) -> dict[str, Any]:
+    """Time per batch of what the training loop's prefetch thread does, alone (no step
+    running): make the batch (`train_dataset` through `loader.iterate`, 10 % of rows
+    labelled as in the digits job), hash it, place it on the device
+    (``mesh.batch_placer``; ``mesh.to_global`` beside it); and the shift before/after the
+    strided-window gather. Microseconds, median of ``repeats``
+    interleaved repeats of ``calls`` calls each."""
+    import jax
+
+    from jaxdistill.runtime import mesh as mesh_lib
+
+    mesh = mesh_lib.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    return {name: _producer_one(mesh, *spec, repeats=repeats, calls=calls)
+            for name, spec in SHAPES.items()}
+
+
+def _producer_one(mesh, shape: tuple[int, ...], batch: int, augment: str, n: int, *,
+                  repeats: int, calls: int) -> dict[str, Any]:
+    from benchmarks.harness import time_interleaved
+    from jaxdistill import provenance
+    from jaxdistill.data import loader, pipeline
+    from jaxdistill.runtime import mesh as mesh_lib
+
+    rng = np.random.default_rng(0)
+    source = pipeline.ArraySource({'image': rng.random((n, *shape), dtype=np.float32),
+                                   'label': rng.integers(0, 10, n).astype(np.int32)})
+    ds = pipeline.train_dataset(source, global_batch=batch, seed=0, augment=augment,
+                                labelled=pipeline.labelled_subset(n, 0.1, 0))
+    batches, host = loader.iterate(ds, 0, 10**9), ds[0]  # as the loop's prefetch thread
+    place = mesh_lib.batch_placer(mesh)
+    offsets, flips = pipeline.shift_params(0, np.arange(batch), shape[:-1],
+                                           augment == 'flip_crop')
+    images = host['image']
+    fns = {'make_batch': lambda: next(batches),
+           'hash': lambda: provenance.batch_sha256(host, max_values=4096),
+           'place': lambda: place(host),
+           'to_global': lambda: mesh_lib.to_global(mesh, host),
+           'shift': lambda: pipeline._shift(images, offsets, flips),
+           'shift_before': lambda: _shift_before(images, offsets, flips)}
+    timed = time_interleaved({k: (lambda f=f: [f() for _ in range(calls)])
+                              for k, f in fns.items()}, repeats=repeats)
+    per = {k: 1e6 * t.median_s / calls for k, t in timed.items()}
+    return {'us_per_batch': per,
+            'producer_us_per_batch': per['make_batch'] + per['hash'] + per['place'],
+            'shift_speedup': per['shift_before'] / per['shift'],
+            'batch': batch, 'image': list(shape), 'augment': augment}
 
 
 JOBS = {
@@ -105,28 +199,42 @@ def input_wait(name: str, root: str) -> dict[str, Any]:
     steps = [r['train/step_time'] for r in rows if 'train/step_time' in r]
     return {'input_wait_share_mean': statistics.mean(shares), 'input_wait_share_max': max(shares),
             'step_time_s_median': statistics.median(steps), 'intervals': len(shares),
-            'args': JOBS[name]}
+            'load': load_average(), 'args': JOBS[name]}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--workers', default=f'1,2,{max(4, os.cpu_count() or 1)}')
+    many = max(4, os.cpu_count() or 1)
+    parser.add_argument('--workers', help='kind:count,... (threads or processes)',
+                        default=f'threads:1,threads:2,threads:{many},processes:1,processes:2')
+    parser.add_argument('--parts', default='producer,augment,input_wait')
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'input_pipeline.json'))
     a = parser.parse_args(argv)
+    parts = a.parts.split(',')
     record: dict[str, Any] = {'benchmark': 'input pipeline', 'machine': machine_info(),
                               'load_before': load_average()}
-    record['augment'] = augment_rate([int(w) for w in a.workers.split(',')], a.rounds)
-    print('inception_crop images/s by workers:',
-          {w: round(r, 1) for w, r in record['augment']['images_per_second'].items()},
-          flush=True)
-    record['load_mid'] = load_average()
-    with tempfile.TemporaryDirectory(prefix='jaxdistill-input-') as root:
-        record['input_wait'] = {name: input_wait(name, root) for name in JOBS}
-    for name, r in record['input_wait'].items():
-        print(f"{name}: input wait {100 * r['input_wait_share_mean']:.2f} % of step time "
-              f"(max {100 * r['input_wait_share_max']:.2f} %), step "
-              f"{1000 * r['step_time_s_median']:.1f} ms", flush=True)
+    if 'producer' in parts:
+        record['producer'] = producer()
+        for name, r in record['producer'].items():
+            print(f"{name}: producer {r['producer_us_per_batch']:.0f} us/batch "
+                  f"({', '.join(f'{k} {v:.0f}' for k, v in r['us_per_batch'].items())})",
+                  flush=True)
+        record['load_after_producer'] = load_average()
+    if 'augment' in parts:
+        settings = [(k, int(w)) for k, w in (x.split(':') for x in a.workers.split(','))]
+        record['augment'] = augment_rate(settings, a.rounds)
+        print('inception_crop images/s by workers:',
+              {w: round(r, 1) for w, r in record['augment']['images_per_second'].items()},
+              flush=True)
+        record['load_mid'] = load_average()
+    if 'input_wait' in parts:
+        with tempfile.TemporaryDirectory(prefix='jaxdistill-input-') as root:
+            record['input_wait'] = {name: input_wait(name, root) for name in JOBS}
+        for name, r in record['input_wait'].items():
+            print(f"{name}: input wait {100 * r['input_wait_share_mean']:.2f} % of step time "
+                  f"(max {100 * r['input_wait_share_max']:.2f} %), step "
+                  f"{1000 * r['step_time_s_median']:.1f} ms, load {r['load']}", flush=True)
     finish_record(record, a.out)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from jaxdistill import signals, tasks
+from jaxdistill.data.loader import check_worker_kind
 from jaxdistill.errors import ConfigError, closest
 from jaxdistill.runtime.mesh import DEFAULT_RULES, check_rules
 from jaxdistill.teachers.ensemble import MODES as ENSEMBLE_MODES
@@ -111,6 +112,10 @@ def base_config() -> ml_collections.ConfigDict:
     # threads making training batches ahead of the step (0: one per CPU core, up to 8); image-
     # by-image augmentation (inception_crop, image_size) runs as a Grain per-example pipeline
     c.data.workers = 0
+    # 'threads' (one process) or 'processes' (Grain's mp_prefetch: spawned workers, each with
+    # a pickled copy of the pipeline; for image-by-image augmentation of large images where
+    # the GIL limits threads). The same batches either way.
+    c.data.workers_kind = 'threads'
     c.data.cache_mb = 1024.0  # decode a split once into memory when smaller than this
     # The fraction of the train split whose labels the students (baseline and distilled)
     # may use, drawn per seed. The baseline trains on those examples alone; the distilled
@@ -310,6 +315,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.data.workers < 0:
         raise ConfigError(f'data.workers={config.data.workers} must be >= 0 (0: one per CPU '
                           'core, up to 8)')
+    check_worker_kind(config.data.get('workers_kind', 'threads'))
     _check_accum(config)
     if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError(

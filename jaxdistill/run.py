@@ -75,7 +75,8 @@ def _first_difference(old, new, prefix: str = '') -> str | None:
     # Resuming on another mesh is a resharded restore; exporting reads the run.
     harmless = {'train.log_every', 'train.eval_every', 'mode', 'export.format', 'mesh.data',
                 'mesh.fsdp', 'mesh.tensor', 'train.profile_steps', 'train.compilation_cache',
-                'train.wandb_project', 'train.peak_tflops', 'data.workers'}
+                'train.wandb_project', 'train.peak_tflops', 'data.workers',
+                'data.workers_kind'}
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             key = f'{prefix}{k}'

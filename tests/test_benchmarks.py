@@ -194,3 +194,20 @@ def test_pytorch_models_have_the_jax_models_parameter_counts():
         assert torch_peer.count_params(teacher) == count_params(pairs.init_teacher(pair)['params'])
         assert torch_peer.count_params(student) == count_params(
             pair.student.init(jax.random.key(0), x)[0])
+
+
+def test_input_pipeline_producer_record_and_the_old_shift():
+    from benchmarks import input_pipeline
+    from jaxdistill.data import pipeline
+
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 8, 8, 2), dtype=np.float32)
+    offsets, flips = pipeline.shift_params(1, np.arange(6), (8, 8), True)
+    np.testing.assert_array_equal(input_pipeline._shift_before(images, offsets, flips),
+                                  pipeline._shift(images, offsets, flips))
+    record = input_pipeline.producer(repeats=1, calls=1)
+    assert set(record) == {'digits', 'cifar_shapes'}
+    for r in record.values():
+        assert set(r['us_per_batch']) == {'make_batch', 'hash', 'place', 'to_global', 'shift',
+                                          'shift_before'}
+        assert all(v > 0 for v in r['us_per_batch'].values())

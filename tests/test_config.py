@@ -50,6 +50,7 @@ def test_user_kwargs_are_free_form():
     ('mesh.data', 0, 'mesh.data=0'),
     ('optimizer.warmup_steps', 5000, 'warmup_steps'),
     ('data.mixup', -1.0, 'data.mixup'),
+    ('data.workers_kind', 'forks', r"^data.workers_kind='forks' must be one of"),
 ])
 def test_bad_values(key, value, match):
     c = config_lib.base_config()

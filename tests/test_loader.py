@@ -1,5 +1,7 @@
 """jaxdistill/data/loader.py: the per-example Grain pipeline and its worker threads."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,41 @@ def test_iterate_plain_sequences_and_workers():
     assert loader.resolve_workers(3) == 3 and 1 <= loader.resolve_workers(0) <= 8
     with pytest.raises(ConfigError, match=r'^data.workers=-1 must be >= 0'):
         loader.resolve_workers(-1)
+    with pytest.raises(ConfigError, match=r"^data.workers_kind='forks' must be one of "
+                                          r"\('threads', 'processes'\)"):
+        loader.iterate(pipeline.train_dataset(pipeline.ArraySource({
+            'image': np.zeros((4, 8, 8, 1), np.float32), 'label': np.zeros(4, np.int32)}),
+            global_batch=2, seed=0, augment='inception_crop', image_size=4), 0, 3, 2, 'forks')
+
+
+def test_whole_batch_datasets_skip_the_threads(images, monkeypatch):
+    """A shift is made on the calling thread (more threads only contend for the GIL), the
+    same batches as indexing the dataset; an image-by-image pipeline goes to the threads."""
+    made_on = []
+    real = pipeline._shift
+    monkeypatch.setattr(pipeline, '_shift', lambda *a: made_on.append(
+        threading.current_thread()) or real(*a))
+    shifted = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED, augment='flip_crop',
+                                     labelled=np.array([2, 3]))
+    for step, batch in enumerate(loader.iterate(shifted, 2, 6, workers=4), start=2):
+        assert_equal(batch, shifted[step])
+    assert made_on == [threading.current_thread()] * 8
+    per_example = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED,
+                                         augment='inception_crop', image_size=16)
+    made_on.clear()
+    monkeypatch.setattr(pipeline, '_inception_crop', lambda *a: made_on.append(
+        threading.current_thread()) or {**a[0], 'image': np.zeros((16, 16, 3), np.float32)})
+    list(loader.iterate(per_example, 0, 3, workers=2))
+    assert len(made_on) == 3 * BATCH and threading.current_thread() not in made_on
+
+
+def test_worker_processes_give_the_threads_batches(images):
+    """``data.workers_kind='processes'``: spawned workers, each its slice of the batches,
+    interleaved back in order; the same batches as threads, also from a resumed step."""
+    ds = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED, augment='inception_crop',
+                                image_size=16, labelled=np.array([1, 6]))
+    threads = list(loader.iterate(ds, 3, 8, workers=2))
+    processes = list(loader.iterate(ds, 3, 8, workers=2, kind='processes'))
+    assert len(processes) == 5
+    for a, b in zip(threads, processes, strict=True):
+        assert_equal(a, b)

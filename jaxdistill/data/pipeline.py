@@ -10,6 +10,7 @@ axes; together they read the global batch one process would, in the same order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import sys
@@ -170,14 +171,21 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+@functools.lru_cache(maxsize=64)
+def _seed_key(seed: int) -> np.ndarray:
+    with np.errstate(over='ignore'):
+        key = _mix(np.full(1, seed % 2**64, np.uint64))
+    key.flags.writeable = False  # shared by every call with this seed
+    return key
+
+
 def row_uniforms(seed: int, rows: np.ndarray, draws: int) -> np.ndarray:
     """``[len(rows), draws]`` uniforms in [0, 1), a pure function of (seed, global row,
     draw): every process draws a row's augmentation the same way, and a whole batch's
     draws are a few vector operations (a numpy ``Generator`` per row costs ~20 us to
     create, more than the rest of a small batch's augmentation)."""
     with np.errstate(over='ignore'):
-        key = _mix(np.full(1, seed % 2**64, np.uint64))
-        h = _mix(key ^ np.asarray(rows, np.uint64)[:, None])
+        h = _mix(_seed_key(seed) ^ np.asarray(rows, np.uint64)[:, None])
         h = _mix(h ^ np.arange(draws, dtype=np.uint64)[None, :])
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
@@ -198,10 +206,11 @@ def _shift(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -> np.nda
     spatial axis and cropped back at its ``offsets``, after a flip of the last spatial axis
     (horizontal, for images) where ``flips``.
 
-    One zero-filled buffer and one gather for the whole batch: a view of every window of
-    the padded batch (``sliding_window_view``), indexed by (row, offsets): 2-3.5x faster
-    than ``np.pad`` and a broadcast fancy index (benchmarks/input_pipeline.py ``producer``),
-    which matters where the step is short (the digits job: ~3 ms).
+    One zero-filled buffer and one gather for the whole batch: a strided view of every
+    window of the padded batch ``[B, 2 * pad + 1, ..., *spatial, C]``, indexed by (row,
+    offsets). 2-3.5x faster than ``np.pad`` and a broadcast fancy index
+    (benchmarks/input_pipeline.py ``producer``), which matters where the step is short (the
+    digits job: ~3 ms).
     """
     spatial = images.shape[1:-1]
     pad = max(1, spatial[0] // 8)
@@ -211,10 +220,11 @@ def _shift(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -> np.nda
     padded[inner] = images
     if flips.any():  # the zero border is symmetric: flipping the padded row is the same
         padded[flips] = padded[flips][..., ::-1, :]
-    axes = tuple(range(1, 1 + len(spatial)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, spatial, axis=axes)
-    picked = windows[(np.arange(len(images)),) + tuple(offsets.T)]  # [B, C, *spatial]
-    return np.ascontiguousarray(np.moveaxis(picked, 1, -1))
+    axes = padded.strides[1:-1]
+    windows = np.ndarray((len(images),) + (2 * pad + 1,) * len(spatial) + images.shape[1:],
+                         images.dtype, buffer=padded,
+                         strides=padded.strides[:1] + axes + axes + padded.strides[-1:])
+    return windows[(np.arange(len(images)),) + tuple(offsets.T)]
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -419,7 +429,8 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, augmen
                           f'{process_count} processes: use a multiple of {process_count}')
     local = global_batch // process_count
     own = process_index * local  # where this process's rows start in every global batch
-    ids = grain.MapDataset.source(EpochOrder(len(source), global_batch, seed))
+    order = EpochOrder(len(source), global_batch, seed)
+    ids = grain.MapDataset.source(order)
 
     is_labelled = None
     if labelled is not None:
@@ -442,7 +453,7 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, augmen
         return batch
 
     if augment in ('crop', 'flip_crop') or not (augment or image_size):
-        return ids.map_with_index(fetch)  # whole-batch operations: one call per batch
+        return loader.whole_batch(ids.map_with_index(fetch), lambda s: fetch(s, order[s]))
 
     def one(example: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
         if augment == 'inception_crop':

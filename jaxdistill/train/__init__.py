@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import signal
 import time
@@ -143,16 +144,18 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
     t_head = hidden_logits.head(teacher) if token_loss == 'chunked' and teacher else None
     hidden_tap = (hidden_logits.HIDDEN_TAP,)
 
-    def token_terms(logits, teacher_logits, targets, mask, labelled, step):
-        """Logit terms computed without the dense path (None: all dense)."""
+    def objective_loss(total_of, logits, teacher_logits, targets, mask, labelled, step):
+        """``total_of(precomputed) -> (loss, metrics)``, its logit terms computed without
+        the dense path where ``token_loss`` says so."""
         if token_loss not in ('chunked', 'vocab_sharded'):
-            return None
+            return total_of(None)
         rows = {i: objective_lib.rows_of(t, mask, labelled)
                 for i, t in enumerate(objective.terms) if not t.taps}
         if isinstance(logits, hidden_logits.HiddenLogits):
-            return hidden_logits.chunked_means(objective, step, logits, teacher_logits,
-                                               targets, rows, chunk_size)
-        return hidden_logits.sharded_means(objective, step, logits, teacher_logits, rows, mesh)
+            return hidden_logits.chunked_objective(total_of, objective, step, logits,
+                                                   teacher_logits, targets, rows, chunk_size)
+        return total_of(hidden_logits.sharded_means(objective, step, logits, teacher_logits,
+                                                    rows, mesh))
 
     def micro_loss(trained, model_state, step, micro: StepInputs, teacher_model, dropout_rng,
                    window):
@@ -180,11 +183,12 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
                 taps=objective.student_taps + (hidden_tap if s_head else ()))
             if s_head:
                 logits = hidden_logits.HiddenLogits(features.pop(hidden_tap[0]), s_head(params))
-            precomputed = token_terms(logits, teacher_logits, targets, mask, labelled, step)
-            loss, metrics = objective(step, logits, teacher_logits, targets, mask,
-                                      label_mask=labelled, student_features=features,
-                                      teacher_features=teacher_features, projections=aux,
-                                      window=window, precomputed=precomputed)
+            total_of = functools.partial(
+                objective, step, logits, teacher_logits, targets, mask, label_mask=labelled,
+                student_features=features, teacher_features=teacher_features,
+                projections=aux, window=window)
+            loss, metrics = objective_loss(lambda values: total_of(precomputed=values), logits,
+                                           teacher_logits, targets, mask, labelled, step)
             return loss, (new_state, metrics)
 
         (_, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
@@ -407,20 +411,23 @@ class _Loop:
             tcfg.profile_steps[1] <= stage.steps else ()
         self.profiler = telemetry.Profiler(window, f'{workdir}/profile/{stage.name}', is_main)
         self.workers = loader.resolve_workers(config.data.workers)
+        self.workers_kind = config.data.get('workers_kind', 'threads')
+        self._place = mesh_lib.batch_placer(mesh)
         self._host = None
 
     def _fetch(self, step: int):
         """On the prefetch thread: this step's batch on the mesh, and its digest."""
         del step  # the batches come in step order from `loader.iterate`
         batch = next(self._host)
-        return provenance.batch_sha256(batch, max_values=4096), mesh_lib.to_global(self.mesh, batch)
+        return provenance.batch_sha256(batch, max_values=4096), self._place(batch)
 
     def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
         stage, tcfg, start = self.stage, self.tcfg, int(state.step)
         progress = Progress(stage.name, stage.steps, start=start, enabled=self.is_main)
         self.guard.last_saved = start or None
         try:
-            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers)
+            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers,
+                                        self.workers_kind)
             batches = prefetch(self._fetch, start, stage.steps)
             for step in range(start, stage.steps):
                 with self.throughput.waiting():
