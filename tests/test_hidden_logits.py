@@ -52,7 +52,7 @@ def _prepare(batch, rng):
                       batch['labelled'][:, None], teacher)
 
 
-def _step(mode, obj, batch, *, tensor=1, accum=1, teacher=TEACHER):
+def _step(mode, obj, batch, *, tensor=1, accum=1, teacher=TEACHER, at_step=0):
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=tensor)))
     sample = batch['inputs'][:1]
     t_params, t_state = TEACHER.init(jax.random.key(1), sample)
@@ -64,6 +64,7 @@ def _step(mode, obj, batch, *, tensor=1, accum=1, teacher=TEACHER):
         teacher=teacher, teacher_shardings=jax.tree.map(lambda _: mesh_lib.replicated(mesh),
                                                         teacher_vars),
         grad_accum_steps=accum, token_loss=mode, chunk_size=40)  # 40: chunks cross rows
+    state = state.replace(step=jnp.full((), at_step, jnp.int32))  # scheduled weights' step
     state, metrics = step(state, teacher_vars, mesh_lib.to_global(mesh, batch))
     return jax.device_get(state.params), jax.device_get(metrics)
 
@@ -137,3 +138,67 @@ def test_auto_and_bad_modes():
 def test_hidden_logits_shape():
     h = hidden_logits.HiddenLogits(jnp.ones((2, 3, 4)), jnp.ones((4, 7)))
     assert h.shape == (2, 3, 7) and h.ndim == 3
+
+
+def test_chunked_equals_dense_with_scheduled_weights():
+    """Step-dependent weights and temperature (read at step 4 of 10), a term whose weight is
+    0 there, ce + kd with label and padding masks, 256 tokens in chunks of 40 (the last one
+    padded): the loss, every term's value and the update equal the dense path's."""
+    losses = [loss_entry('kd', weight={'schedule': 'linear', 'start': 0.9, 'end': 0.1},
+                         temperature={'schedule': 'cosine', 'start': 3.0, 'end': 1.0}),
+              loss_entry('tvd', weight={'schedule': 'linear', 'start': 0.5, 'end': 0.0,
+                                        'steps': 4}),
+              loss_entry('ce', weight={'schedule': 'linear', 'start': 0.1, 'end': 0.9})]
+    obj = objective.build(losses, 10)
+    batch = _batch(4)
+    keys = ('loss', 'distill/kd', 'distill/tvd', 'distill/ce', 'grad_norm')
+    dense = _step('dense', obj, batch, at_step=4)
+    assert float(dense[1]['distill/tvd']) > 0  # reported, though weighted 0 at this step
+    _same(_step('chunked', obj, batch, at_step=4), dense, keys)
+
+
+def _logit_products(jaxpr, shape) -> int:
+    """Matrix products in ``jaxpr`` (and the jaxprs inside it) giving ``shape`` (logits)."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == 'dot_general' and eqn.outvars[0].aval.shape == shape:
+            count += 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, 'jaxpr', sub)  # a ClosedJaxpr's
+                if hasattr(sub, 'eqns'):
+                    count += _logit_products(sub, shape)
+    return count
+
+
+def test_fused_gradient_forms_each_chunks_logits_once():
+    """The gradient of the chunked terms forms each model's chunk logits once (forward),
+    never again in the backward pass; and it equals the dense gradient."""
+    obj = objective.build([loss_entry('kd', weight=0.7, temperature=2.0),
+                           loss_entry('ce', weight=0.3)], 10)
+    rng = np.random.default_rng(5)
+    hs, ht = rng.normal(size=(2, 3, 11, 8)).astype(np.float32)
+    ws, wt = rng.normal(size=(2, 8, V)).astype(np.float32)
+    targets = rng.integers(0, V, (3, 11))
+    mask = rng.random((3, 11)) < 0.8
+    rows = {0: mask, 1: mask & (rng.random((3, 1)) < 0.7)}
+    step = jnp.zeros((), jnp.int32)
+
+    def chunked(hs, ws):
+        teacher = hidden_logits.HiddenLogits(jnp.asarray(ht), jnp.asarray(wt))
+        return hidden_logits.fused_means(obj, step, hidden_logits.HiddenLogits(hs, ws), teacher,
+                                         targets, rows, 4, {0: 0.7, 1: 0.3})[1]
+
+    def dense(hs, ws):
+        zs, zt = hs @ ws, jnp.asarray(ht @ wt)
+        return sum(s * obj._term(obj.terms[i], step, zs, zt, targets, rows[i])
+                   for i, s in ((0, 0.7), (1, 0.3)))
+
+    got, want = (jax.grad(f, argnums=(0, 1))(jnp.asarray(hs), jnp.asarray(ws))
+                 for f in (chunked, dense))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked(hs, ws), dense(hs, ws), rtol=1e-5)
+    jaxpr = jax.make_jaxpr(jax.grad(chunked, argnums=(0, 1)))(hs, ws).jaxpr
+    # a chunk's logits [4, V]: the student's and the teacher's, in the forward pass only
+    assert _logit_products(jaxpr, (4, V)) == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import signal
 import time
@@ -143,16 +144,18 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
     t_head = hidden_logits.head(teacher) if token_loss == 'chunked' and teacher else None
     hidden_tap = (hidden_logits.HIDDEN_TAP,)
 
-    def token_terms(logits, teacher_logits, targets, mask, labelled, step):
-        """Logit terms computed without the dense path (None: all dense)."""
+    def objective_loss(total_of, logits, teacher_logits, targets, mask, labelled, step):
+        """``total_of(precomputed) -> (loss, metrics)``, its logit terms computed without
+        the dense path where ``token_loss`` says so."""
         if token_loss not in ('chunked', 'vocab_sharded'):
-            return None
+            return total_of(None)
         rows = {i: objective_lib.rows_of(t, mask, labelled)
                 for i, t in enumerate(objective.terms) if not t.taps}
         if isinstance(logits, hidden_logits.HiddenLogits):
-            return hidden_logits.chunked_means(objective, step, logits, teacher_logits,
-                                               targets, rows, chunk_size)
-        return hidden_logits.sharded_means(objective, step, logits, teacher_logits, rows, mesh)
+            return hidden_logits.chunked_objective(total_of, objective, step, logits,
+                                                   teacher_logits, targets, rows, chunk_size)
+        return total_of(hidden_logits.sharded_means(objective, step, logits, teacher_logits,
+                                                    rows, mesh))
 
     def micro_loss(trained, model_state, step, micro: StepInputs, teacher_model, dropout_rng,
                    window):
@@ -180,11 +183,12 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
                 taps=objective.student_taps + (hidden_tap if s_head else ()))
             if s_head:
                 logits = hidden_logits.HiddenLogits(features.pop(hidden_tap[0]), s_head(params))
-            precomputed = token_terms(logits, teacher_logits, targets, mask, labelled, step)
-            loss, metrics = objective(step, logits, teacher_logits, targets, mask,
-                                      label_mask=labelled, student_features=features,
-                                      teacher_features=teacher_features, projections=aux,
-                                      window=window, precomputed=precomputed)
+            total_of = functools.partial(
+                objective, step, logits, teacher_logits, targets, mask, label_mask=labelled,
+                student_features=features, teacher_features=teacher_features,
+                projections=aux, window=window)
+            loss, metrics = objective_loss(lambda values: total_of(precomputed=values), logits,
+                                           teacher_logits, targets, mask, labelled, step)
             return loss, (new_state, metrics)
 
         (_, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)

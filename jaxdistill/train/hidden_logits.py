@@ -8,11 +8,13 @@ memory. ``distill.token_loss``:
 * ``'dense'``: every term on the full logits (the models' own outputs);
 * ``'chunked'``: the step taps both decoders' final hidden states (``final_norm``) and their
   output projections; the objective's logit terms are computed ``distill.chunk_size`` tokens
-  at a time under ``lax.map`` + ``jax.checkpoint`` (logits recomputed per chunk in the
-  backward pass), so no ``[B, T, V]`` array is kept and the models' own logit outputs are
-  dead code that XLA drops. Each term is *the same function* as in the dense path
-  (`Objective._term` on a chunk), summed over chunks and divided by the whole batch's
-  valid-token count, so values and gradients equal the dense ones to float32 rounding.
+  at a time in one scan that also takes the student's gradients there (`_fused`, as Liger's
+  fused linear cross-entropy does), so no ``[B, T, V]`` array is kept, no chunk's logits are
+  formed twice (the backward pass only scales the stored gradients), and the models' own
+  logit outputs are dead code that XLA drops. Each term is *the same function* as in the
+  dense path (`Objective._term` on a chunk), summed over chunks and divided by the whole
+  batch's valid-token count, so values and gradients equal the dense ones to float32
+  rounding; every term's value is still reported.
   A teacher that is not a plain decoder (an ensemble, a protected teacher) gives its dense
   logits (no gradient flows into them), chunked alongside; a cached sparse teacher too.
 * ``'vocab_sharded'``: pointwise teacher terms (``kd``, ``jsd``, ...) through
@@ -107,21 +109,16 @@ def resolve(config, student, objective, vocab: int | None, mesh_shape: dict) -> 
     return mode
 
 
-def chunked_means(objective, step, student: HiddenLogits, teacher, targets, rows: dict,
-                  chunk_size: int) -> dict[int, jax.Array]:
-    """``{term index: value}`` for every logit term, computed ``chunk_size`` tokens at a time.
-
-    ``rows[i]`` is term ``i``'s row mask (None: every token). Each chunk evaluates
-    ``objective._term`` (the dense path's own code) on its logits and scales the chunk's mean
-    back to a sum; the sums over chunks divided by the whole batch's counts are the means.
-    """
+def _chunked_inputs(student: HiddenLogits, teacher, targets, rows: dict, chunk_size: int):
+    """Every per-token input split into ``[chunks, size, ...]`` (the last chunk padded with
+    masked tokens), the teacher's kernel (None: the teacher's logits or signal are given) and
+    the whole batch's per-term counts."""
     token_shape = tuple(student.hidden.shape[:-1])
     n = math.prod(token_shape)
     order = sorted(rows)
     masks = jnp.stack([jnp.ones(token_shape, bool) if rows[i] is None
                        else jnp.broadcast_to(rows[i], token_shape) for i in order], -1)
-    flat = {'hs': student.hidden.reshape(n, -1), 'targets': targets.reshape(n),
-            'masks': masks.reshape(n, len(order))}
+    flat = {'targets': targets.reshape(n), 'masks': masks.reshape(n, len(order))}
     teacher_kernel = None
     if isinstance(teacher, HiddenLogits):
         flat['teacher'], teacher_kernel = teacher.hidden.reshape(n, -1), teacher.kernel
@@ -130,25 +127,120 @@ def chunked_means(objective, step, student: HiddenLogits, teacher, targets, rows
                                        teacher)
     size = min(chunk_size, n)
     chunks = -(-n // size)
-    pad = chunks * size - n
-    flat = jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-                        .reshape(chunks, size, *x.shape[1:]), flat)
 
-    def body(c):
-        zs = student.project(c['hs'])
-        zt = c.get('teacher')
-        if teacher_kernel is not None:
-            zt = jnp.dot(zt, teacher_kernel.astype(zt.dtype), preferred_element_type=jnp.float32)
-        sums = []
-        for j, i in enumerate(order):
-            m = c['masks'][:, j]
-            mean = objective._term(objective.terms[i], step, zs, zt, c['targets'], m)
-            sums.append(mean * jnp.sum(m, dtype=jnp.float32))
-        return jnp.stack(sums)
+    def split(x):
+        x = jnp.pad(x, [(0, chunks * size - n)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape(chunks, size, *x.shape[1:])
 
-    totals = jnp.sum(jax.lax.map(jax.checkpoint(body), flat), axis=0)
-    counts = jnp.sum(masks.reshape(n, len(order)), axis=0, dtype=jnp.float32)
-    return {i: totals[j] / jnp.maximum(counts[j], 1.0) for j, i in enumerate(order)}
+    hidden = split(student.hidden.reshape(n, -1))  # differentiable: pad + reshape
+    counts = jnp.sum(flat['masks'], axis=0, dtype=jnp.float32)
+    return hidden, jax.tree.map(split, flat), teacher_kernel, counts
+
+
+def _chunk_sums(objective, order, step, hidden, kernel, chunk, teacher_kernel):
+    """``[terms]``: each logit term's sum over one chunk's valid tokens, by the dense path's
+    own code (`Objective._term` on the chunk's logits: its mean, scaled back to a sum)."""
+    zs = HiddenLogits(hidden, kernel).project(hidden)
+    zt = chunk.get('teacher')
+    if teacher_kernel is not None:
+        zt = HiddenLogits(zt, teacher_kernel).project(zt)
+    sums = []
+    for j, i in enumerate(order):
+        m = chunk['masks'][:, j]
+        mean = objective._term(objective.terms[i], step, zs, zt, chunk['targets'], m)
+        sums.append(mean * jnp.sum(m, dtype=jnp.float32))
+    return jnp.stack(sums)
+
+
+def _fused(objective, order):
+    """``f(hidden, kernel, chunks, shared) -> (weighted, sums)`` over chunks, where
+    ``weighted = shared['weights'] @ sums`` carries the gradient and ``sums`` (per term)
+    must not be differentiated (`fused_means` stops it).
+
+    The forward pass scans the chunks once: each chunk's logits (student and teacher) are
+    formed, the terms evaluated, and the gradient of the chunk's weighted sum with respect
+    to the chunk's hidden states and the student's kernel taken right there (as Liger's
+    fused linear cross-entropy does): the kernel's gradient is summed in the scan's carry,
+    the hidden states' gradient (``[N, d]``, small) kept. The backward pass only scales both
+    by the incoming cotangent, so no chunk's logits are formed a second time.
+    """
+
+    def sums_of(hidden, kernel, chunk, shared):
+        return _chunk_sums(objective, order, shared['step'], hidden, kernel, chunk,
+                           shared.get('teacher_kernel'))
+
+    @jax.custom_vjp
+    def fused(hidden, kernel, chunks, shared):
+        sums = jnp.sum(jax.lax.map(lambda xs: sums_of(xs[0], kernel, xs[1], shared),
+                                   (hidden, chunks)), axis=0)
+        return jnp.dot(shared['weights'], sums), sums
+
+    def forward(hidden, kernel, chunks, shared):
+        def weighted(h, k, chunk):
+            sums = sums_of(h, k, chunk, shared)
+            return jnp.dot(shared['weights'], sums), sums
+
+        def body(grad_kernel, xs):
+            h, chunk = xs
+            (_, sums), (d_hidden, d_kernel) = jax.value_and_grad(
+                weighted, argnums=(0, 1), has_aux=True)(h, kernel, chunk)
+            return grad_kernel + d_kernel.astype(jnp.float32), (sums, d_hidden)
+
+        grad_kernel, (sums, d_hidden) = jax.lax.scan(
+            body, jnp.zeros(kernel.shape, jnp.float32), (hidden, chunks))
+        sums = jnp.sum(sums, axis=0)
+        return ((jnp.dot(shared['weights'], sums), sums),
+                (d_hidden, grad_kernel.astype(kernel.dtype)))
+
+    def backward(residuals, cotangents):
+        d_hidden, d_kernel = residuals
+        g = cotangents[0]  # the weighted sum's; the per-term sums are not differentiated
+        return (g.astype(d_hidden.dtype) * d_hidden, g.astype(d_kernel.dtype) * d_kernel,
+                None, None)
+
+    fused.defvjp(forward, backward)
+    return fused
+
+
+def fused_means(objective, step, student: HiddenLogits, teacher, targets, rows: dict,
+                chunk_size: int, scales: dict[int, jax.Array]
+                ) -> tuple[dict[int, jax.Array], jax.Array]:
+    """``({term index: value}, weighted)`` for every logit term, ``chunk_size`` tokens at a
+    time: the values (means over the whole batch's valid tokens, no gradient) and
+    ``weighted = sum_i scales[i] * value[i]``, whose gradient (with respect to the student's
+    hidden states and kernel) is that of the weighted values, computed in the forward pass
+    (`_fused`). ``rows[i]`` is term ``i``'s row mask (None: every token).
+    """
+    order = sorted(rows)
+    hidden, chunks, teacher_kernel, counts = _chunked_inputs(student, teacher, targets, rows,
+                                                             chunk_size)
+    scale = jnp.stack([jnp.asarray(scales[i], jnp.float32) for i in order])
+    shared = {'step': step, 'weights': jax.lax.stop_gradient(scale / jnp.maximum(counts, 1.0))}
+    if teacher_kernel is not None:
+        shared['teacher_kernel'] = jax.lax.stop_gradient(teacher_kernel)
+    chunks = jax.lax.stop_gradient(chunks)
+    weighted, sums = _fused(objective, order)(hidden, student.kernel, chunks, shared)
+    sums = jax.lax.stop_gradient(sums)
+    return ({i: sums[j] / jnp.maximum(counts[j], 1.0) for j, i in enumerate(order)},
+            weighted)
+
+
+def chunked_objective(total_of, objective, step, student: HiddenLogits, teacher, targets,
+                      rows: dict, chunk_size: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``(loss, metrics)`` of ``total_of(precomputed) -> (loss, metrics)`` (the objective on
+    this batch) with its logit terms computed by `fused_means`.
+
+    The objective's loss is linear in the logit terms' values (their weights, possibly
+    scheduled by step, and gradient accumulation's shares), so its gradient with respect to
+    them gives each term's scale; the loss reported is the objective's own, and its gradient
+    comes from the fused weighted sum.
+    """
+    zeros = {i: jnp.zeros((), jnp.float32) for i in rows}
+    scales = jax.lax.stop_gradient(jax.grad(lambda v: total_of(v)[0])(zeros))
+    values, weighted = fused_means(objective, step, student, teacher, targets, rows,
+                                   chunk_size, scales)
+    loss, metrics = total_of(values)
+    return loss + (weighted - jax.lax.stop_gradient(weighted)), metrics
 
 
 def sharded_means(objective, step, student_logits, teacher_logits, rows: dict, mesh
