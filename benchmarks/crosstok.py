@@ -10,10 +10,10 @@ prefetch thread). Reported as student tokens per second, median of ``--repeats``
 
 Step time (one process, the ``configs/lm_text.py`` shapes: a 4-layer d128 teacher, a 2-layer
 d64 byte student, batch 32 x 128): the jitted train step of same-tokenizer ``kd + ce`` (byte
-teacher) against ``uld + ce`` and ``aligned_kl + ce`` with a BPE-512 teacher reading its own
-64-token rows. Randomly initialised models (time does not depend on the weights); the steps
-alternate round by round, each timed over ``--steps`` steps after a compile, median of the
-rounds, on real aligned batches.
+teacher) against ``uld + ce``, ``aligned_kl + ce`` and ``byte_kl + ce`` with a BPE-512
+teacher reading its own 64-token rows. Randomly initialised models (time does not depend
+on the weights); the steps alternate round by round, each timed over ``--steps`` steps
+after a compile, median of the rounds, on real aligned batches.
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ def step_times(data_dir: str, rounds: int, steps: int) -> dict:
                                         loss_entry('ce', weight=0.5)), True),
         'aligned_kl_cross': _config(data_dir, (loss_entry('aligned_kl', weight=0.5),
                                                loss_entry('ce', weight=0.5)), True),
+        'byte_kl_cross': _config(data_dir, (loss_entry('byte_kl', weight=0.5),
+                                            loss_entry('ce', weight=1.0)), True),
     }
     built = {k: list(_step(c)) for k, c in variants.items()}
     for b in built.values():  # compile

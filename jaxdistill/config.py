@@ -114,7 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.workers = 0
     # 'threads' (one process) or 'processes' (Grain's mp_prefetch: spawned workers, each with
     # a pickled copy of the pipeline; for image-by-image augmentation of large images where
-    # the GIL limits threads). The same batches either way.
+    # the GIL limits threads). The same batches either way. Spawning re-imports the script
+    # that started training: a Python script must guard its entry point with
+    # `if __name__ == '__main__':` (the CLI does).
     c.data.workers_kind = 'threads'
     c.data.cache_mb = 1024.0  # decode a split once into memory when smaller than this
     # The fraction of the train split whose labels the students (baseline and distilled)

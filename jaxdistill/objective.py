@@ -188,14 +188,18 @@ class Objective:
         total = jnp.zeros((), jnp.float32)
         metrics = {}
         for i, (term, metric) in enumerate(zip(self.terms, self.metric_names)):
+            totals = None  # across tokenizers a term scales its own parts (`counts`)
             if term.taps:
                 value = self._feature_term(term, student_features, teacher_features,
                                            projections or {}, mask)
             else:
                 rows = rows_of(term, mask, label_mask)
+                totals = (window.counts[i] if window is not None
+                          and term.spec.kind == 'cross_token' else None)
                 value = (precomputed[i] if precomputed and i in precomputed else
-                         self._term(term, step, student_logits, teacher_logits, targets, rows))
-            if window is not None:
+                         self._term(term, step, student_logits, teacher_logits, targets, rows,
+                                    totals))
+            if window is not None and totals is None:
                 value = window.share(value, window.counts[i], rows_of(
                     term, mask, label_mask), student_logits.shape[:-1])
             metrics[metric] = value
@@ -218,7 +222,7 @@ class Objective:
             mask = mask.reshape(mask.shape + (1,) * (per_example.ndim - mask.ndim))
         return losses.token_mean(per_example, mask)
 
-    def _term(self, term, step, student_logits, teacher_logits, targets, mask):
+    def _term(self, term, step, student_logits, teacher_logits, targets, mask, totals=None):
         spec = term.spec
         integer_labels = targets.ndim == student_logits.ndim - 1
         if spec.kind == 'label':
@@ -233,7 +237,7 @@ class Objective:
             from jaxdistill.crosstok import objective as cross_objective
 
             return cross_objective.term(spec, kwargs, student_logits, targets, mask,
-                                        teacher_logits, self.cross)
+                                        teacher_logits, self.cross, totals)
         if isinstance(teacher_logits, losses.SparseTeacher):
             return self._sparse_term(spec, student_logits, teacher_logits, kwargs, mask)
         if spec.kind == 'sparse':
@@ -302,12 +306,20 @@ class Window(NamedTuple):
 
 
 def accumulation_window(objective: Objective, logits_shape: tuple[int, ...], mask, label_mask,
-           micro_batches: int) -> Window:
+                        micro_batches: int, teacher: Any = None) -> Window:
     """The `Window` of a batch split into ``micro_batches``, from its (whole-batch) masks;
-    ``logits_shape`` is the whole batch's ``[B, ..., V]``."""
-    counts = tuple(None if t.taps or t.spec.batch_level
-                   else _count(rows_of(t, mask, label_mask), logits_shape[:-1])
-                   for t in objective.terms)
+    ``logits_shape`` is the whole batch's ``[B, ..., V]``; ``teacher``: the whole batch's
+    `crosstok.losses.CrossTeacher` (its terms count their aligned positions and spans)."""
+    def count(t):
+        if t.taps or t.spec.batch_level:
+            return None
+        if t.spec.kind == 'cross_token':
+            from jaxdistill.crosstok import objective as cross_objective
+
+            return cross_objective.counts(t.spec, teacher, rows_of(t, mask, label_mask))
+        return _count(rows_of(t, mask, label_mask), logits_shape[:-1])
+
+    counts = tuple(count(t) for t in objective.terms)
     return Window(counts, micro_batches)
 
 

@@ -12,7 +12,7 @@ from jaxdistill.errors import ConfigError, DataError
 from tests.helpers import load_config
 
 CROSS_LOSSES = ({'name': 'aligned_kl', 'weight': 0.5}, {'name': 'uld', 'weight': 0.2},
-                {'name': 'ce', 'weight': 0.5})
+                {'name': 'byte_kl', 'weight': 0.3}, {'name': 'ce', 'weight': 0.5})
 
 
 def _teacher_config(data_dir):
@@ -78,8 +78,8 @@ def _losses(result_dir):
 
     with open(f'{result_dir}/student_metrics/metrics.jsonl') as f:
         rows = [json.loads(line) for line in f]
-    return np.array([[r['distill/aligned_kl'], r['distill/uld'], r['loss']] for r in rows
-                     if 'loss' in r])
+    return np.array([[r['distill/aligned_kl'], r['distill/uld'], r['distill/byte_kl'], r['loss']]
+                     for r in rows if 'loss' in r])
 
 
 @pytest.mark.slow
@@ -93,7 +93,7 @@ def test_online_on_one_and_eight_devices(bpe_teacher, data_dir, tmp_path, capsys
     assert "is not the student's" in capsys.readouterr().out  # the one-line note
     one, eight = results[1], results[8]
     np.testing.assert_allclose(one['losses'], eight['losses'], rtol=2e-4, atol=1e-5)
-    assert np.isfinite(one['losses']).all() and (one['losses'][:, :2] > 0).all()
+    assert np.isfinite(one['losses']).all() and (one['losses'][:, :3] > 0).all()
     s = one['student']
     assert 0 < s['aligned_positions'] < 1 and s['bits_per_byte'] > 0
     assert one['provenance']['teacher_tokenizer'] == 'bpe300'
@@ -128,8 +128,8 @@ def test_cached_teacher_and_a_cache_from_another_tokenizer(bpe_teacher, data_dir
 
 def test_lm_cross_config_presets():
     c = load_config('lm_cross.py', 'smoke,uld')
-    assert [e['name'] for e in c.distill.losses] == ['uld', 'ce']
+    assert [(e['name'], e['weight']) for e in c.distill.losses] == [('uld', 0.25), ('ce', 1.0)]
     assert c.teacher.tokenizer == 'bpe:512' and c.teacher.seq_len == c.data.seq_len // 2
-    assert load_config('lm_cross.py').distill.losses[0]['name'] == 'aligned_kl'
+    assert load_config('lm_cross.py').distill.losses[0]['name'] == 'byte_kl'
     with pytest.raises(ValueError, match='unknown preset'):
         load_config('lm_cross.py', 'kd')

@@ -1,25 +1,32 @@
 """Build a zoo of teachers and students, then measure the lineage test on it (issue 21).
 
     python tools/audit_zoo.py build --domain=digits --root=workdir/zoo_digits
+    python tools/audit_zoo.py build --domain=digits_wide --root=workdir/zoo_digits_wide
     python tools/audit_zoo.py audit --domain=digits --root=workdir/zoo_digits
-    python tools/audit_summary.py workdir/zoo_digits workdir/zoo_lm
+    python tools/audit_summary.py workdir/zoo_digits workdir/zoo_digits_wide
 
 ``build`` trains, with `jaxdistill.main` in subprocesses (skipping finished runs, so it
 resumes), for every teacher seed ``a``: a run ``A{a}`` that trains teacher A_a, a
-labels-only baseline and a student distilled from A_a online; then runs ``A{a}_{signal}_s{j}``
-that reuse A_a (``teacher.checkpoint``) for more students of every signal (digits: online;
-lm: online, cached top-32, sequence-level, sequence-level from a watermarked teacher), each
-with a labels-only baseline at its seed where asked. Every teacher is "A" for its own
-students and an independent "teacher B" for the others'. The zoo is small and fast (the
-machine it was measured on has 2 shared cores): digits 800 steps per model; lm_text at
-64-token rows, batch 16, 250 teacher steps and 150 student steps. Runs are interleaved over
-teachers, so a partial zoo already has positives and negatives for every teacher.
+labels-only baseline and a student distilled from A_a online; runs ``X{x}`` that train
+**anchor teachers** (A's recipe at other seeds, the owner's own; no student of theirs is a
+suspect); then runs ``A{a}_{signal}_s{j}`` that reuse A_a (``teacher.checkpoint``) for more
+students of every signal (digits: online; lm: cached top-32, sequence-level,
+sequence-level from a watermarked teacher, online), each with a labels-only baseline at
+its seed where asked. ``digits_wide`` trains 34k-parameter students (and baselines) of the
+digits zoo beside it (ROOT without ``_wide``), whose teachers and anchors it shares. Every
+teacher is "A" for its own students and an independent "teacher B" for the others'.
+Digits runs use the recipe's own length (teacher 1,500, students 3,000 steps); lm_text
+runs 64-token rows, batch 16, 250 teacher and 150 student steps. ``--seed_base`` shifts
+every seed: the statistic was chosen on ``--seed_base=100`` zoos and is reported on
+``--seed_base=0`` ones.
 
 ``audit`` treats each teacher as the audited one: suspects are every student and baseline
 of the zoo (positives: the students distilled from it), the references of each suspect are
-the zoo's negatives other than itself (leave-one-out). It writes ``ROOT/audit_zoo.json``
-(every score and p-value, ROC AUC and TPR at 1 % FPR per access mode and signal) after each
-teacher, so a partial audit gives numbers.
+the zoo's negatives other than itself (leave-one-out), the anchors are the zoo's anchor
+teachers (a zoo without them: its other teachers, consensus fingerprints only). It writes
+``ROOT/audit_zoo.json`` (every score and p-value, ROC AUC and TPR at 1 % FPR per access
+mode and signal, each fingerprint's AUC alone) after each teacher, so a partial audit gives
+numbers.
 """
 
 from __future__ import annotations

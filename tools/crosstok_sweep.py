@@ -77,6 +77,38 @@ def _scores(results: dict, stage: str) -> dict:
     return {k: results[stage][k] for k in keys if k in results[stage]}
 
 
+def summary(table: dict) -> dict[str, dict]:
+    """Per variant: bits per byte by seed, its mean, and the mean difference from the
+    labels-only baseline of the same seeds (negative: better than the baseline)."""
+    runs = table['runs']
+    base = {r['seed']: r['student']['bits_per_byte'] for r in runs.values()
+            if r['variant'] == 'baseline'}
+    out: dict[str, dict] = {}
+    for r in sorted(runs.values(), key=lambda r: (r['variant'], r['seed'])):
+        row = out.setdefault(r['variant'], {'losses': r['losses'], 'bits_per_byte': {}})
+        row['bits_per_byte'][str(r['seed'])] = r['student']['bits_per_byte']
+    for row in out.values():
+        bpb = row['bits_per_byte']
+        row['mean'] = sum(bpb.values()) / len(bpb)
+        diffs = [v - base[int(s)] for s, v in bpb.items() if int(s) in base]
+        row['vs_baseline'] = sum(diffs) / len(diffs) if diffs else None
+    return out
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    lines = ['| variant | losses | seeds | bits per byte (mean) | vs labels-only |',
+             '|---|---|---|---|---|']
+    for name, row in sorted(rows.items(), key=lambda kv: kv[1]['mean']):
+        losses = ' + '.join(f"{e['weight']:g} {e['name']}" + ''.join(
+            f' {k}={v:g}' for k, v in e.items() if k not in ('name', 'weight'))
+            for e in row['losses'])
+        vs = '–' if row['vs_baseline'] is None or name == 'baseline' \
+            else f"{row['vs_baseline']:+.3f}"
+        lines.append(f"| {name} | {losses} | {len(row['bits_per_byte'])} | {row['mean']:.3f} "
+                     f'| {vs} |')
+    return '\n'.join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--teacher', required=True)
@@ -84,7 +116,25 @@ def main(argv=None) -> None:
     p.add_argument('--seeds', default='0')
     p.add_argument('--only', default='', help='comma-separated variant names (default: all)')
     p.add_argument('--steps', type=int, default=200)
+    p.add_argument('--table', action='store_true',
+                   help='print the markdown table of OUT/sweep.json (by variant) and exit')
+    p.add_argument('--write', default='',
+                   help='with --table: also write the summary and every run to this JSON '
+                        '(benchmarks/crosstok_bpb.json)')
     a = p.parse_args(argv)
+    if a.table:
+        table = json.load(open(os.path.join(a.out, 'sweep.json')))
+        print(markdown(summary(table)))
+        if a.write:
+            # the same-tokenizer ceiling and the teacher (measured once, not by this sweep)
+            keep = json.load(open(a.write)).get('reference') if os.path.exists(a.write) else None
+            with open(a.write, 'w') as f:
+                json.dump({'command': 'python tools/crosstok_sweep.py --teacher=TEACHER '
+                           '--out=OUT --seeds=S --only=VARIANTS (per run), then --table '
+                           f'--write={a.write}', 'steps': table['steps'],
+                    'machine': table['machine'], 'summary': summary(table),
+                    'runs': table['runs'], 'reference': keep}, f, indent=1, sort_keys=True)
+        return
     names = [n for n in a.only.split(',') if n] or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
@@ -93,7 +143,6 @@ def main(argv=None) -> None:
     if not os.path.isdir(code):
         shutil.copytree(os.path.join(ROOT, 'jaxdistill'), os.path.join(code, 'jaxdistill'))
     table_path = os.path.join(a.out, 'sweep.json')
-    table = json.load(open(table_path)) if os.path.exists(table_path) else {'runs': {}}
     for seed in (int(s) for s in a.seeds.split(',')):
         for name in names:
             workdir = os.path.join(a.out, f'seed{seed}', name)
@@ -107,6 +156,8 @@ def main(argv=None) -> None:
                 _run(code, a.teacher, workdir, VARIANTS[name], seed, a.steps, not has_base)
                 print(f'seed {seed} {name}: {time.time() - t0:.0f} s', flush=True)
             results = json.load(open(done))
+            # read again: sweeps of other seeds may run beside this one
+            table = json.load(open(table_path)) if os.path.exists(table_path) else {'runs': {}}
             table['runs'][f'seed{seed}/{name}'] = {'seed': seed, 'variant': name,
                                                    'losses': VARIANTS[name],
                                                    'student': _scores(results, 'student')}

@@ -3,7 +3,9 @@
 * `lineage` (CLI ``python -m jaxdistill.audit``): fidelity fingerprints of a suspect against a
   teacher (`fingerprints`), turned into a score and an exact permutation p-value against
   reference models known not to descend from it (`stats`); white-box (logits) and black-box
-  (top-1, samples) access.
+  (top-1, samples) access. With anchors (the teacher's recipe at other seeds) the score is
+  the teacher-relative `relative.teacher_llr` on ambiguous probes, and `p_value_teachers`
+  ranks the teacher among its anchors.
 * `watermark`: a keyed green-list watermark in the teacher's sampling
   (``distill.sampling.watermark``, Kirchenbauer et al. 2023) and its detector in a suspect's
   text or next-token distribution (radioactivity, Sander et al. 2024).

@@ -26,8 +26,9 @@ _SUSPECT = flags.DEFINE_string('suspect', None, 'The model suspected of descendi
 _REFERENCES = flags.DEFINE_list('references', None, 'Models known NOT to descend from the '
                                 'teacher, trained on the same task (comma-separated).')
 _ANCHORS = flags.DEFINE_list('anchors', [], 'Independent models of the teacher\'s own recipe '
-                             '(other seeds): the fingerprints then follow what is particular '
-                             'to this teacher among them. Recommended.')
+                             '(other seeds): the score is then teacher_llr, whether the '
+                             'suspect is closer to the teacher than to each anchor on '
+                             'ambiguous probes (docs/audit.md). Recommended.')
 _OUT = flags.DEFINE_string('out', None, 'Directory for audit.json, audit.md, audit.png.')
 _DATA = flags.DEFINE_string('data', '', 'Probe set: a run (workdir or stage directory) whose '
                             'test split to use, or a .npz; default: the suspect\'s run.')

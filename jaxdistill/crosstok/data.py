@@ -267,10 +267,6 @@ def _check(config, differ: bool) -> None:
                           "the student's tokens: train it with its own tokenizer first "
                           '(--config.data.tokenizer=... in its own workdir) and set '
                           'teacher.checkpoint to that workdir')
-    if int(config.train.get('grad_accum_steps', 1)) > 1:
-        raise ConfigError('train.grad_accum_steps > 1 is not supported with '
-                          'distill.cross_tokenizer (its terms average over aligned positions, '
-                          'not tokens): set train.grad_accum_steps=1')
     if int(config.teacher.seq_len) < 0:
         raise ConfigError(f'teacher.seq_len={config.teacher.seq_len} must be >= 0 (0: '
                           'data.seq_len)')

@@ -204,7 +204,7 @@ def make_train_step(student: Model, objective: Objective, optimizer, *, mesh: Me
         batch = jax.tree.leaves(prepared.inputs)[0].shape[0]
         window = objective_lib.accumulation_window(
             objective, (batch,) + tuple(logits.shape[1:]), prepared.mask,
-            prepared.label_mask, n)
+            prepared.label_mask, n, teacher=prepared.teacher)
         trained = (state.params, state.aux)
 
         def body(carry, xs):

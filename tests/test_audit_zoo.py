@@ -1,0 +1,46 @@
+"""tools/audit_zoo.py: the tuning and reporting zoos share no training seed, anchors have
+no student among the suspects, a digits_wide zoo borrows its digits zoo's teachers."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'tools'))
+import audit_zoo  # noqa: E402
+
+
+@pytest.mark.parametrize('domain', ['digits', 'lm', 'digits_wide'])
+def test_tuning_and_report_zoos_are_disjoint_in_seeds(domain):
+    report = audit_zoo.plan(domain, '/z/zoo_x_wide' if domain == 'digits_wide' else '/z/r', 0)
+    tune = audit_zoo.plan(domain, '/z/zoo_x_wide' if domain == 'digits_wide' else '/z/t', 100)
+    seeds = [{r['seed'] for r in p} for p in (report, tune)]
+    assert seeds[0] and not seeds[0] & seeds[1]
+    for r in report:  # the seed each run is named with is the one it trains with
+        assert f'--config.seed={r["seed"]}' in r['argv']
+
+
+def test_anchors_train_a_teacher_only_and_no_suspect_descends_from_them():
+    runs = audit_zoo.plan('digits', '/z/r', 0)
+    anchors = [r for r in runs if r['signal'] == 'anchor']
+    assert [r['name'] for r in anchors] == ['X0', 'X1', 'X2', 'X3']
+    for r in anchors:  # the one-step student stage is never audited; flags after the common
+        assert r['argv'].index('--config.train.steps=1') > r['argv'].index(
+            '--config.train.eval_every=0')
+    students = [r for r in runs if r['signal'] != 'anchor']
+    assert not {r['teacher'] for r in students} & {r['name'] for r in anchors}
+
+
+def test_wide_zoo_borrows_teachers_and_anchors(tmp_path):
+    root = str(tmp_path / 'zoo_digits_wide')
+    runs = audit_zoo.plan('digits_wide', root, 0)
+    borrowed = [r for r in runs if r.get('borrowed')]
+    assert {r['name'] for r in borrowed} == {'A0', 'A1', 'A2', 'A3', 'X0', 'X1', 'X2', 'X3'}
+    assert all(r['workdir'].startswith(str(tmp_path / 'zoo_digits') + os.sep)
+               for r in borrowed)
+    own = [r for r in runs if not r.get('borrowed')]
+    assert all('--config.student.kwargs.channels=(16,)' in r['argv'] for r in own)
+    assert all(f'--config.teacher.checkpoint={tmp_path / "zoo_digits"}' in ' '.join(r['argv'])
+               for r in own)
+    with pytest.raises(SystemExit, match='_wide'):
+        audit_zoo.plan('digits_wide', str(tmp_path / 'elsewhere'), 0)
