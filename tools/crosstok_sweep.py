@@ -118,9 +118,22 @@ def main(argv=None) -> None:
     p.add_argument('--steps', type=int, default=200)
     p.add_argument('--table', action='store_true',
                    help='print the markdown table of OUT/sweep.json (by variant) and exit')
+    p.add_argument('--write', default='',
+                   help='with --table: also write the summary and every run to this JSON '
+                        '(benchmarks/crosstok_bpb.json)')
     a = p.parse_args(argv)
     if a.table:
-        print(markdown(summary(json.load(open(os.path.join(a.out, 'sweep.json'))))))
+        table = json.load(open(os.path.join(a.out, 'sweep.json')))
+        print(markdown(summary(table)))
+        if a.write:
+            # the same-tokenizer ceiling and the teacher (measured once, not by this sweep)
+            keep = json.load(open(a.write)).get('reference') if os.path.exists(a.write) else None
+            with open(a.write, 'w') as f:
+                json.dump({'command': 'python tools/crosstok_sweep.py --teacher=TEACHER '
+                           '--out=OUT --seeds=S --only=VARIANTS (per run), then --table '
+                           f'--write={a.write}', 'steps': table['steps'],
+                    'machine': table['machine'], 'summary': summary(table),
+                    'runs': table['runs'], 'reference': keep}, f, indent=1, sort_keys=True)
         return
     names = [n for n in a.only.split(',') if n] or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))

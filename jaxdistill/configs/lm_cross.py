@@ -17,7 +17,7 @@ own 64-token rows inside the student's step. Bits per byte compares them. First 
 
 The objective keeps the next-token cross-entropy at weight 1 and adds the cross-tokenizer term
 (the README's sweep, ``tools/crosstok_sweep.py``: a term that takes half of the label weight
-loses more than it brings at 200 steps). Presets: ``byte_kl`` (default; weight 0.5: the
+loses more than it brings at 200 steps). Presets: ``byte_kl`` (default; weight 1: the
 teacher projected onto the next byte), ``aligned_kl`` or ``uld`` (weight 0.25), each
 optionally after ``smoke`` (``configs/lm_cross.py:smoke,uld``: tiny shapes, seconds; its
 teacher must be a smoke BPE-512 teacher).
@@ -25,7 +25,7 @@ teacher must be a smoke BPE-512 teacher).
 
 from jaxdistill.config import loss_entry
 
-LOSSES = {'byte_kl': 0.5, 'aligned_kl': 0.25, 'uld': 0.25}  # name: weight (ce: 1)
+LOSSES = {'byte_kl': 1.0, 'aligned_kl': 0.25, 'uld': 0.25}  # name: weight (ce: 1)
 
 
 def get_config(arg: str | None = None):
