@@ -234,3 +234,43 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     # Holding the corpus would add >= 12 MB of text and 48 MB of int32 tokens; streaming
     # holds one chunk of CHUNK_TOKENS whatever the size.
     assert large['growth_kb'] - small['growth_kb'] < 8 * 1024, (small, large)
+
+
+_TWO_PROCESS_READER = textwrap.dedent('''
+    import json, sys
+    from jaxdistill.runtime import distributed
+    distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+    import jax
+    from jaxdistill import config as config_lib, tasks
+    c = config_lib.base_config()
+    c.task, c.data.name, c.data.files, c.data.cache_dir = 'lm', '', sys.argv[3], sys.argv[4]
+    c.data.seq_len, c.data.batch_size, c.data.test_fraction = 16, 8, 0.1
+    task = tasks.build(c)
+    batches = task.train_batches(seed=3)
+    print(json.dumps({'process': jax.process_index(), **task.data_provenance,
+                      'rows': {s: batches[s]['inputs'].tolist() for s in (0, 5, 40)}}))
+''')
+
+
+@pytest.mark.slow
+def test_two_processes_pack_once_and_read_disjoint_rows(tmp_path):
+    """2 real processes (`jax.distributed`) open one corpus through the LM task: process 0
+    packs, process 1 waits and reads the same cache; each reads its own block of every global
+    batch, and together they read exactly the one-process batch."""
+    from tests.test_multihost import two_processes
+
+    folder = _corpus(tmp_path, n=100)
+    args = [str(folder / '*.jsonl'), str(tmp_path / 'cache')]
+    outs = [json.loads(line) for line in two_processes(_TWO_PROCESS_READER, [args, args])]
+    assert [o['process'] for o in outs] == [0, 1]
+    for key in ('packed_cache', 'fingerprint_sha256'):
+        assert outs[0][key] == outs[1][key], key
+    assert len(os.listdir(tmp_path / 'cache')) == 1  # packed once, no leftovers
+    c = corpus_lib.FileCorpus(str(folder / '*.jsonl'), 'text', test_fraction=0.1)
+    rows, _ = packed.open_or_pack(c, ByteTokenizer(), 16, str(tmp_path / 'cache'))
+    one = text.train_batches(rows['train'], global_batch=8, seed=3)
+    for step in ('0', '5', '40'):
+        mine, theirs = (np.asarray(o['rows'][step]) for o in outs)
+        assert len(mine) == len(theirs) == 4
+        np.testing.assert_array_equal(np.concatenate([mine, theirs]), one[int(step)]['inputs'])
+        assert not {r.tobytes() for r in mine} & {r.tobytes() for r in theirs}  # disjoint

@@ -248,7 +248,7 @@ def _summary(rows: list[dict], access: str, signal: str | None = None) -> dict:
 
 
 def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
-          ambiguous: int = 2000) -> dict:
+          ambiguous: int = 2000, watermark: bool = True) -> dict:
     """The lineage test with every teacher of the zoo as the audited one (see the module
     docstring); writes ROOT/audit_zoo.json after each teacher."""
     from jaxdistill.audit import fingerprints as fp
@@ -314,7 +314,7 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
             json.dump(result, f, indent=1)
         print(f'{t["teacher"]}: ' + json.dumps({a: v['all'] for a, v in
                                                  result['summary'].items()}), flush=True)
-    if domain == 'lm':
+    if domain == 'lm' and watermark:
         result['watermark'] = audit_watermark(root, zoo, probe, outs, seed)
         with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
             json.dump(result, f, indent=1)
@@ -462,6 +462,8 @@ def main() -> None:
     ap.add_argument('phase', choices=('build', 'audit'))
     ap.add_argument('--domain', choices=tuple(DOMAINS), required=True)
     ap.add_argument('--ambiguous', type=int, default=2000, help='audit: mixed image probes')
+    ap.add_argument('--skip_watermark', action='store_true',
+                    help='audit, lm: the lineage test only (no generations for the watermark)')
     ap.add_argument('--root', required=True)
     ap.add_argument('--seed', type=int, default=0, help='probe / black-box sampling seed')
     ap.add_argument('--only', default='', help='build: these runs only (comma-separated)')
@@ -475,7 +477,7 @@ def main() -> None:
         audit_protect(args.root, seed=args.seed)
     else:
         audit(args.domain, args.root, seed=args.seed, seed_base=args.seed_base,
-              ambiguous=args.ambiguous)
+              ambiguous=args.ambiguous, watermark=not args.skip_watermark)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import Array
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from jaxdistill.losses.core import (
@@ -23,6 +24,7 @@ from jaxdistill.losses.core import (
     _log_mix,
     _log_softmax,
     _logit_inputs,
+    _logsumexp,
     _masked_mean,
     _masked_sum,
     _tempered,
@@ -76,28 +78,46 @@ def _tvd_terms(logp_s, p_s, logp_t, p_t, *, temperature):
     return 0.5 * jnp.abs(p_t - p_s)
 
 
+def _kl_parts(zs: Array, zt: Array, axis: int) -> tuple[Array, Array, Array, Array]:
+    """``(kl, p_t, lse_s, lse_t)``, with ``KL = sum p_t (z_t - z_s) - lse_t + lse_s`` (as
+    ``sum p_t = 1``): no ``[..., V]`` log-probabilities are formed, only ``p_t`` (the
+    logsumexps are the ones the cross-entropy shares)."""
+    lse_s, lse_t = _logsumexp(zs, axis, None), _logsumexp(zt, axis, None)
+    p_t = jnp.exp(zt - lse_t)
+    kl = jnp.sum(p_t * ((zt - lse_t) - (zs - lse_s)), axis=axis)
+    return kl, p_t, lse_s, lse_t
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _dense_forward_kl(zs: Array, zt: Array, axis: int) -> Array:
-    """``KL(softmax(zt) || softmax(zs))`` over ``axis``, no mask: the per-entry form's value
-    with a hand-written derivative.
+    """``KL(softmax(zt) || softmax(zs))`` over ``axis``, no mask, with a hand-written
+    derivative.
 
     Autodiff of ``sum p_t (log p_t - log p_s)`` spends one more reduction over the vocabulary
     on ``sum p_t``, which is 1; the derivative here uses that, so the student's gradient is
-    ``p_s - p_t`` alone. The student's logsumexp is `_logsumexp`'s (shared with the
+    ``p_s - p_t`` alone, and the value is `_kl_parts`'s (two fewer ``[..., V]`` arrays at a
+    real vocabulary). The student's logsumexp is `_logsumexp`'s (shared with the
     cross-entropy). Identical inputs give exactly 0 in value and gradient.
     """
-    (logp_s, _), (logp_t, p_t) = _log_softmax(zs, axis, None), _log_softmax(zt, axis, None)
-    return jnp.sum(_forward_kl_terms(logp_s, None, logp_t, p_t, temperature=1), axis=axis)
+    return _kl_parts(zs, zt, axis)[0]
 
 
-@_dense_forward_kl.defjvp
 def _dense_forward_kl_jvp(axis, primals, tangents):
+    # Symbolic zeros: a frozen teacher's logits (under stop_gradient) have no tangent, and
+    # an instantiated zero one would still cost the teacher's derivative, over [..., V].
     zs, zt = primals
     dzs, dzt = tangents
-    (logp_s, p_s), (logp_t, p_t) = _log_softmax(zs, axis, None), _log_softmax(zt, axis, None)
-    kl = jnp.sum(_forward_kl_terms(logp_s, p_s, logp_t, p_t, temperature=1), axis=axis)
-    d_teacher = p_t * (logp_t - logp_s - jnp.expand_dims(kl, axis))
-    return kl, jnp.sum((p_s - p_t) * dzs + d_teacher * dzt, axis=axis)
+    kl, p_t, lse_s, lse_t = _kl_parts(zs, zt, axis)
+    tangent = jnp.zeros_like(kl)
+    if not isinstance(dzs, SymbolicZero):
+        tangent = tangent + jnp.sum((jnp.exp(zs - lse_s) - p_t) * dzs, axis=axis)
+    if not isinstance(dzt, SymbolicZero):
+        d_teacher = p_t * ((zt - lse_t) - (zs - lse_s) - jnp.expand_dims(kl, axis))
+        tangent = tangent + jnp.sum(d_teacher * dzt, axis=axis)
+    return kl, tangent
+
+
+_dense_forward_kl.defjvp(_dense_forward_kl_jvp, symbolic_zeros=True)
 
 
 def _divergence(name, terms_fn, student_logits, teacher_logits, temperature, where, axis,
