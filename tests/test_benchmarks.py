@@ -119,6 +119,7 @@ def test_analytic_decoder_flops_agree_with_xla():
     assert analytic < xla < 2 * analytic
 
 
+@pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 def test_naive_loop_computes_the_same_loss_as_jaxdistill():
     """The peer loop is the same objective on the same model: only the engineering differs."""
     pair = pairs.lm_pair(2, 8, teacher_cfg=TINY_DECODER, student_cfg=TINY_DECODER)

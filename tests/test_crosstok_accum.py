@@ -11,6 +11,7 @@ import dataclasses
 import jax
 import numpy as np
 import optax
+import pytest
 
 from jaxdistill import objective
 from jaxdistill.config import loss_entry
@@ -50,6 +51,7 @@ def _prepare(batch, rng):
                       crosstok.step_teacher(batch))
 
 
+@pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 def test_cross_tokenizer_accumulated_equals_one_batch():
     losses = [loss_entry('byte_kl', weight=0.5, temperature=2.0),
               loss_entry('aligned_kl', weight=0.5, span_weight=0.3),

@@ -73,7 +73,7 @@ def _lm_prepare(batch, rng):
                       batch['labelled'][:, None])
 
 
-@pytest.mark.parametrize('opt', ['sgd', 'adamw_clipped'])
+@pytest.mark.parametrize('opt', ['sgd', pytest.param('adamw_clipped', marks=pytest.mark.slow)])
 def test_lm_accumulated_equals_one_batch(opt):
     kw = dict(vocab_size=64, num_heads=2, max_len=16)
     teacher = _model('decoder', 'teacher', num_layers=2, d_model=32, mlp_dim=64, **kw)

@@ -42,6 +42,7 @@ def probe(policy):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 @glibc_only
 def test_reuse_removes_the_page_faults_of_each_step():
     # Two processes per policy: the effect is the same in each (glibc reads the tunables

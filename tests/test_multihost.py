@@ -176,6 +176,7 @@ def reference(data_dir, tmp_path_factory):
     return workdir, config
 
 
+@pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 def test_two_processes_match_one_device(reference, data_dir, tmp_path):
     ref_dir, ref_config = reference
     workdir = str(tmp_path / 'two')

@@ -123,6 +123,7 @@ def test_sequence_student_learns_teacher_completions(data_dir, teacher_dir, tmp_
     assert r['provenance']['losses'] == [{'name': 'ce', 'weight': 1.0}]
 
 
+@pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 def test_on_policy_resumes_bitwise_and_counts_its_sampled_steps(data_dir, teacher_dir,
                                                                  tmp_path):
     c = _config(data_dir, 'smoke,on_policy', teacher_dir, checkpoint_every=10,
@@ -180,6 +181,7 @@ def test_cli_cache_mode_error_is_one_line(data_dir, tmp_path):
     assert not os.path.exists(tmp_path / 'w')
 
 
+@pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 def test_cached_on_eight_devices_matches_one_and_reuses_the_cache(cached_run, data_dir,
                                                                    tmp_path):
     workdir, c, _, r, _ = cached_run
@@ -194,6 +196,7 @@ def test_cached_on_eight_devices_matches_one_and_reuses_the_cache(cached_run, da
                                rtol=1e-4)
 
 
+@pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 def test_on_policy_samples_on_a_sharded_batch(data_dir, teacher_dir, tmp_path):
     c = _config(data_dir, 'smoke,on_policy', teacher_dir)
     c.train.steps, c.optimizer.warmup_steps = 6, 1

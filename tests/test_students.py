@@ -85,6 +85,7 @@ def test_teacher_tokenizer_larger_than_the_model_names_both_sizes(data_dir, tmp_
         run.plan(c, str(tmp_path / 'w'), devices=jax.devices()[:1])
 
 
+@pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 def test_cut_student_run_and_hf_export(data_dir, tmp_path):
     c = lm_config(data_dir)
     workdir = str(tmp_path / 'w')

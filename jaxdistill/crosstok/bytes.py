@@ -31,6 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill.crosstok.positions import at_positions
+from jaxdistill.crosstok.positions import batch_mean as _mean
+
 Array = jax.Array
 
 EOS, OTHER, NONE = 256, 257, 258  # categories beyond the byte values; NONE: no next byte
@@ -252,7 +255,6 @@ def byte_kl(student_logits: Array, teacher_logits: Array, depth: Array, lo: Arra
 def byte_kl_term(student_logits: Array, teacher_logprobs: Array, alignment: Any,
                  vocab: ByteVocab, *, temperature: float = 1.0) -> dict[str, Array]:
     """``byte_kl`` averaged over the batch's supervised student positions (``{'total'}``)."""
-    from jaxdistill.crosstok.losses import _mean, at_positions
 
     a = alignment
     value = byte_kl(student_logits, at_positions(teacher_logprobs, a.byte_pos), a.byte_depth,

@@ -34,6 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill.crosstok.positions import at_positions
+from jaxdistill.crosstok.positions import batch_mean as _mean
+
 Array = jax.Array
 
 
@@ -223,17 +226,6 @@ class CrossVocab:
         out_s = self.student_vocab > len(self.shared_student)
         out_t = self.teacher_vocab > len(self.shared_teacher)
         return out_s == out_t
-
-
-def _mean(value: Array, mask: Array) -> Array:
-    """Sum over valid entries / their count in the global batch (0 when there are none)."""
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(value * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def at_positions(teacher: Array, pos: Array) -> Array:
-    """``[B, U, V]`` teacher values gathered at ``[B, T]`` positions -> ``[B, T, V]``."""
-    return jnp.take_along_axis(teacher, pos[..., None].astype(jnp.int32), axis=1)
 
 
 def target_logprobs(logits: Array, targets: Array) -> Array:
