@@ -55,7 +55,8 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def _mean(values: np.ndarray, weights: np.ndarray | None) -> float:
+def weighted_mean(values: np.ndarray, weights: np.ndarray | None) -> float:
+    """The mean of ``values`` weighted by ``weights`` per probe (None: unweighted)."""
     if weights is None:
         return float(np.mean(values))
     w = np.asarray(weights, np.float64)
@@ -102,7 +103,7 @@ def dark_kl_gain(t: np.ndarray, s: np.ndarray, c: np.ndarray,
     """Mean over probes of KL(t_dark || c_dark) - KL(t_dark || s_dark), in nats."""
     top = np.argmax(t, -1)
     lt, ls, lc = (dark_log_probs(x, top) for x in (t, s, c))
-    return _mean(_kl(lt, lc) - _kl(lt, ls), weights)
+    return weighted_mean(_kl(lt, lc) - _kl(lt, ls), weights)
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -132,7 +133,7 @@ def dark_residual_rank(t: np.ndarray, s: np.ndarray, c: np.ndarray,
     rs -= rs.mean(-1, keepdims=True)
     rho = np.sum(rt * rs, -1) / np.maximum(np.sqrt(np.sum(rt ** 2, -1) * np.sum(rs ** 2, -1)),
                                            1e-12)
-    return _mean(rho, weights)
+    return weighted_mean(rho, weights)
 
 
 def dark_residual_loglik(t: np.ndarray, samples: np.ndarray, c: np.ndarray,

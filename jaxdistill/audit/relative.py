@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxdistill.audit.fingerprints import log_softmax
+from jaxdistill.audit.fingerprints import log_softmax, weighted_mean
 
 CLIP = 5.0  # nats: bound on one paired log-likelihood ratio in teacher_llr
 NAMES = ('teacher_rank', 'teacher_llr')
@@ -55,12 +55,12 @@ def paired_llr(teacher: np.ndarray, anchors: np.ndarray, view: np.ndarray) -> np
 def teacher_rank(d: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Share of the paired comparisons ``d [N, m]`` the teacher wins (ties count 1/2)."""
     wins = (d > 0) + 0.5 * (d == 0)
-    return _mean(wins.mean(-1), weights)
+    return weighted_mean(wins.mean(-1), weights)
 
 
 def teacher_llr(d: np.ndarray, weights: np.ndarray | None = None, clip: float = CLIP) -> float:
     """Mean paired log-likelihood ratio, each clipped to ``[-clip, clip]`` nats."""
-    return _mean(np.clip(d, -clip, clip).mean(-1), weights)
+    return weighted_mean(np.clip(d, -clip, clip).mean(-1), weights)
 
 
 def view(access: str, logits: np.ndarray, samples: np.ndarray | None = None) -> np.ndarray:
@@ -95,17 +95,10 @@ def teacher_scores(teachers: np.ndarray, view_probs: np.ndarray,
     wins = (diff > 0) + 0.5 * (diff == 0)
     m = len(teachers)
     wins = (wins.sum(1) - 0.5) / (m - 1)  # drop j == k (a tie with itself: 1/2)
-    return np.array([_mean(w, weights) for w in wins])
+    return np.array([weighted_mean(w, weights) for w in wins])
 
 
 def teacher_p_value(scores: np.ndarray) -> float:
     """Rank p-value of teacher 0 among ``scores`` (ties count against it): exact under
     exchangeable teachers, smallest ``1 / len(scores)``."""
     return float(np.sum(scores >= scores[0] - 1e-12) / len(scores))
-
-
-def _mean(values: np.ndarray, weights: np.ndarray | None) -> float:
-    if weights is None:
-        return float(np.mean(values))
-    w = np.asarray(weights, np.float64)
-    return float(np.sum(values * w) / max(w.sum(), 1e-12))
