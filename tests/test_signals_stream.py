@@ -146,8 +146,12 @@ def planned(tmp_path_factory):
     folder = tmp_path_factory.mktemp('plan')
     c = files_config(write_corpus(str(folder / 'text'), n=50), folder / 'packed')
     p = run.plan(c, str(folder / 'w'), devices=DEVICES)
-    params, state = p.teacher.init(jax.random.key(1), p.sample)
-    return p, c, {'params': nn.unbox(params), 'state': state}
+    # random parameters of the teacher's shapes (compiling its init costs more than the test)
+    rng = np.random.default_rng(1)
+    params, state = jax.tree.map(
+        lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype),
+        nn.unbox(jax.eval_shape(p.teacher.init, jax.random.key(1), p.sample)))
+    return p, c, {'params': params, 'state': state}
 
 
 def _in_memory(task):
@@ -196,7 +200,8 @@ def test_cache_built_from_packed_rows_a_batch_at_a_time_equals_in_memory(planned
         np.testing.assert_array_equal(streamed[k], ref[k])
     # the teacher's own top-k of one row, recomputed
     row = memory.train_rows['inputs'][5:6]
-    logits = p.teacher.apply(teacher_vars['params'], teacher_vars['state'], row, train=False)[0]
+    logits = jax.jit(lambda v, x: p.teacher.apply(v['params'], v['state'], x, train=False)[0])(
+        teacher_vars, row)
     top = np.argsort(-np.asarray(jax.nn.log_softmax(logits.astype(np.float32)))[0], -1)[:, :4]
     assert (np.sort(top, -1) == np.sort(streamed['topk_ids'][5].astype(int), -1)).mean() > 0.95
     # another k: refused in one line naming the field
