@@ -142,3 +142,67 @@ def test_relative_fingerprints_count_the_ambiguous_probes_only():
                                      relative.view('logits', student[keep]))
     for name, value in expected.items():
         assert r['fingerprints']['suspect'][name] == pytest.approx(value, rel=1e-12)
+
+
+def test_coefficients_are_least_squares_on_the_stacked_design():
+    rng = np.random.default_rng(8)
+    teachers, view = rng.normal(size=(4, 40, 6)), _p(rng.normal(size=(40, 6)))
+    w = (np.arange(40) % 3 != 0).astype(float)
+    keep = w > 0
+    design = np.stack([(_p(t)[keep] - 1 / 6).ravel() for t in teachers], 1)
+    expected = np.linalg.lstsq(design, (view[keep] - 1 / 6).ravel(), rcond=None)[0]
+    np.testing.assert_allclose(relative.coefficients(teachers, view, w), expected, atol=1e-10)
+    assert relative.teacher_coef(teachers[0], teachers[1:], view, w) == pytest.approx(
+        expected[0] - expected[1:].mean(), abs=1e-10)
+    # the teacher's own distribution: weight 1 on the teacher, 0 on every anchor
+    np.testing.assert_allclose(relative.coefficients(teachers, _p(teachers[0])),
+                               [1, 0, 0, 0], atol=1e-9)
+    # a mixture of the teacher and an anchor is split between them
+    mix = 0.3 * _p(teachers[0]) + 0.7 * _p(teachers[2])
+    np.testing.assert_allclose(relative.coefficients(teachers, mix), [0.3, 0, 0.7, 0], atol=1e-9)
+
+
+def test_teacher_coef_p_values_are_calibrated_under_the_null():
+    # independent models of the task in the suspect's and the references' places: the exact
+    # permutation p-value of the teacher_coef score is uniform on {1/(k+1), ..., 1}
+    rng = np.random.default_rng(9)
+    k, draws = 5, 300
+    p = []
+    for _ in range(draws):
+        task = rng.normal(size=(150, 10)) * 2
+        teachers = task + rng.normal(size=(4, 150, 10))
+        models = [task + rng.normal(size=task.shape) * rng.uniform(0.5, 2) for _ in range(k + 1)]
+        probe = audit_models.Probe('classification', np.zeros((150, 1)), -np.ones(150, int),
+                                   np.ones(150), np.ones(150, bool), 'synthetic')
+        r = lineage.test('logits', teachers[0], models[0], models[1:], probe, seed=0,
+                         anchor_outs=list(teachers[1:]))
+        assert r['fingerprints']['scored'] == ['teacher_coef']
+        p.append(r['p_value'])
+    p = np.array(p)
+    grid = np.arange(1, k + 2) / (k + 1)
+    cdf = np.array([np.mean(p <= a + 1e-12) for a in grid])
+    se = math.sqrt(0.25 / draws)
+    assert np.all(cdf <= grid + 4 * se) and np.max(np.abs(cdf - grid)) < 4 * se, cdf
+
+
+def test_image_probe_mixes():
+    # one-hot images: a mix w x_i + (1 - w) x_j shows i, j and w directly
+    images, labels = np.eye(120)[:, :, None], np.arange(120) % 10
+    u = audit_models.image_probe(images, labels, seed=3, ambiguous=400, source='x')
+    h = audit_models.image_probe(images, labels, seed=3, ambiguous=400, source='x', mix='half')
+    again = audit_models.image_probe(images, labels, seed=3, ambiguous=400, source='x')
+    np.testing.assert_array_equal(u.inputs, again.inputs)
+    assert u.ambiguous.sum() == h.ambiguous.sum() == 400 and not u.ambiguous[:120].any()
+    assert np.all(u.labels[120:] == -1)
+    for probe in (u, h):
+        mixes = probe.inputs[120:, :, 0]
+        np.testing.assert_allclose(mixes.sum(1), 1, atol=1e-6)
+        i, j = np.argsort(mixes, 1)[:, -1], np.argsort(mixes, 1)[:, -2]
+        assert np.all(labels[i] != labels[j])
+        small = np.sort(mixes, 1)[:, -2]  # min(w, 1 - w)
+        if probe is h:
+            np.testing.assert_allclose(small, 0.5)
+        else:  # w ~ U(0, 1): min(w, 1 - w) ~ U(0, 1/2)
+            assert sps.kstest(2 * small, 'uniform').pvalue > 1e-3
+    with pytest.raises(audit_models.AuditError, match="--mix='third'"):
+        audit_models.image_probe(images, labels, seed=3, ambiguous=50, source='x', mix='third')

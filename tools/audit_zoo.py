@@ -248,7 +248,7 @@ def _summary(rows: list[dict], access: str, signal: str | None = None) -> dict:
 
 
 def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
-          ambiguous: int = 2000, watermark: bool = True) -> dict:
+          ambiguous: int = 5000, watermark: bool = True, mix: str = 'uniform') -> dict:
     """The lineage test with every teacher of the zoo as the audited one (see the module
     docstring); writes ROOT/audit_zoo.json after each teacher."""
     from jaxdistill.audit import fingerprints as fp
@@ -261,9 +261,11 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
     suspects = [m for m in zoo if m['role'] in ('student', 'baseline')]
     first = os.path.dirname(teachers[0]['path'])
     probe = audit_models.probe_from_run(audit_models.read_config(first), seed=seed,
-                                        ambiguous=ambiguous, max_tokens=10000, source=first)
+                                        ambiguous=ambiguous, max_tokens=10000, source=first,
+                                        mix=mix)
     outs = _outputs(root, zoo, probe)
     rows, result = [], {'domain': domain, 'root': root, 'seed': seed, 'seed_base': seed_base,
+                        'mix': mix, 'ambiguous': ambiguous,
                         'probe_size': probe.size, 'load_average': os.getloadavg()[0],
                         'anchors': [a['path'] for a in anchor_models],
                         'scored': {a: list(lineage.SCORED[a]) for a in fp.ACCESS},
@@ -461,7 +463,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('phase', choices=('build', 'audit'))
     ap.add_argument('--domain', choices=tuple(DOMAINS), required=True)
-    ap.add_argument('--ambiguous', type=int, default=2000, help='audit: mixed image probes')
+    ap.add_argument('--ambiguous', type=int, default=5000, help='audit: mixed image probes')
+    ap.add_argument('--mix', choices=('uniform', 'half'), default='uniform',
+                    help='audit: weight of the first image of a mixed probe')
     ap.add_argument('--skip_watermark', action='store_true',
                     help='audit, lm: the lineage test only (no generations for the watermark)')
     ap.add_argument('--root', required=True)
@@ -477,7 +481,7 @@ def main() -> None:
         audit_protect(args.root, seed=args.seed)
     else:
         audit(args.domain, args.root, seed=args.seed, seed_base=args.seed_base,
-              ambiguous=args.ambiguous, watermark=not args.skip_watermark)
+              ambiguous=args.ambiguous, watermark=not args.skip_watermark, mix=args.mix)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@
   teacher (`fingerprints`), turned into a score and an exact permutation p-value against
   reference models known not to descend from it (`stats`); white-box (logits) and black-box
   (top-1, samples) access. With anchors (the teacher's recipe at other seeds) the score is
-  the teacher-relative `relative.teacher_llr` on ambiguous probes, and `p_value_teachers`
+  the teacher-relative `relative.teacher_coef` on ambiguous probes, and `p_value_teachers`
   ranks the teacher among its anchors.
 * `watermark`: a keyed green-list watermark in the teacher's sampling
   (``distill.sampling.watermark``, Kirchenbauer et al. 2023) and its detector in a suspect's
@@ -28,17 +28,18 @@ from jaxdistill.audit.stats import AuditError
 __all__ = ['AuditError', 'audit', 'watermark_test', 'METHOD']
 
 METHOD = ('exact permutation (rank) test: each of the suspect and the k references is scored '
-          'by the mean over the scored fingerprints (teacher_llr with anchors, else the '
+          'by the mean over the scored fingerprints (teacher_coef with anchors, else the '
           'consensus fingerprints) of its z-score against the other k models; p = (number '
           'of the k+1 models scoring >= the suspect) / (k+1), valid (P(p <= a) <= a) when the '
           'suspect is exchangeable with the references, i.e. not distilled from the teacher; '
           'the smallest attainable p is 1/(k+1)')
 
 
-def _probe(data: str, suspect, teacher, *, seed: int, ambiguous: int, max_tokens: int):
+def _probe(data: str, suspect, teacher, *, seed: int, ambiguous: int, max_tokens: int,
+           mix: str = 'uniform'):
     from jaxdistill.audit import models
 
-    kw = dict(seed=seed, ambiguous=ambiguous, max_tokens=max_tokens)
+    kw = dict(seed=seed, ambiguous=ambiguous, max_tokens=max_tokens, mix=mix)
     if data.endswith('.npz'):
         if not os.path.exists(data):
             raise AuditError(f'--data={data} does not exist: give a .npz or a run directory')
@@ -60,8 +61,8 @@ def _probe(data: str, suspect, teacher, *, seed: int, ambiguous: int, max_tokens
 
 def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: str = '',
           access: tuple[str, ...] = ('logits', 'top1', 'samples'), alpha: float | None = None,
-          seed: int = 0, ambiguous: int = 2000, max_tokens: int = 20000,
-          anchors: tuple[str, ...] = ()) -> dict[str, Any]:
+          seed: int = 0, ambiguous: int = 5000, max_tokens: int = 20000,
+          anchors: tuple[str, ...] = (), mix: str = 'uniform') -> dict[str, Any]:
     """Runs the lineage test and writes ``out/audit.json``, ``audit.md``, ``audit.png``.
 
     ``anchors``: independent models of the teacher's own recipe (other seeds); the
@@ -74,6 +75,8 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
     from jaxdistill.audit import fingerprints, lineage, models, report
 
     references = [r for r in references if r]
+    if mix not in models.MIXES:
+        raise AuditError(f'--mix={mix!r} is not one of {list(models.MIXES)}')
     stats_check(len(references), alpha)
     bad = [a for a in access if a not in fingerprints.ACCESS]
     if bad or not access:
@@ -86,7 +89,7 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
     refs = [models.load(r, f'--references[{i}]') for i, r in enumerate(references)]
     anchor_models = [models.load(a, f'--anchors[{i}]') for i, a in enumerate(anchors) if a]
     _distinct([t, s, *refs, *anchor_models])
-    probe = _probe(data, s, t, seed=seed, ambiguous=ambiguous, max_tokens=max_tokens)
+    probe = _probe(data, s, t, seed=seed, ambiguous=ambiguous, max_tokens=max_tokens, mix=mix)
     t_out = models.outputs(t, probe)
     s_out = models.outputs(s, probe)
     lineage.check_output_space(t_out, s_out, suspect, '--suspect')
@@ -112,7 +115,8 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
         'anchors': [{'spec': a.spec, 'params_sha256': a.params_sha256} for a in anchor_models],
         'probe': {'source': probe.source, 'size': probe.size,
                   'unit': 'tokens' if probe.task == 'lm' else 'examples',
-                  'ambiguous': int(probe.ambiguous.sum()), 'task': probe.task},
+                  'ambiguous': int(probe.ambiguous.sum()), 'task': probe.task,
+                  'mix': mix if probe.ambiguous.any() else None},
         'out': os.path.abspath(out),
     }
     report.write(out, result)

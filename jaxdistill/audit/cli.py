@@ -26,8 +26,8 @@ _SUSPECT = flags.DEFINE_string('suspect', None, 'The model suspected of descendi
 _REFERENCES = flags.DEFINE_list('references', None, 'Models known NOT to descend from the '
                                 'teacher, trained on the same task (comma-separated).')
 _ANCHORS = flags.DEFINE_list('anchors', [], 'Independent models of the teacher\'s own recipe '
-                             '(other seeds): the score is then teacher_llr, whether the '
-                             'suspect is closer to the teacher than to each anchor on '
+                             '(other seeds): the score is then teacher_coef, how much of the '
+                             'suspect\'s outputs the teacher explains beyond its anchors on '
                              'ambiguous probes (docs/audit.md). Recommended.')
 _OUT = flags.DEFINE_string('out', None, 'Directory for audit.json, audit.md, audit.png.')
 _DATA = flags.DEFINE_string('data', '', 'Probe set: a run (workdir or stage directory) whose '
@@ -39,10 +39,12 @@ _ALPHA = flags.DEFINE_float('alpha', 0.0, 'Significance level the auditor wants 
                             'to reach (0: none); refused when 1/(references+1) > alpha.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the ambiguous probes, token subsample and '
                              'black-box samples.')
-_AMBIGUOUS = flags.DEFINE_integer('ambiguous', 2000, 'Ambiguous probes added to an image '
-                                  'probe set (half-and-half mixes of two test images of '
-                                  'different labels); the teacher-relative fingerprints are '
-                                  'measured on them.')
+_AMBIGUOUS = flags.DEFINE_integer('ambiguous', 5000, 'Ambiguous probes added to an image '
+                                  'probe set (mixes of two test images of different labels, '
+                                  'see --mix); the teacher-relative fingerprints are measured '
+                                  'on them.')
+_MIX = flags.DEFINE_enum('mix', 'uniform', ['uniform', 'half'], 'Weight of the first image '
+                         'in an ambiguous probe: uniform on [0, 1], or 1/2.')
 _MAX_TOKENS = flags.DEFINE_integer('max_tokens', 20000, 'Most probe tokens for language '
                                    'models (whole test rows; 0: all).')
 _WATERMARK_KEY = flags.DEFINE_integer(
@@ -78,7 +80,7 @@ def main(argv: list[str]) -> None:
         result = audit(_TEACHER.value, _SUSPECT.value, _REFERENCES.value, _OUT.value,
                        data=_DATA.value, access=tuple(_ACCESS.value), alpha=_ALPHA.value or None,
                        seed=_SEED.value, ambiguous=_AMBIGUOUS.value, max_tokens=_MAX_TOKENS.value,
-                       anchors=tuple(_ANCHORS.value))
+                       anchors=tuple(_ANCHORS.value), mix=_MIX.value)
     except JaxdistillError as e:
         _fail(str(e))
     print(summary(result))

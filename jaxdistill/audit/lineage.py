@@ -22,7 +22,7 @@ SAMPLES = 4  # draws per probe for --access=samples
 DARK = ('dark_kl_gain', 'dark_residual_rank', 'dark_residual_loglik')
 # With anchors, the score is the teacher-relative fingerprints' (jaxdistill.audit.relative):
 # chosen on the tuning zoo (docs/audit.md); the consensus fingerprints are still reported.
-SCORED = {'logits': ('teacher_llr',), 'top1': ('teacher_llr',), 'samples': ('teacher_llr',)}
+SCORED = {'logits': ('teacher_coef',), 'top1': ('teacher_coef',), 'samples': ('teacher_coef',)}
 
 
 def relative_weights(probe) -> np.ndarray:

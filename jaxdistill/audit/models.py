@@ -10,8 +10,8 @@ A model is named as on the command line:
   into the `decoder` module without PyTorch.
 
 The probe set is the test split of a run's task (its ``config.json``): images and labels,
-plus ambiguous probes (test images mixed half and half with another test image, no label)
-for classification; the test rows' real tokens for language models.
+plus ambiguous probes (two test images of different labels mixed at a uniform weight, or
+half and half, no label) for classification; the test rows' real tokens for language models.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from jaxdistill.train import checkpoint as ckpt_lib
 STAGES = ('teacher', 'student', 'baseline')
 MIN_EXAMPLES = 100  # classification probes (test examples)
 MIN_TOKENS = 1000  # language-model probes (real tokens)
+MIXES = ('uniform', 'half')  # how ambiguous image probes weigh their two images
+AMBIGUOUS = 5000  # default number of ambiguous image probes
 
 
 @dataclasses.dataclass
@@ -198,7 +200,8 @@ class Probe:
         return int(self.weights.sum())
 
 
-def probe_from_run(config, *, seed: int, ambiguous: int, max_tokens: int, source: str) -> Probe:
+def probe_from_run(config, *, seed: int, ambiguous: int, max_tokens: int, source: str,
+                   mix: str = 'uniform') -> Probe:
     """The test split of the run configured by ``config`` (a workdir's config.json)."""
     from jaxdistill import tasks
 
@@ -216,13 +219,16 @@ def probe_from_run(config, *, seed: int, ambiguous: int, max_tokens: int, source
         images.append(batch['image'][keep])
         labels.append(batch['label'][keep])
     return image_probe(np.concatenate(images), np.concatenate(labels), seed=seed,
-                       ambiguous=ambiguous, source=source)
+                       ambiguous=ambiguous, source=source, mix=mix)
 
 
 def image_probe(images: np.ndarray, labels: np.ndarray, *, seed: int, ambiguous: int,
-                source: str) -> Probe:
-    """Test images plus ``ambiguous`` half-and-half mixes of two test images of different
-    labels (drawn with ``seed``)."""
+                source: str, mix: str = 'uniform') -> Probe:
+    """Test images plus ``ambiguous`` mixes of two test images of different labels (drawn
+    with ``seed``), ``w x_i + (1 - w) x_j`` with ``w ~ U(0, 1)`` (``mix='uniform'``, the
+    default: chosen on the tuning zoo, docs/audit.md) or ``w = 1/2`` (``mix='half'``)."""
+    if mix not in MIXES:
+        raise AuditError(f'--mix={mix!r} is not one of {list(MIXES)}')
     n = len(images)
     if n < MIN_EXAMPLES:
         raise AuditError(f'--data={source}: {n} probe examples, the lineage test needs at least '
@@ -232,9 +238,11 @@ def image_probe(images: np.ndarray, labels: np.ndarray, *, seed: int, ambiguous:
     j = rng.integers(0, n, 4 * ambiguous)
     keep = labels[i] != labels[j]
     i, j = i[keep][:ambiguous], j[keep][:ambiguous]
-    mixed = (0.5 * images[i].astype(np.float32) + 0.5 * images[j].astype(np.float32))
-    inputs = np.concatenate([images.astype(np.float32), mixed.astype(np.float32)])
     m = len(i)
+    w = (rng.random(m) if mix == 'uniform' else np.full(m, 0.5)).astype(np.float32)
+    w = w.reshape((m,) + (1,) * (images.ndim - 1))
+    mixed = w * images[i].astype(np.float32) + (1 - w) * images[j].astype(np.float32)
+    inputs = np.concatenate([images.astype(np.float32), mixed.astype(np.float32)])
     return Probe('classification', inputs,
                  np.concatenate([labels.astype(np.int64), -np.ones(m, np.int64)]),
                  np.ones(n + m), np.r_[np.zeros(n, bool), np.ones(m, bool)], source)
@@ -256,7 +264,8 @@ def lm_probe(inputs, targets, mask, *, seed: int, max_tokens: int, source: str) 
                  np.zeros(len(labels), bool), source, token_mask=mask)
 
 
-def load_npz_probe(path: str, *, seed: int, ambiguous: int, max_tokens: int) -> Probe:
+def load_npz_probe(path: str, *, seed: int, ambiguous: int, max_tokens: int,
+                   mix: str = 'uniform') -> Probe:
     """``--data=FILE.npz``: ``image`` + ``label`` arrays (classification) or ``inputs``,
     ``targets``, ``mask`` token rows (lm)."""
     with np.load(path) as f:
@@ -266,7 +275,7 @@ def load_npz_probe(path: str, *, seed: int, ambiguous: int, max_tokens: int) -> 
                         max_tokens=max_tokens, source=path)
     if {'image', 'label'} <= set(arrays):
         return image_probe(arrays['image'], arrays['label'], seed=seed, ambiguous=ambiguous,
-                           source=path)
+                           source=path, mix=mix)
     raise AuditError(f'--data={path} holds {sorted(arrays)}: expected image + label arrays, or '
                      'inputs + targets + mask token rows')
 

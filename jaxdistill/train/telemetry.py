@@ -84,6 +84,10 @@ class Throughput:
         yield
         self._waited += time.perf_counter() - t
 
+    def add_wait(self, seconds: float) -> None:
+        """Input work done outside `waiting` that the device waited for."""
+        self._waited += seconds
+
     def scalars(self, step: int) -> dict[str, float]:
         """The interval's scalars (namespaced ``train/``); starts the next interval."""
         seconds = time.perf_counter() - self._t0 - self._paused
