@@ -387,9 +387,9 @@ def _keep_model_state_on_skip(step_fn: Callable) -> Callable:
 class _Loop:
     """One stage's steps: metrics, evaluation, checkpoints, preemption, divergence."""
 
-    # Whole batches of data in memory are made by the loop itself (`_feed`); False: by the
-    # prefetch thread, as before (benchmarks/input_pipeline.py measures both).
-    inline = True
+    # Whole batches of data in memory made by the loop itself (`_feed`) instead of the
+    # prefetch thread: measured slower under load (benchmarks/NOTES.md 15), so off.
+    inline = False
 
     def __init__(self, stage: Stage, config, mesh: Mesh, ckpts: StageCheckpoints,
                  meta: dict[str, Any], is_main: bool, started: float):
@@ -441,6 +441,7 @@ class _Loop:
         waiting for input too if the step was over by its end (at most that long the
         device waited on the loop; otherwise the step hid it)."""
         if not isinstance(feed, prefetch_lib.Inline):
+            feed.advance()  # the prefetch thread's next batch, as the loop will block
             return
         t = time.perf_counter()
         feed.advance()
