@@ -9,8 +9,9 @@ consumed it is dispatched):
   dispatching a step and waiting for the one before. Dispatch is asynchronous, so this
   overlaps the running step as a thread would, without the thread: no hand-off per step
   (a wake-up, a future), and no second thread holding the GIL when the loop needs it to
-  dispatch. For batches that cost a fraction of a step, made from data in memory
-  (benchmarks/NOTES.md 15).
+  dispatch. For batches that cost a fraction of a step, made from data in memory; under
+  CPU contention it was slower than the thread (benchmarks/NOTES.md 15), so the loop uses
+  it only when ``train._Loop.inline`` is set.
 """
 
 from __future__ import annotations

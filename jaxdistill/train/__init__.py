@@ -427,8 +427,8 @@ class _Loop:
         return provenance.batch_sha256(batch, max_values=4096), self._place(batch)
 
     def _feed(self, start: int):
-        """The batches of steps ``[start, steps)``: made inline by the loop for whole
-        batches of data in memory (`loader.runs_inline`), else by a prefetch thread."""
+        """The batches of steps ``[start, steps)``: made by a prefetch thread, or inline
+        by the loop for whole batches of data in memory if `inline` (`loader.runs_inline`)."""
         self._host = loader.iterate(self.stage.batches, start, self.stage.steps, self.workers,
                                     self.workers_kind)
         if self.inline and loader.runs_inline(self.stage.batches, self.workers_kind):
