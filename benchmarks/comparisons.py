@@ -308,6 +308,21 @@ def text_packing(quick: bool, repeats: int) -> dict[str, Any]:
             'goal_max': None, 'results': results}
 
 
+def cached_signal_memory(quick: bool, repeats: int) -> dict[str, Any]:
+    """`benchmarks.signal_memory`: teacher_signal='cached' on a corpus and 4x it (pack, cache,
+    a few student steps), each in a fresh process; the ratio of their peak RSS (1.0:
+    independent of size), and the small one held whole for reference."""
+    from benchmarks import signal_memory
+
+    del repeats
+    sizes = (2, 8) if quick else (25, 100)
+    out = signal_memory.compare(sizes)
+    return {'description': out['description'], 'goal_max': None,
+            'results': {'cached': {'ratio': out['ratio'], 'meets_goal': None,
+                                   'growth_difference_mb': out['growth_difference_mb'],
+                                   'runs': out['runs']}}}
+
+
 def hf_lm(quick: bool, repeats: int) -> dict[str, Any]:
     """`benchmarks.hf_lm`: a Llama-family teacher at V = 128,256 through the HF loader; the
     whole step's peak memory chunked / dense (each in a fresh process), and the chunked
@@ -347,5 +362,6 @@ COMPARISONS: dict[str, Callable[[bool, int], dict[str, Any]]] = {
     'bf16_teacher': bf16_teacher,
     'host_memory': host_memory,
     'text_packing': text_packing,
+    'cached_signal_memory': cached_signal_memory,
     'hf_lm': hf_lm,
 }

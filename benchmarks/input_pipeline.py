@@ -17,7 +17,17 @@
    images of that shape (`cifar_like`: there is no network to fetch CIFAR-10 here), with
    the load average at the end of each run.
 
-    python -m benchmarks.input_pipeline [--rounds 3] [--parts producer,augment,input_wait]
+4. ``device_idle``: what the wait costs the device, measured directly: steps/s of the
+   digits student stage (`train.run_stage`, as the CLI runs it) fed by its real pipeline
+   against the same loop fed one constant batch already on the device, in one process,
+   interleaved round by round; ``idle share = 1 - pipeline / constant`` (the time per step
+   the real input adds, as a share of the step). Two pipelines: the batch made inline by
+   the loop (the default) and on the prefetch thread (as before; `train._Loop.inline`).
+   Each also reports ``train/input_wait_share``, the constant batch's being the floor of
+   that figure (time in ``next()`` with no input work at all).
+
+    python -m benchmarks.input_pipeline [--rounds 3]
+        [--parts producer,augment,input_wait,device_idle]
         [--workers threads:1,threads:2,threads:4,processes:1,processes:2]
         [--out benchmarks/input_pipeline.json]
 """
@@ -196,10 +206,75 @@ def input_wait(name: str, root: str) -> dict[str, Any]:
     with open(os.path.join(workdir, 'student_metrics', 'metrics.jsonl')) as f:
         rows = [json.loads(line) for line in f]
     shares = [r['train/input_wait_share'] for r in rows if 'train/input_wait_share' in r]
+    work = [r.get('train/input_work_share', 0.0) for r in rows if 'train/input_wait_share' in r]
     steps = [r['train/step_time'] for r in rows if 'train/step_time' in r]
     return {'input_wait_share_mean': statistics.mean(shares), 'input_wait_share_max': max(shares),
+            'input_work_share_mean': statistics.mean(work),
             'step_time_s_median': statistics.median(steps), 'intervals': len(shares),
             'load': load_average(), 'args': JOBS[name]}
+
+
+DEVICE_IDLE_FEEDS = ('inline', 'thread', 'constant')
+
+
+def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
+    """Steps/s and input wait share of the digits student stage per feed (see the module
+    docstring), interleaved (the order rotated each round), with the teacher random."""
+    import jax
+
+    from benchmarks.stage_rate import digits_config
+    from jaxdistill import run, train
+
+    root = tempfile.mkdtemp(prefix='jaxdistill-idle-')
+    config = digits_config()
+    config.train.update(steps=steps, checkpoint_every=steps, eval_every=0, log_every=50)
+    p = run.plan(config, f'{root}/plan')
+    optimizer = train.make_optimizer(config.optimizer, steps)
+    teacher = train.create_train_state(p.teacher, optimizer, jax.random.key(1), p.sample,
+                                       p.mesh)[0].model
+    real_fetch, constant = train._Loop._fetch, {}
+
+    def constant_fetch(loop, step):
+        if 'batch' not in constant:
+            constant['batch'] = jax.block_until_ready(real_fetch(loop, step))
+        return constant['batch']
+
+    out: dict[str, dict[str, list[float]]] = {
+        f: {'steps_per_second': [], 'input_wait_share': [], 'input_work_share': []}
+        for f in DEVICE_IDLE_FEEDS}
+    try:
+        for r in range(rounds):
+            for feed in DEVICE_IDLE_FEEDS[r % 3:] + DEVICE_IDLE_FEEDS[:r % 3]:
+                train._Loop.inline = feed != 'thread'
+                train._Loop._fetch = constant_fetch if feed == 'constant' else real_fetch
+                stage = train.Stage(
+                    'student', f'{root}/{feed}{r}', p.student, p.objective, steps, config.seed,
+                    p.task.train_batches(config.seed, 'transfer'), teacher=p.teacher,
+                    teacher_model=teacher, teacher_shardings=jax.tree.map(
+                        lambda x: x.sharding, teacher),
+                    prepare=p.task.prepare_fn(config.data.mixup))
+                meta = train.run_stage(stage, config, p.mesh, p.sample, is_main=False).meta
+                rows = [h for h in meta['history'] if 'train/input_wait_share' in h]
+                out[feed]['steps_per_second'].append(meta['steps_per_second'])
+                for key in ('input_wait_share', 'input_work_share'):
+                    out[feed][key].append(statistics.mean(h[f'train/{key}'] for h in rows))
+                print(f'round {r} {feed:8s} {meta["steps_per_second"]:7.1f} steps/s, input '
+                      f'wait {100 * out[feed]["input_wait_share"][-1]:.2f} %, made inline '
+                      f'{100 * out[feed]["input_work_share"][-1]:.2f} %', flush=True)
+    finally:
+        train._Loop.inline, train._Loop._fetch = True, real_fetch
+    rate = {f: statistics.median(v['steps_per_second']) for f, v in out.items()}
+    # paired per round: the load drifts between rounds, less within one
+    idle = {f: statistics.median(1 - a / b for a, b in zip(
+        out[f]['steps_per_second'], out['constant']['steps_per_second'], strict=True))
+        for f in ('inline', 'thread')}
+    return {'steps_per_second': rate, 'device_idle_share': idle,
+            'input_wait_share': {f: statistics.median(v['input_wait_share'])
+                                 for f, v in out.items()},
+            'input_work_share': {f: statistics.median(v['input_work_share'])
+                                 for f, v in out.items()},
+            'rounds': out, 'steps': steps, 'config': 'configs/digits.py student stage, '
+            'random teacher, eval off', 'load': load_average()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,10 +283,14 @@ def main(argv: list[str] | None = None) -> None:
     many = max(4, os.cpu_count() or 1)
     parser.add_argument('--workers', help='kind:count,... (threads or processes)',
                         default=f'threads:1,threads:2,threads:{many},processes:1,processes:2')
-    parser.add_argument('--parts', default='producer,augment,input_wait')
+    parser.add_argument('--parts', default='producer,augment,input_wait,device_idle')
+    parser.add_argument('--idle_steps', type=int, default=600)
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'input_pipeline.json'))
     a = parser.parse_args(argv)
     parts = a.parts.split(',')
+    from jaxdistill.runtime import hostmem
+
+    hostmem.ensure('auto')  # as the CLI runs: restarts this process once on a glibc CPU
     record: dict[str, Any] = {'benchmark': 'input pipeline', 'machine': machine_info(),
                               'load_before': load_average()}
     if 'producer' in parts:
@@ -233,8 +312,15 @@ def main(argv: list[str] | None = None) -> None:
             record['input_wait'] = {name: input_wait(name, root) for name in JOBS}
         for name, r in record['input_wait'].items():
             print(f"{name}: input wait {100 * r['input_wait_share_mean']:.2f} % of step time "
+                  f"(made inline {100 * r['input_work_share_mean']:.2f} %) "
                   f"(max {100 * r['input_wait_share_max']:.2f} %), step "
                   f"{1000 * r['step_time_s_median']:.1f} ms, load {r['load']}", flush=True)
+    if 'device_idle' in parts:
+        record['device_idle'] = r = device_idle(a.rounds, a.idle_steps)
+        print('digits student, device idle share (1 - steps/s / constant batch\'s): ' +
+              ', '.join(f'{f} {100 * v:.2f} %' for f, v in r['device_idle_share'].items()) +
+              '; input wait share: ' + ', '.join(
+                  f'{f} {100 * v:.2f} %' for f, v in r['input_wait_share'].items()), flush=True)
     finish_record(record, a.out)
 
 

@@ -25,6 +25,7 @@ MEANING = {
     'bf16_teacher': 'bf16 teacher / fp32 teacher',
     'host_memory': 'reused / system host memory',
     'text_packing': 'packing peak-RSS growth, 4x corpus / 1x corpus',
+    'cached_signal_memory': 'cached signal (pack, cache, steps) peak RSS, 4x corpus / 1x',
     'hf_lm': 'V=128k step peak memory, chunked / dense; chunked distill / limit',
 }
 

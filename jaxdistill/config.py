@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 
 from jaxdistill import signals, tasks
-from jaxdistill.data.loader import check_worker_kind
+from jaxdistill.data.loader import worker_kind
 from jaxdistill.errors import ConfigError, closest
 from jaxdistill.runtime.mesh import DEFAULT_RULES, check_rules
 from jaxdistill.teachers.ensemble import MODES as ENSEMBLE_MODES
@@ -317,7 +317,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.data.workers < 0:
         raise ConfigError(f'data.workers={config.data.workers} must be >= 0 (0: one per CPU '
                           'core, up to 8)')
-    check_worker_kind(config.data.get('workers_kind', 'threads'))
+    worker_kind(config.data)
     _check_accum(config)
     if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError(

@@ -2,6 +2,7 @@
 
 import threading
 
+import grain
 import numpy as np
 import pytest
 
@@ -108,6 +109,33 @@ def test_whole_batch_datasets_skip_the_threads(images, monkeypatch):
     assert len(made_on) == 3 * BATCH and threading.current_thread() not in made_on
 
 
+def test_whole_batches_are_explicit_and_processes_get_their_grain_dataset(images, monkeypatch):
+    shifted = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED, augment='crop')
+    per_example = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED,
+                                         augment='inception_crop', image_size=16)
+    assert isinstance(shifted, loader.WholeBatches)
+    assert not isinstance(per_example, loader.WholeBatches)
+    assert loader.runs_inline(shifted, 'threads')
+    assert not loader.runs_inline(shifted, 'processes')
+    assert not loader.runs_inline(per_example, 'threads')
+    assert_equal(shifted.dataset[4], shifted[4])  # the same batches, for worker processes
+    given = []
+    monkeypatch.setattr(loader, '_processes', lambda ds, workers: given.append(ds) or iter(()))
+    loader.iterate(shifted, 2, 6, workers=2, kind='processes')
+    assert len(given) == 1 and isinstance(given[0], grain.MapDataset)
+    assert_equal(given[0][0], shifted[2])  # batches[start:stop] of the Grain dataset
+
+
+def test_worker_kind_default_and_check():
+    import ml_collections
+
+    assert loader.worker_kind(ml_collections.ConfigDict({'workers': 0})) == 'threads'
+    assert loader.worker_kind(ml_collections.ConfigDict({'workers_kind': 'processes'})) == \
+        'processes'
+    with pytest.raises(ConfigError, match=r"^data.workers_kind='forks' must be one of"):
+        loader.worker_kind(ml_collections.ConfigDict({'workers_kind': 'forks'}))
+
+
 def test_worker_processes_give_the_threads_batches(images):
     """``data.workers_kind='processes'``: spawned workers, each its slice of the batches,
     interleaved back in order; the same batches as threads, also from a resumed step."""
@@ -118,3 +146,83 @@ def test_worker_processes_give_the_threads_batches(images):
     assert len(processes) == 5
     for a, b in zip(threads, processes, strict=True):
         assert_equal(a, b)
+
+
+def _sleep_then_exit(seconds, status):
+    import os
+    import time
+    time.sleep(seconds)
+    os._exit(status)
+
+
+@pytest.mark.parametrize('how,want', [
+    ('kill', r'^data worker process \d+ exited with signal SIGKILL \(the out-of-memory killer '
+             r"sends it\) while making training batches; lower data.workers .* or use "
+             r"data.workers_kind='threads'$"),
+    ('status 0', r'^data worker process \d+ exited with status 0 while making training '
+                 r'batches; lower data.workers')])
+def test_worker_watch_names_an_exited_worker(how, want):
+    """A worker that exits, whatever its status (Grain waits forever on status 0), is a
+    one-line DataError; one still running is not, nor are processes that are not Grain's."""
+    import multiprocessing
+    import os
+    import signal
+
+    from jaxdistill.errors import DataError
+
+    ctx = multiprocessing.get_context('fork')  # fast: the watch only looks at names and pids
+    other = ctx.Process(target=_sleep_then_exit, args=(0, 0), name='not-a-data-worker')
+    watch = loader.WorkerWatch()
+    worker = ctx.Process(target=_sleep_then_exit, args=(60 if how == 'kill' else 0.2, 0),
+                         name=f'{loader.WorkerWatch.PREFIX}-test', daemon=True)
+    other.start()
+    worker.start()
+    try:
+        watch.scan()
+        assert watch.seen == [worker]
+        if how == 'kill':
+            watch.check()  # alive: nothing to say
+            os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)
+        other.join(10)
+        with pytest.raises(DataError, match=want):
+            watch.check()
+    finally:
+        if worker.is_alive():
+            worker.kill()
+
+
+def test_grains_own_report_of_a_dead_worker_becomes_a_data_error():
+    error = RuntimeError('Worker process was terminated unexpectedly with exit code -11. '
+                         'Search the logs above for the source of the crash.')
+    assert str(loader._worker_error(error)).startswith(
+        'a data worker process exited with signal SIGSEGV while making training batches')
+    assert loader._worker_error(ValueError('bad record')) is None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_process_ends_the_loop_with_a_data_error(images):
+    """A Grain worker killed mid-run: the next batches raise a one-line DataError naming
+    it, within a bounded time (spawning the workers takes seconds: slow)."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    from jaxdistill.errors import DataError
+
+    ds = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED, augment='inception_crop',
+                                image_size=16)
+    it = loader.iterate(ds, 0, 10**6, workers=2, kind='processes')
+    next(it)
+    workers = [p for p in multiprocessing.active_children()
+               if p.name.startswith(loader.WorkerWatch.PREFIX)]
+    assert len(workers) == 2
+    os.kill(workers[1].pid, signal.SIGKILL)
+    t = time.perf_counter()
+    with pytest.raises(DataError, match=r'^(data worker process \d+|a data worker process) '
+                                        r'exited with signal SIGKILL'):
+        for _ in range(10**6):
+            next(it)
+    assert time.perf_counter() - t < 30
+    it.close()

@@ -157,9 +157,12 @@ def wrap(teacher, config, task, student) -> Any:
 def _held_out(task, n: int = 256):
     """The owner's labelled data for the proxy's loss: the first ``n`` train examples."""
     if hasattr(task, 'train_rows'):
-        rows = task.train_rows
-        return (jnp.asarray(rows['inputs'][:n // 8]), jnp.asarray(rows['targets'][:n // 8]),
-                jnp.asarray(rows['mask'][:n // 8], jnp.float32))
+        from jaxdistill.data import text
+
+        source = text.as_source(task.train_rows)  # packed rows: read these rows only
+        rows = source.take(np.arange(min(n // 8, len(source))))
+        return (jnp.asarray(rows['inputs']), jnp.asarray(rows['targets']),
+                jnp.asarray(rows['mask'], jnp.float32))
     from jaxdistill import data as data_lib
 
     d = task.config.data

@@ -8,7 +8,11 @@ one-line note, when the two tokenizers differ or a loss needs it (``uld``, ``ali
 
 Both tokenizations of every document are held on the host (`align.Stream`, ~20 bytes per
 token each); each batch's teacher tokens and alignment arrays are cut from them in the data
-pipeline (`AlignedSource.take`, on the prefetch thread), so the step only gathers.
+pipeline (`AlignedSource.take`, on the prefetch thread), so the step only gathers. Those
+streams are the one part of the text path that grows with the corpus (~40 bytes per token
+for the two): a cached teacher's top-k is built and read a batch at a time like the
+same-tokenizer cache's (`teacher_train_take`, `check_cache`), but the corpus must fit in host
+memory as two token streams.
 """
 
 from __future__ import annotations
@@ -152,25 +156,33 @@ class CrossTokenizer:
                           self.map.student_to_teacher, int(student_vocab), int(teacher_vocab),
                           xbytes.byte_vocab(self.trie, cats, int(teacher_vocab)))
 
-    def teacher_train_rows(self) -> dict[str, np.ndarray]:
-        """Every train row's teacher tokens (row order), for the teacher cache."""
-        al = self.aligners['train']
-        ids = np.arange(al.num_rows)
+    def teacher_train_take(self, ids) -> dict[str, np.ndarray]:
+        """Train rows ``ids``' teacher tokens and byte offsets (the teacher cache is built
+        from these, a batch at a time)."""
+        al, ids = self.aligners['train'], np.asarray(ids)
         r = al.rows(ids)
         return {'inputs': r['teacher_inputs'], 'targets': r['teacher_targets'],
                 'ends': al.teacher_ends(ids)}
 
-    def check_cache(self, arrays: dict[str, np.ndarray], path: str) -> None:
+    def check_cache(self, cache, path: str, batch: int = 1024) -> None:
         """A cache's teacher tokens and offsets are this run's (else it was built with
-        another tokenizer or text): one line naming the path."""
-        rows = self.teacher_train_rows()
-        if ('xt_teacher_ids' not in arrays
-                or not np.array_equal(arrays['xt_teacher_ids'], rows['inputs'])
-                or not np.array_equal(arrays['xt_teacher_end'], rows['ends'])):
-            raise ConfigError(f'distill.cache.path={path} holds teacher tokens that are not '
-                              "this run's teacher.tokenizer's of this text: it was built with "
-                              'another tokenizer; point distill.cache.path elsewhere or remove '
-                              'it to rebuild it')
+        another tokenizer or text): one line naming the path. ``cache`` is read a batch at a
+        time (`store.StoreRows`, or arrays in memory)."""
+        from jaxdistill.data import text
+
+        source = text.as_source(cache)
+        n = self.aligners['train'].num_rows
+        for start in range(0, n, batch):
+            ids = np.arange(start, min(start + batch, n))
+            got = source.take(ids) if len(source) == n else {}
+            mine = self.teacher_train_take(ids)
+            if ('xt_teacher_ids' not in got
+                    or not np.array_equal(got['xt_teacher_ids'], mine['inputs'])
+                    or not np.array_equal(got['xt_teacher_end'], mine['ends'])):
+                raise ConfigError(f'distill.cache.path={path} holds teacher tokens that are not '
+                                  "this run's teacher.tokenizer's of this text: it was built "
+                                  'with another tokenizer; point distill.cache.path elsewhere '
+                                  'or remove it to rebuild it')
 
     def teacher_sample(self) -> np.ndarray:
         return self.aligners['train'].rows(np.array([0]))['teacher_inputs']

@@ -13,28 +13,34 @@ workers, each making whole batches in order ahead of the step: threads
 Pillow's resampling release the GIL, so threads overlap on several cores) or processes
 (``'processes'``, Grain's ``mp_prefetch``: no GIL to share, at the price of spawning
 workers that each import the pipeline and receive a pickled copy of it). Batches made by
-a few whole-batch numpy operations on data in memory (`whole_batch`: the shift of
-``crop``/``flip_crop``) skip the threads: made on the loop's prefetch thread, they hold the
-GIL for a fraction of a small step, and more threads only contend for it (Grain's advice
-for data in memory too). Measured in benchmarks/input_pipeline.py.
+a few whole-batch numpy operations on data in memory (`WholeBatches`: the shift of
+``crop``/``flip_crop``) skip the threads: the training loop makes them itself while the
+device runs the previous step (`runs_inline`); they hold the GIL for a fraction of a
+small step, and more threads only contend for it (Grain's advice for data in memory too).
+Measured in benchmarks/input_pipeline.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import os
+import queue
+import re
+import signal
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from jaxdistill.errors import ConfigError
+from jaxdistill.errors import ConfigError, DataError
 
 MAX_AUTO_WORKERS = 8
 WORKER_KINDS = ('threads', 'processes')
-_WHOLE_BATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+DEFAULT_KIND = 'threads'
+WORKER_POLL_S = 0.5  # how often a waiting loop checks that its worker processes live
 
 
 def resolve_workers(workers: int) -> int:
@@ -54,12 +60,34 @@ def check_worker_kind(kind: str) -> str:
     return kind
 
 
-def whole_batch(ds: grain.MapDataset, make: Callable[[int], Any]) -> grain.MapDataset:
-    """Marks ``ds`` as made by whole-batch numpy operations on data in memory, ``ds[s] ==
-    make(s)``: with threads, `iterate` calls ``make`` on the calling thread, without
-    worker threads or Grain's per-element bookkeeping (~30 us a batch)."""
-    _WHOLE_BATCH[ds] = make
-    return ds
+def worker_kind(data_cfg) -> str:
+    """``data.workers_kind`` of a ``data`` config block, checked ('threads' for a config
+    written before the key existed)."""
+    return check_worker_kind(data_cfg.get('workers_kind', DEFAULT_KIND))
+
+
+@dataclasses.dataclass(frozen=True)
+class WholeBatches:
+    """Batches made by a few whole-batch numpy operations on data in memory: batch ``s``
+    is ``make(s)``, called directly, without worker threads or Grain's per-element
+    bookkeeping (~30 us a batch). ``dataset`` holds the same batches as a Grain dataset,
+    for worker processes (``data.workers_kind='processes'``: Grain spawns them)."""
+
+    make: Callable[[int], Any]
+    dataset: grain.MapDataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, step: int) -> Any:
+        return self.make(int(step))
+
+
+def runs_inline(batches: Any, kind: str) -> bool:
+    """Whether the training loop makes ``batches`` on its own thread, between dispatching a
+    step and waiting for the one before (`prefetch.Inline`), instead of on a prefetch
+    thread: whole batches of data in memory, with threads."""
+    return isinstance(batches, WholeBatches) and kind == 'threads'
 
 
 class ProcessRows:
@@ -121,31 +149,124 @@ def iterate(batches: Sequence[Any], start: int, stop: int, workers: int = 1,
     """``batches[start], ..., batches[stop - 1]`` in order, ``workers`` threads or
     processes (``kind``) ahead."""
     check_worker_kind(kind)
-    make = _WHOLE_BATCH.get(batches) if isinstance(batches, grain.MapDataset) else None
-    if make is not None and kind == 'threads':
-        return (make(s) for s in range(start, stop))
+    if isinstance(batches, WholeBatches):
+        if kind == 'threads':
+            return (batches[s] for s in range(start, stop))
+        batches = batches.dataset
     if (workers < 1 or stop - start <= 1 or not isinstance(batches, grain.MapDataset)
             or (kind == 'threads' and workers == 1)):
         return (batches[s] for s in range(start, stop))
-    if kind == 'processes':
-        return _processes(batches[start:stop], workers)
+    if kind == 'processes':  # endless: a worker never stops before the loop stops it
+        return _processes(batches[start:], workers, stop - start)
     options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=2 * workers)
     return iter(batches[start:stop].to_iter_dataset(options))
 
 
-def _processes(batches: grain.MapDataset, workers: int) -> Iterator[Any]:
-    """Grain's ``mp_prefetch``: worker ``i`` makes batches ``i, i + workers, ...`` (one
-    thread each: the data is theirs alone) and their outputs interleave back in order.
-    The workers are spawned on the first batch and stopped when the iteration ends or is
-    abandoned."""
+def _processes(batches: grain.MapDataset, workers: int, count: int,
+               poll_s: float = WORKER_POLL_S) -> Iterator[Any]:
+    """The first ``count`` of ``batches`` by Grain's ``mp_prefetch``: worker ``i`` makes
+    batches ``i, i + workers, ...`` (one thread each: the data is theirs alone) and their
+    outputs interleave back in order. The workers are spawned on the first batch and
+    stopped when the iteration ends or is abandoned.
+
+    A watchdog: Grain's iterator runs on a thread of its own, and while no batch comes
+    the workers are checked every ``poll_s`` seconds. The workers run until this stops
+    them (``batches`` outlasts ``count``), so one that exited was killed (for memory),
+    crashed, or quit with status 0, which Grain would wait on forever: the iteration ends
+    with a one-line `DataError` naming it and the fix."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():  # the Python API, tests: Grain's workers read its flags
         flags.FLAGS.mark_as_parsed()
     ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    watch = WorkerWatch()
     it = iter(ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                           per_worker_buffer_size=2)))
+    box: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    threading.Thread(target=_pump, args=(it, box, stop), daemon=True,
+                     name='jaxdistill-data-workers').start()
     try:
-        yield from it
+        while count > 0:
+            try:
+                what, value = box.get(timeout=poll_s)
+            except queue.Empty:
+                watch.check()
+                continue
+            if what == 'end':
+                return
+            if what == 'error':
+                watch.check()  # a worker's exit explains Grain's error best
+                raise _worker_error(value) or value
+            if len(watch.seen) < workers:
+                watch.scan()
+            count -= 1
+            yield value
     finally:
+        stop.set()
         it.close()
+
+
+def _pump(it: Iterator[Any], box: queue.Queue, stop: threading.Event) -> None:
+    """Moves ``it``'s batches into ``box`` until it ends, fails, or ``stop`` is set."""
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    try:
+        for batch in it:
+            if not put(('batch', batch)):
+                return
+        put(('end', None))
+    except Exception as e:  # noqa: BLE001 - handed to the consumer
+        put(('error', e))
+
+
+class WorkerWatch:
+    """The Grain worker processes spawned since it was made: `check` raises a one-line
+    `DataError` if one has exited (they run until the iteration stops them)."""
+
+    PREFIX = 'grain-process-prefetch'  # the name Grain gives them
+
+    def __init__(self):
+        self.before = set(multiprocessing.active_children())
+        self.seen: list[multiprocessing.process.BaseProcess] = []
+
+    def scan(self) -> None:
+        for p in multiprocessing.active_children():  # (it forgets the exited ones: kept here)
+            if p not in self.before and p not in self.seen and p.name.startswith(self.PREFIX):
+                self.seen.append(p)
+
+    def check(self) -> None:
+        self.scan()
+        for p in self.seen:
+            if p.exitcode is not None:
+                raise DataError(worker_exit_message(p.exitcode, p.pid))
+
+
+def worker_exit_message(code: int, pid: int | None = None) -> str:
+    """One line: which worker exited how, and what to do about it."""
+    if code < 0:
+        try:
+            how = f'signal {signal.Signals(-code).name}'
+        except ValueError:
+            how = f'signal {-code}'
+        if code == -signal.SIGKILL:
+            how += ' (the out-of-memory killer sends it)'
+    else:
+        how = f'status {code}'
+    who = f'data worker process {pid}' if pid is not None else 'a data worker process'
+    return (f'{who} exited with {how} while making training batches; lower data.workers '
+            "(each worker process holds a copy of the pipeline) or use "
+            "data.workers_kind='threads'")
+
+
+def _worker_error(error: BaseException) -> DataError | None:
+    """Grain's own report of a worker that died, as a `DataError` (None: another error)."""
+    found = re.search(r'terminated unexpectedly with exit code (-?\d+)', str(error))
+    return DataError(worker_exit_message(int(found.group(1)))) if found else None

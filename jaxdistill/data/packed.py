@@ -174,14 +174,18 @@ def pack_split(documents: Iterable[str], tokenizer, seq_len: int, path: str,
 class PackedRows:
     """Random access to packed rows: ``take(ids)`` gives ``{'inputs', 'targets', 'mask'}``.
 
-    Also a read-only mapping of whole columns (``rows['inputs']`` reads every row: only for
-    what needs them all at once, such as a teacher cache over the train split).
+    Also a read-only mapping of whole columns (``rows['inputs']`` reads every row into memory:
+    only for small splits and tests; a pass over a large one goes ``iter_rows``' chunks).
+    ``fingerprint_sha256`` identifies what the rows were packed from (`fingerprint_sha256`
+    of the cache's fingerprint): stored teacher signals are keyed by it, not by the rows.
     """
 
-    def __init__(self, path: str, seq_len: int, dtype: str, last_row_targets: int) -> None:
+    def __init__(self, path: str, seq_len: int, dtype: str, last_row_targets: int,
+                 fingerprint_sha256: str = '') -> None:
         from array_record.python.array_record_data_source import ArrayRecordDataSource
 
         self.path, self.seq_len, self.dtype = path, seq_len, np.dtype(dtype)
+        self.fingerprint_sha256 = fingerprint_sha256
         self._source = ArrayRecordDataSource([path])
         self._n = len(self._source)
         self._last = last_row_targets
@@ -208,6 +212,12 @@ class PackedRows:
         last = ids == self._n - 1
         mask[last, self._last:] = False
         return {'inputs': rows[:, :-1], 'targets': rows[:, 1:], 'mask': mask}
+
+
+def fingerprint_sha256(fingerprint: dict[str, Any]) -> str:
+    """SHA-256 of a packed cache's fingerprint (its JSON, keys sorted): the run's
+    ``provenance.fingerprint_sha256`` and what a teacher cache of these rows is keyed by."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
 
 
 def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -259,9 +269,10 @@ def open_or_pack(corpus, tokenizer, seq_len: int, root: str, *, is_writer: bool 
         field = key if key.startswith('data.') else 'data.cache_dir'
         raise DataError(f'{field}: the packed cache {directory} was made from other input '
                         f'({change}); delete it to pack again, or set data.cache_dir elsewhere')
+    digest = fingerprint_sha256(meta['fingerprint'])
     rows = {s: PackedRows(os.path.join(directory, f'{s}.array_record'), seq_len,
-                          meta['dtype'], meta['splits'][s]['last_row_targets'])
-            for s in SPLITS}
+                          meta['dtype'], meta['splits'][s]['last_row_targets'],
+                          digest) for s in SPLITS}
     return rows, meta
 
 

@@ -413,8 +413,10 @@ class EpochOrder:
 
 def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, augment: str = '',
                   image_size: int = 0, process_index: int = 0, process_count: int = 1,
-                  labelled: np.ndarray | None = None) -> grain.MapDataset:
-    """This process's training batches: ``ds[step]`` is its rows of global batch ``step``.
+                  labelled: np.ndarray | None = None) -> grain.MapDataset | loader.WholeBatches:
+    """This process's training batches: ``ds[step]`` is its rows of global batch ``step``;
+    a `loader.WholeBatches` where they are made a whole batch at a time (no augmentation,
+    or the shifts of ``crop`` / ``flip_crop``), else a Grain per-example pipeline.
 
     ``source`` holds ``{'image', 'label'}`` examples (`load_splits`). `EpochOrder` picks
     the example *indices* of every global batch, this process slices its share, and the
@@ -453,7 +455,7 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, augmen
         return batch
 
     if augment in ('crop', 'flip_crop') or not (augment or image_size):
-        return loader.whole_batch(ids.map_with_index(fetch), lambda s: fetch(s, order[s]))
+        return loader.WholeBatches(lambda s: fetch(s, order[s]), ids.map_with_index(fetch))
 
     def one(example: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
         if augment == 'inception_crop':

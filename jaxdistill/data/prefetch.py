@@ -1,25 +1,102 @@
-"""Prepare the next batches on a background thread while the device runs this step."""
+"""Prepare the next batches while the device runs this step.
+
+Two ways, one interface (``next(feed)``, then ``feed.advance()`` once the step that
+consumed it is dispatched):
+
+* `prefetch`: a background thread makes the batches ``depth`` steps ahead; for input that
+  waits on I/O, worker threads or processes (`loader.iterate`).
+* `Inline`: the loop's own thread makes the next batch in ``advance``, between
+  dispatching a step and waiting for the one before. Dispatch is asynchronous, so this
+  overlaps the running step as a thread would, without the thread: no hand-off per step
+  (a wake-up, a future), and no second thread holding the GIL when the loop needs it to
+  dispatch. For batches that cost a fraction of a step, made from data in memory
+  (benchmarks/NOTES.md 15).
+"""
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
-def prefetch(make: Callable[[int], Any], start: int, stop: int, depth: int = 2) -> Iterator[Any]:
-    """Yields ``make(step)`` for ``step`` in ``[start, stop)``, ``depth`` steps ahead.
+class prefetch:  # noqa: N801 - used as a function: ``for batch in prefetch(...)``
+    """Yields ``make(step)`` for ``step`` in ``[start, stop)``, ``depth`` steps ahead, made
+    on one background thread. Exceptions raised by ``make`` surface at the step that
+    needed the batch. Use as ``with prefetch(...) as feed`` (stops the thread)."""
 
-    Exceptions raised by ``make`` surface at the step that needed the batch.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix='jaxdistill-prefetch') as pool:
+    def __init__(self, make: Callable[[int], Any], start: int, stop: int, depth: int = 2):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='jaxdistill-prefetch')
+        self.make, self.stop = make, stop
         first = range(start, min(stop, start + depth))
-        pending = collections.deque(pool.submit(make, s) for s in first)
-        step = start + len(pending)
-        while pending:
-            batch = pending.popleft().result()
-            if step < stop:
-                pending.append(pool.submit(make, step))
-                step += 1
-            yield batch
+        self._pending = collections.deque(self._pool.submit(make, s) for s in first)
+        self._step = start + len(self._pending)
+
+    def __iter__(self) -> prefetch:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._pending:
+            self.close()
+            raise StopIteration
+        batch = self._pending.popleft().result()
+        if self._step < self.stop:
+            self._pending.append(self._pool.submit(self.make, self._step))
+            self._step += 1
+        return batch
+
+    def advance(self) -> None:
+        """Nothing to do: the thread works ahead on its own."""
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> prefetch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Inline:
+    """``make(step)`` for ``step`` in ``[start, stop)``, made on the calling thread one
+    step ahead: `advance` makes the next batch (call it once the step that consumed the
+    last one is dispatched), ``next`` hands it over (making it first if `advance` was not
+    called). Exceptions raised by ``make`` surface at the step that needed the batch."""
+
+    def __init__(self, make: Callable[[int], Any], start: int, stop: int):
+        self.make, self._step, self.stop = make, start, stop
+        self._ready: tuple[Any, BaseException | None] | None = None
+
+    def __iter__(self) -> Inline:
+        return self
+
+    def advance(self) -> None:
+        if self._ready is not None or self._step >= self.stop:
+            return
+        try:
+            self._ready = (self.make(self._step), None)
+        except Exception as e:  # noqa: BLE001 - raised by __next__, at its own step
+            self._ready = (None, e)
+        self._step += 1
+
+    def __next__(self) -> Any:
+        self.advance()
+        if self._ready is None:
+            raise StopIteration
+        (batch, error), self._ready = self._ready, None
+        if error is not None:
+            raise error
+        return batch
+
+    def close(self) -> None:
+        self._ready = None
+
+    def __enter__(self) -> Inline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

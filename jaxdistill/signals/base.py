@@ -35,7 +35,9 @@ from jaxdistill.objective import Objective
 class Prepared:
     """What a signal made for the distilled student's stage (`Signal.prepare`)."""
 
-    rows: dict[str, Any] | None = None  # train rows to batch from (None: the task's own)
+    # train rows to batch from (None: the task's own): arrays, or a lazy source with
+    # ``take(ids)`` and ``len`` (a stored signal joined to packed rows, `store.Joined`)
+    rows: Any = None
     # ``hook(state, batch, step) -> batch`` on the mesh before each step (None: no hook)
     batch_hook: Callable[[Any, dict, int], dict] | None = None
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)

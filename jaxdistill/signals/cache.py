@@ -11,9 +11,16 @@ normalised, T = 1), quantised:
   at most ``scale / 2`` nats per entry.
 
 The rows go to an ArrayRecord `store` keyed by a fingerprint of the dataset, tokenizer,
-row length, train rows, k, dtype and the teacher's parameters; training attaches them to
-the packed rows (`attach`), so every batch carries its own top-k and the step never runs
-the teacher. The arrays stay quantised on the host; `decode` widens them inside the step.
+row length, train rows (`store.rows_fingerprint`: a packed corpus's own fingerprint, or the
+bundled rows' digest), k, dtype and the teacher's parameters; training joins them to the
+packed rows by row index (`attach`), so every batch carries its own top-k and the step never
+runs the teacher. The arrays stay quantised on the host; `decode` widens them inside the
+step.
+
+Host memory is bounded by a batch, not by the corpus: the build reads the packed rows
+``data.eval_batch_size`` at a time in row order (each process its own block of each batch;
+process 0 writes the store as the chunks come), and training reads each batch's rows of
+the corpus and of the store lazily, each process its own.
 
 `Cached` is the signal: ``distill.cache`` is its config section.
 """
@@ -29,7 +36,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxdistill import provenance
+from jaxdistill.data import text
 from jaxdistill.errors import ConfigError
 from jaxdistill.objective import SparseTeacher
 from jaxdistill.runtime import mesh as mesh_lib
@@ -56,8 +63,7 @@ def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
     c = config.distill.cache
     return {'kind': 'teacher_topk', 'dataset': task.dataset, 'tokenizer': config.data.tokenizer,
             'vocab_size': int(task.tokenizer.vocab_size), 'seq_len': int(config.data.seq_len),
-            'train_rows_sha256': provenance.arrays_sha256(task.train_rows), 'k': int(c.k),
-            'dtype': c.dtype,
+            **store.rows_fingerprint(task.train_rows), 'k': int(c.k), 'dtype': c.dtype,
             'teacher_params_sha256': teacher_sha256, **_cross_fingerprint(task)}
 
 
@@ -118,30 +124,30 @@ def _topk_fn(teacher, k: int):
     return jax.jit(topk)
 
 
-def _chunks(rows: dict[str, np.ndarray], topk, teacher_vars, mesh, batch: int, dtype: str,
-            vocab_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Row order, ``batch`` rows at a time; process ``p`` feeds its contiguous block of each
-    batch (the last batch padded with the last row), every process gets every result."""
-    n = len(rows['inputs'])
+def _chunks(take, n: int, topk, teacher_vars, mesh, batch: int, dtype: str,
+            vocab_size: int, cross: bool) -> Iterator[dict[str, np.ndarray]]:
+    """Row order, ``batch`` rows at a time, read by ``take(ids)`` as they are needed:
+    process ``p`` feeds its contiguous block of each batch (the last batch padded with the
+    last row), every process gets every result."""
     local = batch // jax.process_count()
     own = jax.process_index() * local
     for start in range(0, n, batch):
         ids = np.minimum(start + own + np.arange(local), n - 1)
         keep = min(batch, n - start)
-        if 'ends' not in rows:
-            inputs = mesh_lib.to_global(mesh, {'inputs': rows['inputs'][ids]})['inputs']
+        part = take(ids)
+        if not cross:
+            inputs = mesh_lib.to_global(mesh, {'inputs': part['inputs']})['inputs']
             values, top = mesh_lib.to_host(topk(teacher_vars, inputs))
             yield encode(values[:keep], top[:keep], dtype, vocab_size)
             continue
-        both = mesh_lib.to_global(mesh, {'inputs': rows['inputs'][ids],
-                                         'targets': rows['targets'][ids]})
+        both = mesh_lib.to_global(mesh, {'inputs': part['inputs'], 'targets': part['targets']})
         values, top, target = mesh_lib.to_host(topk(teacher_vars, both['inputs'],
                                                     both['targets']))
-        rows_kept = start + np.arange(keep)
+        kept = take(start + np.arange(keep))  # the whole batch's teacher tokens, for the store
         yield {**encode(values[:keep], top[:keep], dtype, vocab_size),
                'xt_target_lp': target[:keep].astype(np.float32),
-               'xt_teacher_ids': rows['inputs'][rows_kept].astype(np.int32),
-               'xt_teacher_end': rows['ends'][rows_kept]}
+               'xt_teacher_ids': kept['inputs'].astype(np.int32),
+               'xt_teacher_end': kept['ends']}
 
 
 def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[str, Any],
@@ -156,12 +162,13 @@ def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[s
         return spec
     cross = task.cross
     vocab = int((cross.teacher_tokenizer if cross else task.tokenizer).vocab_size)
-    rows = cross.teacher_train_rows() if cross else task.train_rows
-    say(f'teacher cache: top-{c.k} {c.dtype} log-probabilities of {len(rows["inputs"])}'
-        f' train rows -> {path}' + (' (per teacher token)' if cross else ''))
+    take = cross.teacher_train_take if cross else text.as_source(task.train_rows).take
+    n = len(text.as_source(task.train_rows))
+    say(f'teacher cache: top-{c.k} {c.dtype} log-probabilities of {n} train rows -> {path}'
+        + (' (per teacher token)' if cross else ''))
     topk = _topk_fn(teacher, int(c.k))
-    chunks = _chunks(rows, topk, teacher_vars, mesh, config.data.eval_batch_size,
-                     c.dtype, vocab)
+    chunks = _chunks(take, n, topk, teacher_vars, mesh, config.data.eval_batch_size, c.dtype,
+                     vocab, bool(cross))
     if jax.process_index() == 0:
         spec = store.write(path, expected, chunks)
     else:
@@ -175,17 +182,26 @@ def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[s
     return spec
 
 
-def load(path: str, expected: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
-    arrays = store.read(path, expected, 'distill.cache.path')
-    if len(arrays['topk_ids']) != rows:
-        raise ConfigError(f'distill.cache.path={path} has {len(arrays["topk_ids"])} rows, the '
+def open_rows(path: str, expected: dict[str, Any], rows: int) -> store.StoreRows:
+    """The cache for lazy reading (fingerprint checked; one row per packed train row)."""
+    cache = store.open_rows(path, expected, 'distill.cache.path')
+    if len(cache) != rows:
+        raise ConfigError(f'distill.cache.path={path} has {len(cache)} rows, the '
                           f'train split {rows}: remove it to rebuild it')
-    return arrays
+    return cache
 
 
-def attach(rows: dict[str, np.ndarray], cache: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The packed rows with their cached top-k (``source[i]`` then carries both)."""
-    return {**rows, **{k: cache[k] for k in KEYS + CROSS_KEYS if k in cache}}
+def load(path: str, expected: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
+    """The whole cache in memory (small caches, tests); training reads it through
+    `open_rows`."""
+    cache = open_rows(path, expected, rows)
+    return cache.take(np.arange(len(cache)))
+
+
+def attach(rows: Any, cache: Any) -> store.Joined:
+    """The packed rows joined to their cached top-k by row index (``take(ids)`` carries
+    both); either may be arrays in memory or read lazily (`PackedRows`, `store.StoreRows`)."""
+    return store.Joined(rows, cache, KEYS + CROSS_KEYS)
 
 
 class Cached(BaseSignal):
@@ -227,10 +243,10 @@ class Cached(BaseSignal):
         expected = fingerprint(config, task, context.teacher_sha256)
         spec = build(config, task, context.teacher, context.teacher_vars, context.mesh, path,
                      expected, context.say)
-        arrays = load(path, expected, len(task.train_rows['inputs']))
+        cache = open_rows(path, expected, len(text.as_source(task.train_rows)))
         if task.cross:  # its teacher tokens are this run's, offsets too
-            task.cross.check_cache(arrays, path)
-        return Prepared(attach(task.train_rows, arrays), provenance={
+            task.cross.check_cache(cache, path)
+        return Prepared(attach(task.train_rows, cache), provenance={
             'teacher_cache': path, 'cache_k': int(config.distill.cache.k),
             'cache_dtype': config.distill.cache.dtype,
             'cache_bytes_per_token': round(bytes_per_token(spec), 2)})

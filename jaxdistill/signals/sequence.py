@@ -10,8 +10,11 @@ the result is prompt ``i`` followed by its completion, packed like the data (``i
 learns to continue prompts the way the teacher does, by cross-entropy.
 
 The rows go to an ArrayRecord `store` (``WORKDIR/teacher_sequences``) keyed by a fingerprint
-of the data, the sampling settings and the teacher, so a rerun or a resumed student
-reads the same completions and a changed setting is refused.
+of the data (`store.rows_fingerprint`), the sampling settings and the teacher, so a rerun or a
+resumed student reads the same completions and a changed setting is refused. As for the
+``cached`` signal, host memory is bounded by a batch: the prompts are read
+``distill.sampling.batch_size`` rows at a time (each process its block), the completions
+written as they come, and training reads each batch's rows of the store lazily.
 
 `Sequence` is the signal; ``distill.sampling`` (`sampling_defaults`, shared with
 ``on_policy``) is its config section.
@@ -29,7 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxdistill import objective as objective_lib
-from jaxdistill import provenance
+from jaxdistill.data import text
 from jaxdistill.errors import ConfigError
 from jaxdistill.models import sampling
 from jaxdistill.runtime import mesh as mesh_lib
@@ -113,7 +116,7 @@ def fingerprint(config, task, teacher_sha256: str) -> dict[str, Any]:
     return {'kind': 'teacher_sequences', 'dataset': task.dataset,
             'tokenizer': config.data.tokenizer, 'vocab_size': int(task.tokenizer.vocab_size),
             'seq_len': int(config.data.seq_len),
-            'train_rows_sha256': provenance.arrays_sha256(task.train_rows),
+            **store.rows_fingerprint(task.train_rows),
             'prompt_len': int(s.prompt_len), 'max_new_tokens': int(new_tokens(config)),
             'temperature': float(s.temperature), 'top_k': int(s.top_k),
             'top_p': float(s.top_p), 'seed': int(config.seed),
@@ -159,19 +162,26 @@ def complete(module, params, rows: dict[str, jax.Array], rng: jax.Array, config
     return as_rows(tokens, generated, config.data.seq_len)
 
 
-def _chunks(config, rows, teacher, teacher_vars, mesh) -> Iterator[dict[str, np.ndarray]]:
+def _chunks(config, rows, teacher, teacher_vars, mesh, counted: dict[str, int]
+            ) -> Iterator[dict[str, np.ndarray]]:
+    """The completions in row order, a batch at a time; ``counted['generated_tokens']``
+    sums their generated targets as they stream."""
     batch = config.distill.sampling.batch_size
-    n = len(rows['inputs'])
+    source = text.as_source(rows)
+    n = len(source)
     local = batch // jax.process_count()
     own = jax.process_index() * local
     key = jax.random.key(config.seed)
     fn = jax.jit(lambda params, r, rng: complete(teacher.module, params, r, rng, config))
     for i, start in enumerate(range(0, n, batch)):
         ids = np.minimum(start + own + np.arange(local), n - 1)
-        part = mesh_lib.to_global(mesh, {k: rows[k][ids] for k in ('inputs', 'mask')})
+        mine = source.take(ids)
+        part = mesh_lib.to_global(mesh, {k: mine[k] for k in ('inputs', 'mask')})
         out = mesh_lib.to_host(fn(teacher_vars['params'], part, jax.random.fold_in(key, i)))
         keep = min(batch, n - start)
-        yield {k: np.asarray(v[:keep]) for k, v in out.items()}
+        chunk = {k: np.asarray(v[:keep]) for k, v in out.items()}
+        counted['generated_tokens'] += int(chunk['mask'].sum())
+        yield chunk
 
 
 def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[str, Any],
@@ -183,11 +193,12 @@ def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[s
         say(f'teacher sequences: {spec["rows"]} completions at {path}: reused')
         return spec
     s = config.distill.sampling
-    say(f'teacher sequences: completing {len(task.train_rows["inputs"])} prompts of '
+    say(f'teacher sequences: completing {len(text.as_source(task.train_rows))} prompts of '
         f'{s.prompt_len} tokens with {new_tokens(config)} sampled tokens -> {path}')
-    chunks = _chunks(config, task.train_rows, teacher, teacher_vars, mesh)
+    counted = {'generated_tokens': 0}
+    chunks = _chunks(config, task.train_rows, teacher, teacher_vars, mesh, counted)
     if jax.process_index() == 0:
-        store.write(path, expected, chunks)
+        store.write(path, expected, chunks, extra=lambda: dict(counted))
     else:
         for _ in chunks:
             pass
@@ -196,10 +207,37 @@ def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[s
     return store.read_spec(path)
 
 
+class Completions:
+    """The stored completions as train rows, read lazily (``mask`` as booleans)."""
+
+    def __init__(self, rows: store.StoreRows) -> None:
+        self.stored = rows
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def take(self, ids) -> dict[str, np.ndarray]:
+        out = self.stored.take(ids)
+        out['mask'] = out['mask'].astype(bool)
+        return out
+
+
+def open_rows(path: str, expected: dict[str, Any]) -> Completions:
+    return Completions(store.open_rows(path, expected, 'distill.teacher_signal=sequence'))
+
+
 def load(path: str, expected: dict[str, Any]) -> dict[str, np.ndarray]:
-    rows = store.read(path, expected, 'distill.teacher_signal=sequence')
-    rows['mask'] = rows['mask'].astype(bool)
-    return rows
+    """Every completion in memory (small stores, tests); training reads `open_rows`."""
+    rows = open_rows(path, expected)
+    return rows.take(np.arange(len(rows)))
+
+
+def generated_tokens(spec: dict[str, Any], rows: Completions) -> int:
+    """Generated targets in the store: counted while it was written (older stores: one
+    pass over their masks, a chunk at a time)."""
+    if 'generated_tokens' in spec:
+        return int(spec['generated_tokens'])
+    return sum(int(c['mask'].sum()) for c in store.chunks_of(rows))
 
 
 class Sequence(BaseSignal):
@@ -230,9 +268,9 @@ class Sequence(BaseSignal):
         config = context.config
         path = directory(context.workdir)
         expected = fingerprint(config, context.task, context.teacher_sha256)
-        build(config, context.task, context.teacher, context.teacher_vars, context.mesh, path,
-              expected, context.say)
-        rows = load(path, expected)
+        spec = build(config, context.task, context.teacher, context.teacher_vars,
+                     context.mesh, path, expected, context.say)
+        rows = open_rows(path, expected)
         return Prepared(rows, provenance={
-            'teacher_sequences': path, 'generated_tokens': int(rows['mask'].sum()),
+            'teacher_sequences': path, 'generated_tokens': generated_tokens(spec, rows),
             'sampling': config.distill.sampling.to_dict()})

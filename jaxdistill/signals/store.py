@@ -10,6 +10,11 @@ holds the arrays' dtypes and per-row shapes and the *fingerprint* of what the ro
 made from (dataset, tokenizer, teacher, ...). A reader compares fingerprints first, so a
 store made for other data or another teacher is refused in one line, never silently used.
 
+Training reads a store lazily (`open_rows`: random access by row index, one record per row,
+``group_size:1``), joined to the packed rows it belongs to (`Joined`), so neither the corpus
+nor the store is ever whole in host memory; each record's CRC is checked as it is read.
+`read` (every row at once) is for small stores and tests.
+
 The directory is written under a temporary name and renamed when complete: an
 interrupted write leaves no store that looks usable. In a bucket (``gs://``, which has no
 rename) the store is written locally, then uploaded with spec.json last, and read back
@@ -22,8 +27,9 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,9 +48,12 @@ def exists(directory: str) -> bool:
 
 
 def write(directory: str, fingerprint: Mapping[str, Any], chunks: Iterable[dict[str, np.ndarray]],
-          extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          extra: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
+          ) -> dict[str, Any]:
     """Writes ``chunks`` (dicts of ``[n, ...]`` arrays, rows in order) as one store.
 
+    Memory is one chunk: each is written as it comes. ``extra`` adds keys to the spec (a
+    callable is called once every chunk is written: totals counted while they streamed).
     Returns the spec (with ``rows`` and ``bytes``). An existing ``directory`` is an error:
     nothing a user saved is overwritten.
     """
@@ -57,7 +66,8 @@ def write(directory: str, fingerprint: Mapping[str, Any], chunks: Iterable[dict[
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + '.partial-', dir=parent)
     try:
-        writer = ar.ArrayRecordWriter(os.path.join(tmp, RECORDS), 'group_size:64')
+        # one record per group: training reads rows at random (`open_rows`)
+        writer = ar.ArrayRecordWriter(os.path.join(tmp, RECORDS), 'group_size:1')
         arrays, rows, payload_bytes = None, 0, 0
         for chunk in chunks:
             names = sorted(chunk)
@@ -70,8 +80,9 @@ def write(directory: str, fingerprint: Mapping[str, Any], chunks: Iterable[dict[
                 payload_bytes += len(payload)
             rows += n
         writer.close()
+        more = extra() if callable(extra) else extra
         spec = {'format': FORMAT, 'fingerprint': dict(fingerprint), 'arrays': arrays or {},
-                'rows': rows, 'bytes': payload_bytes, **dict(extra or {})}
+                'rows': rows, 'bytes': payload_bytes, **dict(more or {})}
         with open(os.path.join(tmp, SPEC), 'w') as f:
             json.dump(spec, f, indent=1, sort_keys=True)
         os.replace(tmp, directory)
@@ -117,42 +128,129 @@ def check_fingerprint(spec: Mapping[str, Any], expected: Mapping[str, Any], dire
                 'it to rebuild it for this run)')
 
 
+class StoreRows:
+    """A store's rows by index, read on demand: ``take(ids)`` gives ``{name: [len(ids), ...]}``.
+
+    Opening checks the spec and the fingerprint (one line naming the field); each record's
+    CRC is checked when it is read. A store in a bucket is first copied (streamed, not
+    through memory) to a local temporary file, removed with this object: ArrayRecord reads
+    local files only.
+    """
+
+    def __init__(self, directory: str, expected: Mapping[str, Any], key: str) -> None:
+        from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+        self.directory, self.spec = directory, read_spec(directory)
+        check_fingerprint(self.spec, expected, directory, key)
+        names = sorted(self.spec['arrays'])
+        self._layout = [(k, np.dtype(self.spec['arrays'][k][0]),
+                         tuple(self.spec['arrays'][k][1])) for k in names]
+        self._sizes = [dt.itemsize * int(np.prod(shape)) for _, dt, shape in self._layout]
+        records = paths.join(directory, RECORDS)
+        if paths.is_remote(records):
+            local = tempfile.mkdtemp(prefix='jaxdistill-store-')
+            weakref.finalize(self, shutil.rmtree, local, True)
+            with paths.Path(records).open('rb') as src, open(os.path.join(local, RECORDS),
+                                                             'wb') as dst:
+                shutil.copyfileobj(src, dst, 1 << 24)
+            records = os.path.join(local, RECORDS)
+        try:
+            self._source = ArrayRecordDataSource([records])
+            n = len(self._source)
+        except (RuntimeError, OSError, ValueError) as e:  # ArrayRecord's own checks
+            raise _damaged(directory, e) from None
+        if n != self.spec['rows']:
+            raise DataError(f'{directory}: {n} records, spec says {self.spec["rows"]}: the '
+                            'store is damaged; remove it to rebuild it')
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _, _ in self._layout)
+
+    def take(self, ids) -> dict[str, np.ndarray]:
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        try:
+            records = self._source.__getitems__([int(i) for i in ids]) if len(ids) else []
+        except (RuntimeError, OSError, ValueError) as e:
+            raise _damaged(self.directory, e) from None
+        out = {k: np.empty((len(ids), *shape), dt) for k, dt, shape in self._layout}
+        for j, record in enumerate(records):
+            payload = record[4:]
+            if (len(payload) != sum(self._sizes)
+                    or zlib.crc32(payload).to_bytes(4, 'little') != record[:4]):
+                raise DataError(f'{self.directory}: row {int(ids[j])} fails its checksum: the '
+                                'store is damaged; remove it to rebuild it')
+            offset = 0
+            for (k, dt, shape), size in zip(self._layout, self._sizes):
+                out[k][j] = np.frombuffer(payload, dt, count=size // dt.itemsize,
+                                          offset=offset).reshape(shape)
+                offset += size
+        return out
+
+
+def _damaged(directory: str, e: Exception) -> DataError:
+    return DataError(f'{directory}: the store is damaged ({str(e).splitlines()[0][:120]}); '
+                     'remove it to rebuild it')
+
+
+def open_rows(directory: str, expected: Mapping[str, Any], key: str) -> StoreRows:
+    """The store at ``directory`` for lazy reading, after checking its fingerprint."""
+    return StoreRows(directory, expected, key)
+
+
+def chunks_of(rows: Any, batch: int = 1024) -> Iterator[dict[str, np.ndarray]]:
+    """Every row of a random-access source (``take``, ``len``) once, in order, ``batch``
+    rows at a time: a pass over a store or packed rows in bounded memory."""
+    for start in range(0, len(rows), batch):
+        yield rows.take(np.arange(start, min(start + batch, len(rows))))
+
+
 def read(directory: str, expected: Mapping[str, Any], key: str) -> dict[str, np.ndarray]:
-    """Every row as ``{name: [rows, ...]}``, after checking the fingerprint and each CRC."""
-    spec = read_spec(directory)
-    check_fingerprint(spec, expected, directory, key)
-    names = sorted(spec['arrays'])
-    layout = [(k, np.dtype(spec['arrays'][k][0]), tuple(spec['arrays'][k][1])) for k in names]
-    sizes = [dt.itemsize * int(np.prod(shape)) for _, dt, shape in layout]
-    try:
-        records_file = paths.join(directory, RECORDS)
-        with tempfile.TemporaryDirectory(prefix='jaxdistill-store-') as local:
-            if paths.is_remote(records_file):  # ArrayRecord reads local files
-                copy = os.path.join(local, RECORDS)
-                paths.Path(copy).write_bytes(paths.Path(records_file).read_bytes())
-                records_file = copy
-            reader = ar.ArrayRecordReader(records_file)
-            try:
-                n = reader.num_records()
-                records = reader.read_all() if n else []
-            finally:
-                reader.close()
-    except (RuntimeError, OSError, ValueError) as e:  # ArrayRecord's own checksums
-        raise DataError(f'{directory}: the store is damaged ({str(e).splitlines()[0][:120]}); '
-                        'remove it to rebuild it') from None
-    if n != spec['rows']:
-        raise DataError(f'{directory}: {n} records, spec says {spec["rows"]}: the store is '
-                        'damaged; remove it to rebuild it')
-    out = {k: np.empty((n, *shape), dt) for k, dt, shape in layout}
-    for i, record in enumerate(records):
-        payload = record[4:]
-        if (len(payload) != sum(sizes)
-                or zlib.crc32(payload).to_bytes(4, 'little') != record[:4]):
-            raise DataError(f'{directory}: row {i} fails its checksum: the store is damaged; '
-                            'remove it to rebuild it')
-        offset = 0
-        for (k, dt, shape), size in zip(layout, sizes):
-            out[k][i] = np.frombuffer(payload, dt, count=size // dt.itemsize,
-                                      offset=offset).reshape(shape)
-            offset += size
-    return out
+    """Every row as ``{name: [rows, ...]}``, after checking the fingerprint and each CRC
+    (the whole store in memory: training reads it lazily through `open_rows`)."""
+    rows = open_rows(directory, expected, key)
+    return rows.take(np.arange(len(rows)))
+
+
+class Joined:
+    """Packed rows and the stored rows made from them, joined by row index: ``take(ids)``
+    is ``rows.take(ids)`` plus the ``keys`` of ``stored.take(ids)``. Both are read lazily,
+    so a batch reads its own rows of each and nothing else."""
+
+    def __init__(self, rows: Any, stored: Any, keys: Iterable[str]) -> None:
+        from jaxdistill.data import text
+
+        self.rows, self.stored = text.as_source(rows), text.as_source(stored)
+        if len(self.rows) != len(self.stored):
+            raise DataError(f'{len(self.stored)} stored rows for {len(self.rows)} packed rows')
+        self.keys_ = tuple(keys)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self.take(np.array([i])).items()}
+
+    def take(self, ids) -> dict[str, np.ndarray]:
+        stored = self.stored.take(ids)
+        return {**self.rows.take(ids), **{k: stored[k] for k in self.keys_ if k in stored}}
+
+
+def rows_fingerprint(rows: Any) -> dict[str, Any]:
+    """What identifies the packed train rows a store is aligned with, without reading them.
+
+    Rows streamed from a packed cache (`jaxdistill.data.packed.PackedRows`) carry the
+    cache's own fingerprint (the files' names, sizes and mtimes, or the TFDS dataset; the
+    tokenizer's SHA-256; ``seq_len``): its SHA-256 (``provenance.fingerprint_sha256`` of
+    the run) and the row count stand for the rows. Rows in memory (the bundled ``pytext``)
+    are hashed whole (``train_rows_sha256``), as before.
+    """
+    digest = getattr(rows, 'fingerprint_sha256', '')
+    if digest:
+        return {'packed_fingerprint_sha256': digest, 'train_rows': len(rows)}
+    from jaxdistill import provenance
+
+    return {'train_rows_sha256': provenance.arrays_sha256(rows)}

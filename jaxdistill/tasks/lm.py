@@ -125,8 +125,7 @@ class LanguageModelTask(BaseTask):
         self.stats = meta['splits']
         self.data_provenance = {
             'packed_cache': os.path.dirname(rows['train'].path),
-            'fingerprint_sha256': hashlib.sha256(json.dumps(
-                meta['fingerprint'], sort_keys=True).encode()).hexdigest(),
+            'fingerprint_sha256': rows['train'].fingerprint_sha256,
             'undecodable_bytes': meta['undecodable_bytes']}
 
     # -- checks ---------------------------------------------------------------------

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from jaxdistill import objective as objective_lib
 from jaxdistill import provenance
 from jaxdistill.data import loader
-from jaxdistill.data.prefetch import prefetch
+from jaxdistill.data import prefetch as prefetch_lib
 from jaxdistill.models.adapter import Model
 from jaxdistill.objective import Objective
 from jaxdistill.runtime import mesh as mesh_lib
@@ -387,6 +387,10 @@ def _keep_model_state_on_skip(step_fn: Callable) -> Callable:
 class _Loop:
     """One stage's steps: metrics, evaluation, checkpoints, preemption, divergence."""
 
+    # Whole batches of data in memory are made by the loop itself (`_feed`); False: by the
+    # prefetch thread, as before (benchmarks/input_pipeline.py measures both).
+    inline = True
+
     def __init__(self, stage: Stage, config, mesh: Mesh, ckpts: StageCheckpoints,
                  meta: dict[str, Any], is_main: bool, started: float):
         tcfg = config.train
@@ -411,53 +415,80 @@ class _Loop:
             tcfg.profile_steps[1] <= stage.steps else ()
         self.profiler = telemetry.Profiler(window, f'{workdir}/profile/{stage.name}', is_main)
         self.workers = loader.resolve_workers(config.data.workers)
-        self.workers_kind = config.data.get('workers_kind', 'threads')
+        self.workers_kind = loader.worker_kind(config.data)
         self._place = mesh_lib.batch_placer(mesh)
         self._host = None
 
     def _fetch(self, step: int):
-        """On the prefetch thread: this step's batch on the mesh, and its digest."""
+        """This step's batch on the mesh, and its digest (on the prefetch thread, or on
+        the loop's own after the previous step's dispatch: `_feed`)."""
         del step  # the batches come in step order from `loader.iterate`
         batch = next(self._host)
         return provenance.batch_sha256(batch, max_values=4096), self._place(batch)
 
+    def _feed(self, start: int):
+        """The batches of steps ``[start, steps)``: made inline by the loop for whole
+        batches of data in memory (`loader.runs_inline`), else by a prefetch thread."""
+        self._host = loader.iterate(self.stage.batches, start, self.stage.steps, self.workers,
+                                    self.workers_kind)
+        if self.inline and loader.runs_inline(self.stage.batches, self.workers_kind):
+            return prefetch_lib.Inline(self._fetch, start, self.stage.steps)
+        return prefetch_lib.prefetch(self._fetch, start, self.stage.steps)
+
+    def _advance(self, feed, outputs) -> None:
+        """Lets ``feed`` make the next batch while the device runs the step just
+        dispatched. Inline, that time is ``train/input_work_share``, and it counts as
+        waiting for input too if the step was over by its end (at most that long the
+        device waited on the loop; otherwise the step hid it)."""
+        if not isinstance(feed, prefetch_lib.Inline):
+            return
+        t = time.perf_counter()
+        feed.advance()
+        self.throughput.add_input_work(time.perf_counter() - t, all(
+            x.is_ready() for x in jax.tree.leaves(outputs)))
+
     def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
-        stage, tcfg, start = self.stage, self.tcfg, int(state.step)
+        stage, start = self.stage, int(state.step)
         progress = Progress(stage.name, stage.steps, start=start, enabled=self.is_main)
         self.guard.last_saved = start or None
         try:
-            self._host = loader.iterate(stage.batches, start, stage.steps, self.workers,
-                                        self.workers_kind)
-            batches = prefetch(self._fetch, start, stage.steps)
-            for step in range(start, stage.steps):
-                with self.throughput.waiting():
-                    batch_hash, batch = next(batches)
-                if stage.batch_hook is not None:
-                    batch = stage.batch_hook(state, batch, step)
-                self.profiler.before(step)
-                state, metrics = step_fn(state, stage.teacher_model, batch)
-                done = step + 1
-                self.profiler.after(done, metrics)
-                self.digest = provenance.advance_digest(self.digest, batch_hash)
-                self.guard.push(done, metrics)
-                if step == start:  # the first step compiles: start the clocks after it
-                    jax.block_until_ready(metrics)
-                    self._first_step(done, step_fn, state, batch)
-                    progress.t0, progress.start = self.clock.t0, done
-                if done % tcfg.log_every == 0 or done == stage.steps:
-                    self._log(done, state, metrics, progress)
-                scores = self._evaluate(done, state)
-                stop = watch.should_stop(done)
-                if (stop or done % tcfg.checkpoint_every == 0 or done == stage.steps
-                        or (scores and tcfg.best_metric)):
-                    self._save(done, state, metrics, scores)
-                if stop:
-                    progress.done('preempted')
-                    self._preempted(done, watch)
+            with self._feed(start) as batches:
+                state = self._steps(state, step_fn, watch, batches, progress)
         finally:
             self.profiler.close()
             self.writer.close()
         progress.done(f'{self.meta.get("steps_per_second", 0.0):.1f} steps/s overall')
+        return state
+
+    def _steps(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch, batches,
+               progress: Progress) -> TrainState:
+        stage, tcfg, start = self.stage, self.tcfg, int(state.step)
+        for step in range(start, stage.steps):
+            with self.throughput.waiting():
+                batch_hash, batch = next(batches)
+            if stage.batch_hook is not None:
+                batch = stage.batch_hook(state, batch, step)
+            self.profiler.before(step)
+            state, metrics = step_fn(state, stage.teacher_model, batch)
+            self._advance(batches, metrics)
+            done = step + 1
+            self.profiler.after(done, metrics)
+            self.digest = provenance.advance_digest(self.digest, batch_hash)
+            self.guard.push(done, metrics)
+            if step == start:  # the first step compiles: start the clocks after it
+                jax.block_until_ready(metrics)
+                self._first_step(done, step_fn, state, batch)
+                progress.t0, progress.start = self.clock.t0, done
+            if done % tcfg.log_every == 0 or done == stage.steps:
+                self._log(done, state, metrics, progress)
+            scores = self._evaluate(done, state)
+            stop = watch.should_stop(done)
+            if (stop or done % tcfg.checkpoint_every == 0 or done == stage.steps
+                    or (scores and tcfg.best_metric)):
+                self._save(done, state, metrics, scores)
+            if stop:
+                progress.done('preempted')
+                self._preempted(done, watch)
         return state
 
     def _first_step(self, done: int, step_fn: Callable, state: TrainState, batch) -> None:
