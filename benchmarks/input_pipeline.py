@@ -206,8 +206,10 @@ def input_wait(name: str, root: str) -> dict[str, Any]:
     with open(os.path.join(workdir, 'student_metrics', 'metrics.jsonl')) as f:
         rows = [json.loads(line) for line in f]
     shares = [r['train/input_wait_share'] for r in rows if 'train/input_wait_share' in r]
+    work = [r.get('train/input_work_share', 0.0) for r in rows if 'train/input_wait_share' in r]
     steps = [r['train/step_time'] for r in rows if 'train/step_time' in r]
     return {'input_wait_share_mean': statistics.mean(shares), 'input_wait_share_max': max(shares),
+            'input_work_share_mean': statistics.mean(work),
             'step_time_s_median': statistics.median(steps), 'intervals': len(shares),
             'load': load_average(), 'args': JOBS[name]}
 
@@ -238,7 +240,8 @@ def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
         return constant['batch']
 
     out: dict[str, dict[str, list[float]]] = {
-        f: {'steps_per_second': [], 'input_wait_share': []} for f in DEVICE_IDLE_FEEDS}
+        f: {'steps_per_second': [], 'input_wait_share': [], 'input_work_share': []}
+        for f in DEVICE_IDLE_FEEDS}
     try:
         for r in range(rounds):
             for feed in DEVICE_IDLE_FEEDS[r % 3:] + DEVICE_IDLE_FEEDS[:r % 3]:
@@ -251,12 +254,13 @@ def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
                         lambda x: x.sharding, teacher),
                     prepare=p.task.prepare_fn(config.data.mixup))
                 meta = train.run_stage(stage, config, p.mesh, p.sample, is_main=False).meta
-                waits = [h['train/input_wait_share'] for h in meta['history']
-                         if 'train/input_wait_share' in h]
+                rows = [h for h in meta['history'] if 'train/input_wait_share' in h]
                 out[feed]['steps_per_second'].append(meta['steps_per_second'])
-                out[feed]['input_wait_share'].append(statistics.mean(waits))
+                for key in ('input_wait_share', 'input_work_share'):
+                    out[feed][key].append(statistics.mean(h[f'train/{key}'] for h in rows))
                 print(f'round {r} {feed:8s} {meta["steps_per_second"]:7.1f} steps/s, input '
-                      f'wait {100 * out[feed]["input_wait_share"][-1]:.2f} %', flush=True)
+                      f'wait {100 * out[feed]["input_wait_share"][-1]:.2f} %, made inline '
+                      f'{100 * out[feed]["input_work_share"][-1]:.2f} %', flush=True)
     finally:
         train._Loop.inline, train._Loop._fetch = True, real_fetch
     rate = {f: statistics.median(v['steps_per_second']) for f, v in out.items()}
@@ -266,6 +270,8 @@ def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
         for f in ('inline', 'thread')}
     return {'steps_per_second': rate, 'device_idle_share': idle,
             'input_wait_share': {f: statistics.median(v['input_wait_share'])
+                                 for f, v in out.items()},
+            'input_work_share': {f: statistics.median(v['input_work_share'])
                                  for f, v in out.items()},
             'rounds': out, 'steps': steps, 'config': 'configs/digits.py student stage, '
             'random teacher, eval off', 'load': load_average()}
@@ -306,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             record['input_wait'] = {name: input_wait(name, root) for name in JOBS}
         for name, r in record['input_wait'].items():
             print(f"{name}: input wait {100 * r['input_wait_share_mean']:.2f} % of step time "
+                  f"(made inline {100 * r['input_work_share_mean']:.2f} %) "
                   f"(max {100 * r['input_wait_share_max']:.2f} %), step "
                   f"{1000 * r['step_time_s_median']:.1f} ms, load {r['load']}", flush=True)
     if 'device_idle' in parts:

@@ -20,7 +20,7 @@ from jaxdistill.errors import ConfigError
 from jaxdistill.models import modules
 from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import StepInputs
-from jaxdistill.train import hidden_logits
+from jaxdistill.train import hidden_logits, softmax_terms
 
 V = 96
 
@@ -202,3 +202,20 @@ def test_fused_gradient_forms_each_chunks_logits_once():
     jaxpr = jax.make_jaxpr(jax.grad(chunked, argnums=(0, 1)))(hs, ws).jaxpr
     # a chunk's logits [4, V]: the student's and the teacher's, in the forward pass only
     assert _logit_products(jaxpr, (4, V)) == 2
+
+
+@pytest.mark.parametrize('losses', [
+    [loss_entry('kd', weight=0.5, temperature=1.0), loss_entry('ce', weight=0.5)],
+    [loss_entry('kd', weight=0.4, temperature=2.0), loss_entry('forward_kl', weight=0.3),
+     loss_entry('ce', weight=0.3)]])
+def test_chunked_closed_form_equals_dense(losses):
+    """Objectives of ce / kd / forward_kl at constant temperatures take the closed-form
+    chunk gradient (`softmax_terms`): the update and every logged value equal the dense
+    path's, with label and padding masks and accumulation."""
+    obj = objective.build(losses, 10)
+    assert softmax_terms.plan(obj, range(len(obj.terms)), 0) is not None
+    batch = _batch(6)
+    keys = ('loss', 'grad_norm') + tuple(f'distill/{e["name"]}' for e in losses)
+    dense = _step('dense', obj, batch)
+    _same(_step('chunked', obj, batch), dense, keys)
+    _same(_step('chunked', obj, batch, accum=2), dense, keys)

@@ -77,6 +77,19 @@ def test_throughput_scalars_are_consistent():
     assert t.scalars(20) == {}  # no step in the new interval: nothing to report
 
 
+def test_inline_input_work_counts_as_wait_only_when_the_device_waited():
+    t = telemetry.Throughput(64)
+    t.restart(0)
+    t.add_input_work(0.002, device_waited=False)  # hidden behind the running step
+    t.add_input_work(0.001, device_waited=True)  # the step was over: the device waited
+    t._t0 -= 0.1  # a 0.1 s interval (no sleeping in tests)
+    s = t.scalars(10)
+    assert s['train/input_work_share'] == pytest.approx(0.003 / s['train/step_time'] / 10)
+    assert s['train/input_wait_share'] == pytest.approx(0.001 / s['train/step_time'] / 10)
+    t._t0 -= 0.1
+    assert t.scalars(20)['train/input_work_share'] == 0  # restarted with the interval
+
+
 @pytest.mark.parametrize('window,message', [
     ((5, 50), r"^train.profile_steps=\(5, 50\) is outside the run of 20 steps: give "
               r"0 <= start < stop <= 20"),

@@ -437,14 +437,15 @@ class _Loop:
 
     def _advance(self, feed, outputs) -> None:
         """Lets ``feed`` make the next batch while the device runs the step just
-        dispatched. Inline, that time counts as waiting for input if the step was over
-        by its end (at most that long the device waited on the loop; otherwise the step
-        hid it)."""
+        dispatched. Inline, that time is ``train/input_work_share``, and it counts as
+        waiting for input too if the step was over by its end (at most that long the
+        device waited on the loop; otherwise the step hid it)."""
+        if not isinstance(feed, prefetch_lib.Inline):
+            return
         t = time.perf_counter()
         feed.advance()
-        if isinstance(feed, prefetch_lib.Inline) and all(
-                x.is_ready() for x in jax.tree.leaves(outputs)):
-            self.throughput.add_wait(time.perf_counter() - t)
+        self.throughput.add_input_work(time.perf_counter() - t, all(
+            x.is_ready() for x in jax.tree.leaves(outputs)))
 
     def run(self, state: TrainState, step_fn: Callable, watch: PreemptionWatch) -> TrainState:
         stage, start = self.stage, int(state.step)

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.errors import ConfigError
+from jaxdistill.losses import SparseTeacher
+from jaxdistill.train import softmax_terms
 
 MODES = ('auto', 'dense', 'chunked', 'vocab_sharded')
 AUTO_VOCAB = 32768
@@ -152,6 +154,21 @@ def _chunk_sums(objective, order, step, hidden, kernel, chunk, teacher_kernel):
     return jnp.stack(sums)
 
 
+def _closed_form(terms, hidden, kernel, chunk, shared):
+    """``(sums, (d_hidden, d_kernel))`` of one chunk by `softmax_terms.chunk`: the terms'
+    values and one ``[N, V]`` logit cotangent for all of them, taken back through the
+    student's head by the head's own VJP (the two matmuls autodiff would do)."""
+    zs, head_vjp = jax.vjp(lambda h, k: HiddenLogits(h, k).project(h), hidden, kernel)
+    zt = chunk.get('teacher')
+    if zt is not None and shared.get('teacher_kernel') is not None:
+        zt = HiddenLogits(zt, shared['teacher_kernel']).project(zt)
+    elif zt is not None:
+        zt = zt.astype(jnp.float32)
+    sums, grad = softmax_terms.chunk(terms, zs, zt, chunk['targets'], chunk['masks'],
+                                     shared['weights'])
+    return sums, head_vjp(grad)
+
+
 def _fused(objective, order):
     """``f(hidden, kernel, chunks, shared) -> (weighted, sums)`` over chunks, where
     ``weighted = shared['weights'] @ sums`` carries the gradient and ``sums`` (per term)
@@ -182,8 +199,13 @@ def _fused(objective, order):
 
         def body(grad_kernel, xs):
             h, chunk = xs
-            (_, sums), (d_hidden, d_kernel) = jax.value_and_grad(
-                weighted, argnums=(0, 1), has_aux=True)(h, kernel, chunk)
+            closed = softmax_terms.plan(objective, order, shared['step'])
+            if (closed is not None and chunk['targets'].ndim == 1
+                    and not isinstance(chunk.get('teacher'), SparseTeacher)):
+                sums, (d_hidden, d_kernel) = _closed_form(closed, h, kernel, chunk, shared)
+            else:
+                (_, sums), (d_hidden, d_kernel) = jax.value_and_grad(
+                    weighted, argnums=(0, 1), has_aux=True)(h, kernel, chunk)
             return grad_kernel + d_kernel.astype(jnp.float32), (sums, d_hidden)
 
         grad_kernel, (sums, d_hidden) = jax.lax.scan(

@@ -60,7 +60,9 @@ def step_flops(step_fn: Callable, *args: Any) -> float | None:
 
 class Throughput:
     """Timing of one log interval: wall time without evaluation and checkpointing, the
-    part of it spent waiting for the next batch, and the steps it covered."""
+    part of it spent waiting for the next batch (``train/input_wait_share``), the part
+    spent making batches on the loop's own thread while steps ran
+    (``train/input_work_share``, 0 with a prefetch thread), and the steps it covered."""
 
     def __init__(self, examples_per_step: int, unit: str = 'examples',
                  flops_per_step: float | None = None, peak: float | None = None,
@@ -70,7 +72,8 @@ class Throughput:
         self.restart(0)
 
     def restart(self, step: int) -> None:
-        self._t0, self._step, self._paused, self._waited = time.perf_counter(), step, 0.0, 0.0
+        self._t0, self._step, self._paused = time.perf_counter(), step, 0.0
+        self._waited = self._worked = 0.0
 
     @contextlib.contextmanager
     def paused(self):
@@ -84,9 +87,12 @@ class Throughput:
         yield
         self._waited += time.perf_counter() - t
 
-    def add_wait(self, seconds: float) -> None:
-        """Input work done outside `waiting` that the device waited for."""
-        self._waited += seconds
+    def add_input_work(self, seconds: float, device_waited: bool) -> None:
+        """Input the loop made itself (`prefetch.Inline`): ``train/input_work_share``; and
+        ``train/input_wait_share`` too if the device was done with its steps by the end."""
+        self._worked += seconds
+        if device_waited:
+            self._waited += seconds
 
     def scalars(self, step: int) -> dict[str, float]:
         """The interval's scalars (namespaced ``train/``); starts the next interval."""
@@ -97,7 +103,8 @@ class Throughput:
             step_time = seconds / steps
             out = {'train/step_time': step_time,
                    f'train/{self.unit}_per_second': self.examples_per_step / step_time,
-                   'train/input_wait_share': min(self._waited / seconds, 1.0)}
+                   'train/input_wait_share': min(self._waited / seconds, 1.0),
+                   'train/input_work_share': min(self._worked / seconds, 1.0)}
             if self.flops_per_step:
                 achieved = self.flops_per_step / step_time / self.devices
                 out['train/tflops_per_device'] = achieved / 1e12

@@ -1,0 +1,111 @@
+"""The softmax terms of a chunk (``ce``, ``kd``, ``forward_kl``) with their student-logit
+gradient in closed form: one pass per softmax, one ``[N, V]`` cotangent for all terms.
+
+`hidden_logits._fused` takes each chunk's gradient in its forward scan. Autodiff of the
+terms' own code (`Objective._term`) is exact but, at a real vocabulary, lays out more passes
+over the chunk's ``[N, V]`` logits than the terms need: XLA materialised ``log p_s``,
+``log p_t`` and ``p_t`` separately, computed the teacher's exponentials twice (once inside a
+reduction, where XLA:CPU does not vectorise them) and the student's softmax twice (once for
+the cross-entropy, once for the KL). Here (benchmarks/NOTES.md 16):
+
+* each softmax is ``e = exp(z - max z)`` formed once and its row sum ``s`` (``p = e / s``,
+  ``logsumexp = max + log s``), the student's shared by every term at the same temperature;
+* ``KL(p_t || p_s) = sum(e_t (z_t - z_s)) / s_t - lse_t + lse_s`` (as ``sum p_t = 1``): one
+  reduction, no log-probabilities formed;
+* the gradient of ``sum_i w_i sum_n m_in value_in`` with respect to the student's logits is
+  ``sum_T c_T e_sT - sum_T c'_T e_tT - onehot(y) * c_ce``, per-token coefficients times the
+  exponentials above, written once: ``ce`` gives ``p_s - onehot(y)``, ``kd`` at temperature
+  ``T`` gives ``T (p_sT - p_tT)``, ``forward_kl`` ``(p_sT - p_tT) / T``.
+
+Values and gradients equal the autodiff ones to float32 rounding (tests/test_softmax_terms.py,
+against `hidden_logits._chunk_sums` and float64 numpy); identical student and teacher logits
+give exactly 0 for the KL terms, in value and gradient, as the dense path's do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+NAMES = ('ce', 'kd', 'forward_kl')
+
+
+def plan(objective, order, step) -> tuple[tuple[str, float], ...] | None:
+    """``[(name, temperature)]`` for the terms ``order`` when every one of them has a closed
+    form here (a constant temperature, no other hyper-parameter), else None."""
+    from jaxdistill.objective import _at
+
+    out = []
+    for i in order:
+        term = objective.terms[i]
+        if term.name not in NAMES or term.hyper or callable(term.temperature):
+            return None
+        temperature = 1.0 if term.temperature is None else _at(term.temperature, step)
+        if term.name == 'ce' and temperature != 1.0:
+            return None
+        out.append((term.name, float(temperature)))
+    return tuple(out)
+
+
+def _softmax(z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(e, s, lse)``: ``e = exp(z - max z)`` (the one ``[N, V]`` array kept), its row sum
+    ``s`` and the logsumexp, ``[N, 1]`` each. A row of ``-inf`` shifts by 0 (as
+    `jax.nn.logsumexp` does)."""
+    shift = jnp.max(z, axis=-1, keepdims=True)
+    shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0.0))
+    e = jnp.exp(z - shift)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    return e, s, shift + jnp.log(s)
+
+
+def _tempered(z: jax.Array, temperature: float) -> jax.Array:
+    return z if temperature == 1.0 else z / temperature
+
+
+def _add(coefs: dict, key, value: jax.Array) -> None:
+    coefs[key] = coefs[key] + value if key in coefs else value
+
+
+def chunk(terms: tuple[tuple[str, float], ...], zs: jax.Array, zt: Any, targets: jax.Array,
+          masks: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(sums, grad)``: ``sums[j]`` = term ``j``'s sum over the chunk's valid tokens
+    (``masks[:, j]``), ``grad`` = the gradient of ``weights @ sums`` with respect to the
+    student's float32 logits ``zs`` ``[N, V]``. ``zt``: the teacher's logits ``[N, V]``
+    (None when no term needs them); ``targets``: integer labels ``[N]``."""
+    vocab = zs.shape[-1]
+    student, teacher = {}, {}  # temperature -> (e, s, lse), each softmax formed once
+    coefs = {}  # ('s' | 't', temperature) -> [N, 1]: the gradient is sum coef * e
+    sums = []
+    onehot = jnp.zeros(zs.shape[:-1], jnp.float32)
+    for j, (name, temperature) in enumerate(terms):
+        m = masks[:, j]
+        zs_t = _tempered(zs, temperature)
+        if temperature not in student:
+            student[temperature] = _softmax(zs_t)
+        es, ss, lse_s = student[temperature]
+        if name == 'ce':  # lse(z) - z[y]; a label outside [0, V) selects nothing: 0
+            m = m & (targets >= 0) & (targets < vocab)
+            picked = jnp.take_along_axis(zs, jnp.where(m, targets, 0)[:, None], -1)
+            value = (lse_s - picked)[:, 0]
+            coef = jnp.where(m, weights[j], 0.0)
+            _add(coefs, ('s', temperature), coef[:, None] / ss)
+            onehot = onehot + coef
+        else:
+            zt_t = _tempered(zt, temperature)
+            if temperature not in teacher:
+                teacher[temperature] = _softmax(zt_t)
+            et, st, lse_t = teacher[temperature]
+            kl = (jnp.sum(et * (zt_t - zs_t), axis=-1, keepdims=True) / st
+                  - lse_t + lse_s)[:, 0]
+            scale = temperature ** 2 if name == 'kd' else 1.0
+            value = scale * kl
+            coef = jnp.where(m, weights[j] * scale / temperature, 0.0)[:, None]
+            _add(coefs, ('s', temperature), coef / ss)
+            _add(coefs, ('t', temperature), -coef / st)
+        sums.append(jnp.sum(jnp.where(m, value, 0.0)))
+    grad = sum(c * (student if side == 's' else teacher)[t][0] for (side, t), c in coefs.items())
+    hit = jnp.arange(vocab)[None, :] == targets[:, None]
+    grad = grad - jnp.where(hit, onehot[:, None], 0.0)
+    return jnp.stack(sums), grad
