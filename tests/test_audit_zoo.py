@@ -44,3 +44,46 @@ def test_wide_zoo_borrows_teachers_and_anchors(tmp_path):
                for r in own)
     with pytest.raises(SystemExit, match='_wide'):
         audit_zoo.plan('digits_wide', str(tmp_path / 'elsewhere'), 0)
+
+
+def test_watermark_power_ranks_students_among_unwatermarked_models():
+    import audit_summary
+
+    # rank p: (1 + #null >= z) / (n + 1)
+    assert audit_summary.rank_p(3.0, [0.5, 1.0, 3.0, -1.0]) == pytest.approx(2 / 5)
+    assert audit_summary.rank_p(9.0, [0.5, 1.0, 3.0, -1.0]) == pytest.approx(1 / 5)
+
+    def row(name, signal, zt, zd):
+        return {'path': f'/z/{name}/student', 'signal': signal, 'seed': 1,
+                'text': {'z': zt, 'p_value': 0.5}, 'distribution': {'z': zd, 'p_value': 0.5}}
+    rows = [row('A0_sequence_wm_s1', 'sequence_wm', 3.6, 7.4),
+            row('A0_sequence_s1', 'sequence', 1.2, 1.5), row('A0', 'online', -0.3, 0.9)]
+    lines = audit_summary.watermark_power(rows)
+    table = [line for line in lines if line.startswith('| A0_sequence_wm_s1')]
+    assert len(table) == 1 and '| 0.333 |' in table[0]  # first of 3: 1/3 in both modes
+    assert any('text z: -0.30 to 1.20' in line for line in lines)
+    assert audit_summary.watermark_power(rows[1:]) == []  # no watermarked student
+
+
+def test_probe_draws_scores_the_zoo_like_the_audit():
+    import audit_probe_draws
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    task = rng.normal(size=(300, 10)) * 2
+    own = {t: task + rng.normal(size=task.shape) for t in ('A0', 'A1', 'X0', 'X1')}
+    zoo = [dict(path=f'/z/{t}/teacher', teacher=t, role='teacher' if t[0] == 'A' else 'anchor')
+           for t in own]
+    outs = {m['path']: own[m['teacher']] for m in zoo}
+    for t in ('A0', 'A1'):
+        for j in range(3):  # students copy their teacher; baselines learn the task alone
+            outs[f'/z/{t}_s{j}/student'] = task + 0.6 * (own[t] - task) + rng.normal(
+                size=task.shape)
+            outs[f'/z/{t}_s{j}/baseline'] = task + rng.normal(size=task.shape)
+            zoo += [dict(path=f'/z/{t}_s{j}/student', teacher=t, role='student'),
+                    dict(path=f'/z/{t}_s{j}/baseline', teacher='', role='baseline')]
+    mask = np.ones(300, bool)
+    for statistic in ('teacher_coef', 'teacher_llr'):
+        r = audit_probe_draws.draw_summary(zoo, outs, mask, 'logits', statistic)
+        assert (r['positives'], r['negatives']) == (6, 18)
+        assert r['auc'] == 1.0 and r['median_p_positive'] <= 0.2

@@ -61,6 +61,42 @@ def watermark(w: dict) -> list[str]:
             lines.append(f'\nTeacher {r["teacher"]}: test perplexity {r["perplexity"]:.3f} -> '
                          f'{r["perplexity_watermarked"]:.3f} with the watermark; its own '
                          f'watermarked samples: z {r["text_watermarked"]["z"]:.1f}.')
+    return lines + [''] + watermark_power(w['rows'])
+
+
+def rank_p(z: float, null: list[float]) -> float:
+    """Empirical p-value of ``z`` among the unwatermarked models' scores under the same key:
+    ``(1 + #{null >= z}) / (n + 1)`` (exact when the suspect is exchangeable with them)."""
+    return (1 + sum(x >= z for x in null)) / (len(null) + 1)
+
+
+def watermark_power(rows: list[dict]) -> list[str]:
+    """Students of watermarked sequences against every unwatermarked model of the zoo (the
+    teachers' own distributions without the bias included): both z-scores, their nominal
+    p-values, and each student's rank among the unwatermarked models (the fixed key gives
+    every model of the text the same chance excess of green mass, so that rank is the
+    exact comparison)."""
+    marked = [r for r in rows if r['signal'] == 'sequence_wm']
+    null = [r for r in rows if r['signal'] != 'sequence_wm']
+    if not marked or not null:
+        return []
+    lines = ['| watermarked-sequence student | seed | z (text) | p (text) | rank p among '
+             f'{len(null)} unwatermarked (text) | z (distribution) | p (distribution) | rank p '
+             '(distribution) |', '|---|---|---|---|---|---|---|---|']
+    for r in marked:
+        name = '/'.join(r['path'].rstrip('/').split('/')[-2:])
+        lines.append(
+            f'| {name} | {r["seed"]} | {r["text"]["z"]:.2f} | {r["text"]["p_value"]:.2g} | '
+            f'{rank_p(r["text"]["z"], [n["text"]["z"] for n in null]):.3f} | '
+            f'{r["distribution"]["z"]:.2f} | {r["distribution"]["p_value"]:.2g} | '
+            f'{rank_p(r["distribution"]["z"], [n["distribution"]["z"] for n in null]):.3f} |')
+    for mode in ('text', 'distribution'):
+        z = [n[mode]['z'] for n in null]
+        seq = [n[mode]['z'] for n in null if n['signal'] == 'sequence']
+        lines.append(f'\nUnwatermarked models ({len(null)}), {mode} z: {min(z):.2f} to '
+                     f'{max(z):.2f}' + (f'; of them the unwatermarked sequence students '
+                                        f'({len(seq)}): {min(seq):.2f} to {max(seq):.2f}'
+                                        if seq else '') + '.')
     return lines + ['']
 
 

@@ -206,19 +206,29 @@ def build(domain: str, root: str, only: tuple[str, ...] = (), seed_base: int = 0
               flush=True)
 
 
-def _outputs(root: str, zoo: list[dict], probe) -> dict[str, np.ndarray]:
-    """Every model's logits on the probe set, computed once (cached in ROOT/outputs/, per
-    probe set: a digest of its inputs)."""
+def _cache(root: str, probe) -> str:
+    """ROOT/outputs/DIGEST: what is computed once per probe set (a digest of its inputs)."""
     import hashlib
-
-    from jaxdistill.audit import models as audit_models
 
     digest = hashlib.sha256(np.ascontiguousarray(probe.inputs).tobytes()).hexdigest()[:12]
     cache = os.path.join(root, 'outputs', digest)
     os.makedirs(cache, exist_ok=True)
+    return cache
+
+
+def _name(root: str, path: str) -> str:
+    return os.path.relpath(path, root).replace('/', '__')
+
+
+def _outputs(root: str, zoo: list[dict], probe) -> dict[str, np.ndarray]:
+    """Every model's logits on the probe set, computed once (cached in ROOT/outputs/, per
+    probe set)."""
+    from jaxdistill.audit import models as audit_models
+
+    cache = _cache(root, probe)
     out = {}
     for m in zoo:
-        name = os.path.relpath(m['path'], root).replace('/', '__')
+        name = _name(root, m['path'])
         f = os.path.join(cache, f'{name}.npy')
         if not os.path.exists(f):
             np.save(f, audit_models.outputs(audit_models.load(m['path'], m['path']), probe))
@@ -368,7 +378,9 @@ def _lm_generations(loaded, probe, seed: int, watermark=None):
 
 
 def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0) -> dict:
-    """Watermark radioactivity on every lm model, and the watermark's cost to each teacher."""
+    """Watermark radioactivity on every lm model, and the watermark's cost to each teacher;
+    each model's row is cached in ROOT/outputs/DIGEST/NAME.watermark-SEED.json (the
+    generations are the slow part), so a grown zoo is audited for its new models only."""
 
     from jaxdistill.audit import fingerprints as fp
     from jaxdistill.audit import models as audit_models
@@ -378,7 +390,13 @@ def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0
     key = int(key)
     prev = probe.inputs[probe.token_mask]
     rows = []
+    cache = _cache(root, probe)
     for m in zoo:
+        done = os.path.join(cache, f'{_name(root, m["path"])}.watermark-{seed}.json')
+        if os.path.exists(done):
+            with open(done) as f:
+                rows.append(json.load(f))
+            continue
         logits = outs[m['path']]
         loaded = audit_models.load(m['path'], m['path'])
         tokens, mask = _lm_generations(loaded, probe, seed)
@@ -398,6 +416,8 @@ def audit_watermark(root: str, zoo: list[dict], probe, outs: dict, seed: int = 0
             row['text_watermarked'] = wm.detect_text(marked, mmask, key, gamma,
                                                      logits.shape[-1])
         rows.append(row)
+        with open(done, 'w') as f:
+            json.dump(row, f)
         print(f"  watermark {m['path']}: z text {row['text']['z']:.2f} "
               f"distribution {row['distribution']['z']:.2f}", flush=True)
     return {'key': key, 'gamma': gamma, 'delta': delta, 'rows': rows}
