@@ -77,10 +77,11 @@ def validate(report: dict[str, Any]) -> None:
 
 
 def _fmt_goal(record: dict[str, Any], row: dict[str, Any]) -> str:
-    if record.get('goal_max') is None:
+    goal = row.get('goal_max', record.get('goal_max'))  # a case may carry its own goal
+    if goal is None:
         return '–'
     mark = 'met' if row['meets_goal'] else 'not met'
-    return f"<= {record['goal_max']:g} ({mark})"
+    return f"<= {goal:g} ({mark})"
 
 
 def _spread(row: dict[str, Any]) -> str:

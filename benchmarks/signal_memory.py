@@ -109,31 +109,48 @@ def measure(mb: float, whole: bool = False) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _command(mb: float, whole: bool) -> list[str]:
+    return ([sys.executable, '-m', 'benchmarks.signal_memory', '--one', str(mb)]
+            + (['--whole'] if whole else []))
+
+
+def _env() -> dict[str, str]:  # one CPU device, no forced device count
+    return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='',
+                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+
+
 def measure_in_process(mb: float, whole: bool = False, timeout: float = 3600) -> dict[str, Any]:
-    """`measure` in a fresh Python process (one CPU device, no forced device count)."""
-    command = [sys.executable, '-m', 'benchmarks.signal_memory', '--one', str(mb)]
-    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='',
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
-    done = subprocess.run(command + (['--whole'] if whole else []), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    """`measure` in a fresh Python process."""
+    done = subprocess.run(_command(mb, whole), cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
     if done.returncode:
-        raise RuntimeError(f'{" ".join(command)} failed: {done.stderr[-2000:]}')
+        raise RuntimeError(f'{" ".join(_command(mb, whole))} failed: {done.stderr[-2000:]}')
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def compare(sizes: tuple[float, float], whole_reference: bool = True) -> dict[str, Any]:
     """Both sizes streamed (the ratio: the large corpus's peak RSS over the small one's),
-    and the small one held whole, for reference."""
-    small, large = (measure_in_process(mb) for mb in sizes)
-    out = {'description': f'teacher_signal=cached on a generated .jsonl corpus (data.files) '
-                          f'of {sizes[1]:g} MB vs {sizes[0]:g} MB: pack, teacher cache (top-4 '
-                          'float16), 5 student steps, test scores; peak RSS',
-           'ratio': large['peak_rss_mb'] / small['peak_rss_mb'],
-           'growth_difference_mb': large['rss_growth_mb'] - small['rss_growth_mb'],
-           'runs': {f'{sizes[0]:g}MB': small, f'{sizes[1]:g}MB': large}}
+    and the small one held whole, for reference; each in its own process, run side by side
+    (peak RSS is per process, so the others' load changes the times only)."""
+    cases = {f'{sizes[0]:g}MB': (sizes[0], False), f'{sizes[1]:g}MB': (sizes[1], False)}
     if whole_reference:
-        out['runs'][f'{sizes[0]:g}MB_whole'] = measure_in_process(sizes[0], whole=True)
-    return out
+        cases[f'{sizes[0]:g}MB_whole'] = (sizes[0], True)
+    procs = {name: subprocess.Popen(_command(*case), cwd=ROOT, env=_env(), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name, case in cases.items()}
+    runs = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f'{" ".join(_command(*cases[name]))} failed: {err[-2000:]}')
+        runs[name] = json.loads(out.strip().splitlines()[-1])
+    small, large = runs[f'{sizes[0]:g}MB'], runs[f'{sizes[1]:g}MB']
+    return {'description': f'teacher_signal=cached on a generated .jsonl corpus (data.files) '
+                           f'of {sizes[1]:g} MB vs {sizes[0]:g} MB: pack, teacher cache (top-4 '
+                           'float16), 5 student steps, test scores; peak RSS',
+            'ratio': large['peak_rss_mb'] / small['peak_rss_mb'],
+            'growth_difference_mb': large['rss_growth_mb'] - small['rss_growth_mb'],
+            'runs': runs}
 
 
 def main(argv: list[str] | None = None) -> None:

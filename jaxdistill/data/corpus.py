@@ -288,8 +288,9 @@ class TfdsCorpus(Corpus):
             source = self._source(split)
             for start in range(0, len(source), 256):
                 ids = list(range(start, min(start + 256, len(source))))
-                records = (source.__getitems__(ids) if hasattr(source, '__getitems__')
-                           else [source[i] for i in ids])
+                # one by one: Grain's batched __getitems__ holds on to host memory in
+                # proportion to the bytes read (`packed.RecordFile`)
+                records = [source[i] for i in ids]
                 for i, record in zip(ids, records):
                     value = record[self.text_key]
                     yield split, (self._counter.decode(value) if isinstance(value, bytes)

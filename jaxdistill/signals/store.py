@@ -138,7 +138,7 @@ class StoreRows:
     """
 
     def __init__(self, directory: str, expected: Mapping[str, Any], key: str) -> None:
-        from array_record.python.array_record_data_source import ArrayRecordDataSource
+        from jaxdistill.data.packed import RecordFile
 
         self.directory, self.spec = directory, read_spec(directory)
         check_fingerprint(self.spec, expected, directory, key)
@@ -155,7 +155,7 @@ class StoreRows:
                 shutil.copyfileobj(src, dst, 1 << 24)
             records = os.path.join(local, RECORDS)
         try:
-            self._source = ArrayRecordDataSource([records])
+            self._source = RecordFile(records)
             n = len(self._source)
         except (RuntimeError, OSError, ValueError) as e:  # ArrayRecord's own checks
             raise _damaged(directory, e) from None
@@ -173,7 +173,7 @@ class StoreRows:
     def take(self, ids) -> dict[str, np.ndarray]:
         ids = np.asarray(ids, np.int64).reshape(-1)
         try:
-            records = self._source.__getitems__([int(i) for i in ids]) if len(ids) else []
+            records = self._source.read(ids)
         except (RuntimeError, OSError, ValueError) as e:
             raise _damaged(self.directory, e) from None
         out = {k: np.empty((len(ids), *shape), dt) for k, dt, shape in self._layout}
