@@ -22,7 +22,7 @@
    against the same loop fed one constant batch already on the device, in one process,
    interleaved round by round; ``idle share = 1 - pipeline / constant`` (the time per step
    the real input adds, as a share of the step). Two pipelines: the batch made inline by
-   the loop (the default) and on the prefetch thread (as before; `train._Loop.inline`).
+   the loop and on the prefetch thread (the default; `train._Loop.inline`).
    Each also reports ``train/input_wait_share``, the constant batch's being the floor of
    that figure (time in ``next()`` with no input work at all).
 
@@ -232,7 +232,7 @@ def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
     optimizer = train.make_optimizer(config.optimizer, steps)
     teacher = train.create_train_state(p.teacher, optimizer, jax.random.key(1), p.sample,
                                        p.mesh)[0].model
-    real_fetch, constant = train._Loop._fetch, {}
+    real_fetch, inline, constant = train._Loop._fetch, train._Loop.inline, {}
 
     def constant_fetch(loop, step):
         if 'batch' not in constant:
@@ -262,7 +262,7 @@ def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
                       f'wait {100 * out[feed]["input_wait_share"][-1]:.2f} %, made inline '
                       f'{100 * out[feed]["input_work_share"][-1]:.2f} %', flush=True)
     finally:
-        train._Loop.inline, train._Loop._fetch = True, real_fetch
+        train._Loop.inline, train._Loop._fetch = inline, real_fetch
     rate = {f: statistics.median(v['steps_per_second']) for f, v in out.items()}
     # paired per round: the load drifts between rounds, less within one
     idle = {f: statistics.median(1 - a / b for a, b in zip(

@@ -120,10 +120,12 @@ def test_whole_batches_are_explicit_and_processes_get_their_grain_dataset(images
     assert not loader.runs_inline(per_example, 'threads')
     assert_equal(shifted.dataset[4], shifted[4])  # the same batches, for worker processes
     given = []
-    monkeypatch.setattr(loader, '_processes', lambda ds, workers: given.append(ds) or iter(()))
+    monkeypatch.setattr(loader, '_processes',
+                        lambda ds, workers, count: given.append((ds, count)) or iter(()))
     loader.iterate(shifted, 2, 6, workers=2, kind='processes')
-    assert len(given) == 1 and isinstance(given[0], grain.MapDataset)
-    assert_equal(given[0][0], shifted[2])  # batches[start:stop] of the Grain dataset
+    (ds, count), = given
+    assert count == 4 and isinstance(ds, grain.MapDataset)
+    assert_equal(ds[0], shifted[2])  # batches[start:] of the Grain dataset
 
 
 def test_worker_kind_default_and_check():

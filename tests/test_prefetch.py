@@ -69,9 +69,9 @@ def plan(data_dir):
 
 
 def test_inline_and_thread_feeds_train_the_same_bits(plan, tmp_path, monkeypatch, capsys):
-    """The digits shift is a `loader.WholeBatches`: the loop makes it inline; on the prefetch
-    thread (``_Loop.inline=False``) the run is the same bit for bit, and so is a run
-    resumed from a checkpoint with the other feed."""
+    """The digits shift is a `loader.WholeBatches`: made inline by the loop
+    (``_Loop.inline=True``) or on the prefetch thread (the default), the run is the same
+    bit for bit, and so is a run resumed from a checkpoint with the other feed."""
     c, p = plan
     batches = p.task.train_batches(0)
     assert loader.runs_inline(batches, 'threads') and not loader.runs_inline(batches,
@@ -85,13 +85,14 @@ def test_inline_and_thread_feeds_train_the_same_bits(plan, tmp_path, monkeypatch
         return (provenance.params_sha256(result.model['params']),
                 result.meta['data']['digest'])
 
+    monkeypatch.setattr(train._Loop, 'inline', True)
     inline = train.run_stage(stage(tmp_path / 'inline'), c, p.mesh, p.sample)
     monkeypatch.setattr(train._Loop, 'inline', False)
     thread = train.run_stage(stage(tmp_path / 'thread'), c, p.mesh, p.sample)
     assert digest(inline) == digest(thread)
-    waits = [h['train/input_wait_share'] for h in inline.meta['history']
-             if 'train/input_wait_share' in h]
-    assert waits and all(0 <= w <= 1 for w in waits)
+    rows = [h for h in inline.meta['history'] if 'train/input_wait_share' in h]
+    assert rows and all(0 <= h['train/input_wait_share'] <= 1
+                        and 0 < h['train/input_work_share'] <= 1 for h in rows)
     shutil.copytree(tmp_path / 'thread', tmp_path / 'resumed',
                     ignore=shutil.ignore_patterns('12'))  # resume from step 10
     monkeypatch.setattr(train._Loop, 'inline', True)

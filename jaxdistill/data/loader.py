@@ -14,10 +14,10 @@ Pillow's resampling release the GIL, so threads overlap on several cores) or pro
 (``'processes'``, Grain's ``mp_prefetch``: no GIL to share, at the price of spawning
 workers that each import the pipeline and receive a pickled copy of it). Batches made by
 a few whole-batch numpy operations on data in memory (`WholeBatches`: the shift of
-``crop``/``flip_crop``) skip the threads: the training loop makes them itself while the
-device runs the previous step (`runs_inline`); they hold the GIL for a fraction of a
-small step, and more threads only contend for it (Grain's advice for data in memory too).
-Measured in benchmarks/input_pipeline.py.
+``crop``/``flip_crop``) skip the worker threads: made on the loop's prefetch thread (or by
+the loop itself: `runs_inline`), they hold the GIL for a fraction of a small step, and more
+threads only contend for it (Grain's advice for data in memory too). Measured in
+benchmarks/input_pipeline.py.
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ class WholeBatches:
 
 
 def runs_inline(batches: Any, kind: str) -> bool:
-    """Whether the training loop makes ``batches`` on its own thread, between dispatching a
-    step and waiting for the one before (`prefetch.Inline`), instead of on a prefetch
-    thread: whole batches of data in memory, with threads."""
+    """Whether the training loop can make ``batches`` on its own thread, between
+    dispatching a step and waiting for the one before (`prefetch.Inline`, when
+    ``train._Loop.inline``), instead of on a prefetch thread: whole batches of data in
+    memory, with threads."""
     return isinstance(batches, WholeBatches) and kind == 'threads'
 
 

@@ -9,8 +9,9 @@ consumed it is dispatched):
   dispatching a step and waiting for the one before. Dispatch is asynchronous, so this
   overlaps the running step as a thread would, without the thread: no hand-off per step
   (a wake-up, a future), and no second thread holding the GIL when the loop needs it to
-  dispatch. For batches that cost a fraction of a step, made from data in memory
-  (benchmarks/NOTES.md 15).
+  dispatch. For batches that cost a fraction of a step, made from data in memory; under
+  CPU contention it was slower than the thread (benchmarks/NOTES.md 15), so the loop uses
+  it only when ``train._Loop.inline`` is set.
 """
 
 from __future__ import annotations
@@ -24,30 +25,39 @@ from typing import Any
 class prefetch:  # noqa: N801 - used as a function: ``for batch in prefetch(...)``
     """Yields ``make(step)`` for ``step`` in ``[start, stop)``, ``depth`` steps ahead, made
     on one background thread. Exceptions raised by ``make`` surface at the step that
-    needed the batch. Use as ``with prefetch(...) as feed`` (stops the thread)."""
+    needed the batch. Use as ``with prefetch(...) as feed`` (stops the thread).
+
+    The batch that replaces one taken is handed to the thread by `advance` (or by the
+    next ``next``, if `advance` was not called): the loop calls it after dispatching its
+    step, just before it blocks on the device, so the thread wakes up when the GIL is
+    about to be free rather than while the loop needs it to dispatch."""
 
     def __init__(self, make: Callable[[int], Any], start: int, stop: int, depth: int = 2):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='jaxdistill-prefetch')
         self.make, self.stop = make, stop
         first = range(start, min(stop, start + depth))
         self._pending = collections.deque(self._pool.submit(make, s) for s in first)
-        self._step = start + len(self._pending)
+        self._step, self._owed = start + len(self._pending), 0
 
     def __iter__(self) -> prefetch:
         return self
 
     def __next__(self) -> Any:
+        self.advance()
         if not self._pending:
             self.close()
             raise StopIteration
         batch = self._pending.popleft().result()
-        if self._step < self.stop:
-            self._pending.append(self._pool.submit(self.make, self._step))
-            self._step += 1
+        self._owed += 1
         return batch
 
     def advance(self) -> None:
-        """Nothing to do: the thread works ahead on its own."""
+        """Hands the thread the batches that replace the ones taken."""
+        for _ in range(self._owed):
+            if self._step < self.stop:
+                self._pending.append(self._pool.submit(self.make, self._step))
+                self._step += 1
+        self._owed = 0
 
     def close(self) -> None:
         for future in self._pending:

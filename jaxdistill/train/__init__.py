@@ -387,9 +387,9 @@ def _keep_model_state_on_skip(step_fn: Callable) -> Callable:
 class _Loop:
     """One stage's steps: metrics, evaluation, checkpoints, preemption, divergence."""
 
-    # Whole batches of data in memory are made by the loop itself (`_feed`); False: by the
-    # prefetch thread, as before (benchmarks/input_pipeline.py measures both).
-    inline = True
+    # Whole batches of data in memory made by the loop itself (`_feed`) instead of the
+    # prefetch thread: measured slower under load (benchmarks/NOTES.md 15), so off.
+    inline = False
 
     def __init__(self, stage: Stage, config, mesh: Mesh, ckpts: StageCheckpoints,
                  meta: dict[str, Any], is_main: bool, started: float):
@@ -427,8 +427,8 @@ class _Loop:
         return provenance.batch_sha256(batch, max_values=4096), self._place(batch)
 
     def _feed(self, start: int):
-        """The batches of steps ``[start, steps)``: made inline by the loop for whole
-        batches of data in memory (`loader.runs_inline`), else by a prefetch thread."""
+        """The batches of steps ``[start, steps)``: made by a prefetch thread, or inline
+        by the loop for whole batches of data in memory if `inline` (`loader.runs_inline`)."""
         self._host = loader.iterate(self.stage.batches, start, self.stage.steps, self.workers,
                                     self.workers_kind)
         if self.inline and loader.runs_inline(self.stage.batches, self.workers_kind):
@@ -441,6 +441,7 @@ class _Loop:
         waiting for input too if the step was over by its end (at most that long the
         device waited on the loop; otherwise the step hid it)."""
         if not isinstance(feed, prefetch_lib.Inline):
+            feed.advance()  # the prefetch thread's next batch, as the loop will block
             return
         t = time.perf_counter()
         feed.advance()
