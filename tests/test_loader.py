@@ -216,9 +216,12 @@ def test_a_killed_worker_process_ends_the_loop_with_a_data_error(images):
     ds = pipeline.train_dataset(images, global_batch=BATCH, seed=SEED, augment='inception_crop',
                                 image_size=16)
     it = loader.iterate(ds, 0, 10**6, workers=2, kind='processes')
-    next(it)
-    workers = [p for p in multiprocessing.active_children()
-               if p.name.startswith(loader.WorkerWatch.PREFIX)]
+    for _ in range(20):  # Grain spawns its workers as it needs their first batches
+        next(it)
+        workers = [p for p in multiprocessing.active_children()
+                   if p.name.startswith(loader.WorkerWatch.PREFIX)]
+        if len(workers) == 2:
+            break
     assert len(workers) == 2
     os.kill(workers[1].pid, signal.SIGKILL)
     t = time.perf_counter()
