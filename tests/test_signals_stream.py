@@ -18,6 +18,7 @@ from jaxdistill.data import packed, text
 from jaxdistill.errors import DataError
 from jaxdistill.signals import cache, sequence, store
 from tests.helpers import load_config
+from tests.test_signals import _rows  # the store tests' rows: three dtypes and shapes
 
 DEVICES = jax.devices()[:1]
 WORDS = ['alpha', 'beta', 'gamma', 'naïve', '你好', 'x', '\n', 'delta epsilon']
@@ -42,12 +43,6 @@ def files_config(files, cache_dir, preset='smoke,cached'):
     c.distill.cache.k = 4
     c.distill.sampling.batch_size = 64
     return c
-
-
-def _rows(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return {'a': rng.integers(0, 1000, (n, 3, 2)).astype(np.uint16),
-            'b': rng.normal(size=(n, 3)).astype(np.float16), 'm': rng.random((n, 4)) > 0.5}
 
 
 # ------------------------------------------------------------------------ the store, lazily
