@@ -42,6 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
+from jaxdistill.audit.lineage import AMBIGUOUS, MIXES
+
 PY = sys.executable
 DIGITS = dict(config='configs/digits.py', teachers=(0, 1, 2, 3), students=(1, 2),
               anchors=(0, 1, 2, 3), signals=('online',),
@@ -258,7 +260,7 @@ def _summary(rows: list[dict], access: str, signal: str | None = None) -> dict:
 
 
 def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
-          ambiguous: int = 5000, watermark: bool = True, mix: str = 'uniform') -> dict:
+          ambiguous: int = AMBIGUOUS, watermark: bool = True, mix: str = 'uniform') -> dict:
     """The lineage test with every teacher of the zoo as the audited one (see the module
     docstring); writes ROOT/audit_zoo.json after each teacher."""
     from jaxdistill.audit import fingerprints as fp
@@ -483,8 +485,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('phase', choices=('build', 'audit'))
     ap.add_argument('--domain', choices=tuple(DOMAINS), required=True)
-    ap.add_argument('--ambiguous', type=int, default=5000, help='audit: mixed image probes')
-    ap.add_argument('--mix', choices=('uniform', 'half'), default='uniform',
+    ap.add_argument('--ambiguous', type=int, default=AMBIGUOUS, help='audit: mixed image probes')
+    ap.add_argument('--mix', choices=MIXES, default=MIXES[0],
                     help='audit: weight of the first image of a mixed probe')
     ap.add_argument('--skip_watermark', action='store_true',
                     help='audit, lm: the lineage test only (no generations for the watermark)')

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxdistill.audit.lineage import AMBIGUOUS, MIXES
 from jaxdistill.audit.stats import AuditError
 
 __all__ = ['AuditError', 'audit', 'watermark_test', 'METHOD']
@@ -61,7 +62,7 @@ def _probe(data: str, suspect, teacher, *, seed: int, ambiguous: int, max_tokens
 
 def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: str = '',
           access: tuple[str, ...] = ('logits', 'top1', 'samples'), alpha: float | None = None,
-          seed: int = 0, ambiguous: int = 5000, max_tokens: int = 20000,
+          seed: int = 0, ambiguous: int = AMBIGUOUS, max_tokens: int = 20000,
           anchors: tuple[str, ...] = (), mix: str = 'uniform') -> dict[str, Any]:
     """Runs the lineage test and writes ``out/audit.json``, ``audit.md``, ``audit.png``.
 
@@ -75,8 +76,8 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
     from jaxdistill.audit import fingerprints, lineage, models, report
 
     references = [r for r in references if r]
-    if mix not in models.MIXES:
-        raise AuditError(f'--mix={mix!r} is not one of {list(models.MIXES)}')
+    if mix not in MIXES:
+        raise AuditError(f'--mix={mix!r} is not one of {list(MIXES)}')
     stats_check(len(references), alpha)
     bad = [a for a in access if a not in fingerprints.ACCESS]
     if bad or not access:

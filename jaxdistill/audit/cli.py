@@ -19,6 +19,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from jaxdistill.audit.lineage import AMBIGUOUS, MIXES
 from jaxdistill.errors import JaxdistillError
 
 _TEACHER = flags.DEFINE_string('teacher', None, 'The model whose lineage is tested.')
@@ -39,11 +40,11 @@ _ALPHA = flags.DEFINE_float('alpha', 0.0, 'Significance level the auditor wants 
                             'to reach (0: none); refused when 1/(references+1) > alpha.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the ambiguous probes, token subsample and '
                              'black-box samples.')
-_AMBIGUOUS = flags.DEFINE_integer('ambiguous', 5000, 'Ambiguous probes added to an image '
+_AMBIGUOUS = flags.DEFINE_integer('ambiguous', AMBIGUOUS, 'Ambiguous probes added to an image '
                                   'probe set (mixes of two test images of different labels, '
                                   'see --mix); the teacher-relative fingerprints are measured '
                                   'on them.')
-_MIX = flags.DEFINE_enum('mix', 'uniform', ['uniform', 'half'], 'Weight of the first image '
+_MIX = flags.DEFINE_enum('mix', MIXES[0], list(MIXES), 'Weight of the first image '
                          'in an ambiguous probe: uniform on [0, 1], or 1/2.')
 _MAX_TOKENS = flags.DEFINE_integer('max_tokens', 20000, 'Most probe tokens for language '
                                    'models (whole test rows; 0: all).')

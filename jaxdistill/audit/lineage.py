@@ -19,6 +19,8 @@ from jaxdistill.audit.stats import AuditError
 
 MIN_ERRORS = 20  # teacher errors needed for error_agreement
 SAMPLES = 4  # draws per probe for --access=samples
+AMBIGUOUS = 5000  # ambiguous image probes by default (docs/audit.md: chosen on the tuning zoo)
+MIXES = ('uniform', 'half')  # how an ambiguous probe weighs its two images; the first: default
 DARK = ('dark_kl_gain', 'dark_residual_rank', 'dark_residual_loglik')
 # With anchors, the score is the teacher-relative fingerprints' (jaxdistill.audit.relative):
 # chosen on the tuning zoo (docs/audit.md); the consensus fingerprints are still reported.

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from jaxdistill import provenance
+from jaxdistill.audit.lineage import MIXES
 from jaxdistill.audit.stats import AuditError
 from jaxdistill.errors import JaxdistillError
 from jaxdistill.models import modules
@@ -38,8 +39,6 @@ from jaxdistill.train import checkpoint as ckpt_lib
 STAGES = ('teacher', 'student', 'baseline')
 MIN_EXAMPLES = 100  # classification probes (test examples)
 MIN_TOKENS = 1000  # language-model probes (real tokens)
-MIXES = ('uniform', 'half')  # how ambiguous image probes weigh their two images
-AMBIGUOUS = 5000  # default number of ambiguous image probes
 
 
 @dataclasses.dataclass
