@@ -1,0 +1,171 @@
+"""Probes crafted from the audited teacher itself (``--probes=boundary|conferrable``).
+
+The auditor owns the teacher white-box, so it can search the input space for where *this*
+teacher is particular, instead of hoping that random mixes of test images land there. A
+student that copied the teacher's function follows it at such inputs; a model that never saw
+its outputs does not. Two searches, both started from the ambiguous mixes of
+`models.image_probe` (so the probe seed still decides everything) and both deterministic:
+
+``boundary``
+    A few DeepFool steps (Moosavi-Dezfooli et al. 2016) on the teacher's margin between its
+    top-2 classes at the start point, ``m(x) = log t_a(x) - log t_b(x)``: ``x <- x - m g /
+    |g|^2`` with ``g = grad m``, projected on an L2 ball of ``radius`` around the start and
+    on the data's range. It brings the teacher to its own decision boundary (top-2 near 50/50)
+    with a small perturbation; where that boundary lies is particular to the teacher.
+``conferrable``
+    Targeted adversarial examples of the teacher that its **anchors** (the owner's
+    independent models of its recipe, ``--anchors``) do not follow (Lukas et al., ICLR 2021,
+    "Deep neural network fingerprinting by conferrable adversarial examples"): signed
+    gradient ascent (``steps`` of ``eps / 4``, L_inf ball of ``eps``, the data's range) on
+    ``log t_y(x) + mean_a log(1 - a_y(x))`` towards the teacher's runner-up class ``y`` at
+    the start. Lukas et al. also ask that surrogate *students* of the teacher follow; the
+    owner may have none, so only the anchor half of their objective is used.
+
+Crafting reads the teacher (and, for ``conferrable``, the anchors) only, never the suspect
+or the references: they stay exchangeable under the null, so the permutation p-value keeps
+its guarantee. The teacher is no longer exchangeable with its anchors on probes made from
+it, so ``p_value_teachers`` is not reported for crafted probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill.audit.stats import AuditError
+
+PROBES = ('mixes', 'boundary', 'conferrable')  # --probes; the first is the default
+STEPS = {'boundary': 10, 'conferrable': 20}
+RADIUS = 1.0  # boundary: L2 bound on the perturbation (an 8x8 digit in [0, 1] has L2 ~3-4)
+EPS = 0.1  # conferrable: L_inf bound on the perturbation
+BATCH = 1024
+
+LogitFn = Callable[[jax.Array], jax.Array]
+
+
+def logit_fn(loaded) -> LogitFn:
+    """The float32 logits of a loaded model (`models.Loaded`) as a function of its inputs."""
+    v = loaded.variables
+    return lambda x: loaded.model.apply(v['params'], v['state'], x,
+                                        train=False)[0].astype(jnp.float32)
+
+
+def check(probes: str, *, task: str, anchors: int, ambiguous: int) -> None:
+    """One-line errors for a probe kind this audit cannot craft."""
+    if probes not in PROBES:
+        raise AuditError(f'--probes={probes!r} is not one of {list(PROBES)}')
+    if probes == 'mixes':
+        return
+    if task != 'classification':
+        raise AuditError(f'--probes={probes}: crafted probes are for image classifiers; a '
+                         'language model is probed on text (use --probes=mixes, the default)')
+    if ambiguous <= 0:
+        raise AuditError(f'--probes={probes} starts from the ambiguous mixes: give '
+                         '--ambiguous > 0')
+    if probes == 'conferrable' and anchors == 0:
+        raise AuditError('--probes=conferrable needs --anchors (the owner\'s independent '
+                         'models of the teacher\'s recipe, which the crafted probes must not '
+                         'fool): give --anchors=M,... or use --probes=boundary')
+
+
+def _sqnorm(x: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)))
+
+
+def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
+    return v.reshape(v.shape + (1,) * (x.ndim - 1))
+
+
+def boundary(teacher: LogitFn, x0: np.ndarray, *, steps: int = STEPS['boundary'],
+             radius: float = RADIUS, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """``x0 [N, ...]`` moved towards the teacher's boundary between its top-2 classes at
+    ``x0`` (DeepFool steps, L2 ball of ``radius``, box ``[lo, hi]``)."""
+
+    @jax.jit
+    def run(x0):
+        top2 = jnp.argsort(teacher(x0), -1)[:, -2:]
+        a, b = top2[:, 1], top2[:, 0]
+        rows = jnp.arange(len(x0))
+
+        def margin(x):
+            z = teacher(x)
+            m = z[rows, a] - z[rows, b]  # = log t_a - log t_b
+            return m.sum(), m
+
+        def step(x, _):
+            g, m = jax.grad(margin, has_aux=True)(x)
+            x = x - _bcast(m / (_sqnorm(g) + 1e-12), g) * g
+            d = x - x0
+            scale = jnp.minimum(1.0, radius / (jnp.sqrt(_sqnorm(d)) + 1e-12))
+            return jnp.clip(x0 + _bcast(scale, d) * d, lo, hi), None
+
+        return jax.lax.scan(step, x0, None, length=steps)[0]
+
+    return _batched(run, x0)
+
+
+def conferrable(teacher: LogitFn, anchors: list[LogitFn], x0: np.ndarray, *,
+                steps: int = STEPS['conferrable'], eps: float = EPS, lo: float = 0.0,
+                hi: float = 1.0) -> np.ndarray:
+    """``x0 [N, ...]`` pushed (signed gradient, L_inf ball of ``eps``, box ``[lo, hi]``)
+    towards the teacher's runner-up class ``y`` at ``x0`` and away from ``y`` for every
+    anchor: ascent on ``log t_y(x) + mean_a log(1 - a_y(x))``."""
+    if not anchors:
+        raise AuditError('conferrable probes need anchors (--anchors)')
+
+    @jax.jit
+    def run(x0):
+        y = jnp.argsort(teacher(x0), -1)[:, -2]
+        rows = jnp.arange(len(x0))
+
+        def objective(x):
+            lt = jax.nn.log_softmax(teacher(x))[rows, y]
+            away = 0.0
+            for f in anchors:
+                la = jax.nn.log_softmax(f(x))
+                rest = la.at[rows, y].set(-jnp.inf)
+                away = away + jax.nn.logsumexp(rest, -1)  # log(1 - a_y)
+            return jnp.sum(lt + away / len(anchors))
+
+        def step(x, _):
+            g = jax.grad(objective)(x)
+            x = x + (eps / 4) * jnp.sign(g)
+            return jnp.clip(jnp.clip(x, x0 - eps, x0 + eps), lo, hi), None
+
+        return jax.lax.scan(step, x0, None, length=steps)[0]
+
+    return _batched(run, x0)
+
+
+def _batched(run, x0: np.ndarray) -> np.ndarray:
+    x0 = np.asarray(x0, np.float32)
+    out = []
+    for s in range(0, len(x0), BATCH):
+        chunk = x0[s:s + BATCH]
+        pad = BATCH - len(chunk) if len(x0) > BATCH else 0  # one compiled shape
+        padded = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk
+        out.append(np.asarray(run(jnp.asarray(padded)))[:len(chunk)])
+    return np.concatenate(out) if out else x0
+
+
+def craft_probe(probes: str, probe, teacher: LogitFn, anchors: list[LogitFn] = (), **kw):
+    """``probe`` (`models.image_probe`: test images, then mixes) with its ambiguous part
+    replaced by ``probes``-crafted versions of the mixes; the box is the test images' range;
+    ``kw``: `boundary`'s or `conferrable`'s settings. ``'mixes'`` returns ``probe``."""
+    if probes == 'mixes':
+        return probe
+    check(probes, task=probe.task, anchors=len(anchors), ambiguous=int(probe.ambiguous.sum()))
+    clean = probe.inputs[~probe.ambiguous]
+    lo, hi = float(clean.min()), float(clean.max())
+    start = probe.inputs[probe.ambiguous]
+    if probes == 'boundary':
+        crafted = boundary(teacher, start, lo=lo, hi=hi, **kw)
+    else:
+        crafted = conferrable(teacher, list(anchors), start, lo=lo, hi=hi, **kw)
+    inputs = probe.inputs.copy()
+    inputs[probe.ambiguous] = crafted
+    return dataclasses.replace(probe, inputs=inputs, source=f'{probe.source} ({probes} probes)')
