@@ -302,7 +302,9 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
     suspects = [m for m in zoo if m['role'] in ('student', 'baseline')]
     first = os.path.dirname(teachers[0]['path'])
     base = audit_models.probe_from_run(audit_models.read_config(first), seed=seed,
-                                       ambiguous=ambiguous, max_tokens=10000, source=first,
+                                       ambiguous=craft.drawn(probes, ambiguous, (
+                                           crafting or {}).get('pool', craft.POOL)),
+                                       max_tokens=10000, source=first,
                                        mix=mix)
     craft.check(probes, task=base.task, anchors=len(anchor_models), ambiguous=ambiguous)
     if probes == PROBES[0]:
@@ -340,7 +342,7 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
             cols = [every.index(n) for n in score_names]
             full = np.array([[v[n] for n in every] for v in vectors])
             p_teachers = [_teachers_p(access, t_out, a_outs, outs[m['path']], probe, seed, j)
-                          for j, m in enumerate(suspects)] if a_outs and probes == 'mixes' \
+                          for j, m in enumerate(suspects)] if a_outs and not probe.crafted \
                 else None  # crafted from the teacher: it is not exchangeable with its anchors
             for i, m in enumerate(suspects):
                 pool = [i] + [j for j in negatives if j != i]
@@ -556,7 +558,7 @@ def _settings(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(',')):
         k, v = item.split('=')
-        out[k] = int(v) if k == 'steps' else float(v)
+        out[k] = int(v) if k in ('steps', 'pool') else float(v)
     return out
 
 

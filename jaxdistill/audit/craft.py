@@ -36,12 +36,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill.audit.lineage import PROBES
 from jaxdistill.audit.stats import AuditError
 
-PROBES = ('mixes', 'boundary', 'conferrable')  # --probes; the first is the default
+__all__ = ['PROBES', 'boundary', 'check', 'conferrable', 'craft_probe', 'divergent',
+           'drawn', 'logit_fn']
 STEPS = {'boundary': 10, 'conferrable': 20}
 RADIUS = 1.0  # boundary: L2 bound on the perturbation (an 8x8 digit in [0, 1] has L2 ~3-4)
+MARGIN = 0.0  # boundary: target |log t_a - log t_b| (0: on the boundary)
 EPS = 0.1  # conferrable: L_inf bound on the perturbation
+POOL = 8  # divergent: candidate mixes drawn per probe kept
 BATCH = 1024
 
 LogitFn = Callable[[jax.Array], jax.Array]
@@ -66,10 +70,16 @@ def check(probes: str, *, task: str, anchors: int, ambiguous: int) -> None:
     if ambiguous <= 0:
         raise AuditError(f'--probes={probes} starts from the ambiguous mixes: give '
                          '--ambiguous > 0')
-    if probes == 'conferrable' and anchors == 0:
-        raise AuditError('--probes=conferrable needs --anchors (the owner\'s independent '
+    if probes in ('conferrable', 'divergent') and anchors == 0:
+        raise AuditError(f'--probes={probes} needs --anchors (the owner\'s independent '
                          'models of the teacher\'s recipe, which the crafted probes must not '
                          'fool): give --anchors=M,... or use --probes=boundary')
+
+
+def drawn(probes: str, ambiguous: int, pool: int = POOL) -> int:
+    """How many mixes to draw for ``ambiguous`` probes of this kind (`divergent` keeps the
+    ``ambiguous`` of ``pool`` times as many candidates)."""
+    return ambiguous * int(pool) if probes == 'divergent' else ambiguous
 
 
 def _sqnorm(x: jax.Array) -> jax.Array:
@@ -81,24 +91,29 @@ def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def boundary(teacher: LogitFn, x0: np.ndarray, *, steps: int = STEPS['boundary'],
-             radius: float = RADIUS, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+             radius: float = RADIUS, lo: float = 0.0, hi: float = 1.0,
+             margin: float = MARGIN) -> np.ndarray:
     """``x0 [N, ...]`` moved towards the teacher's boundary between its top-2 classes at
-    ``x0`` (DeepFool steps, L2 ball of ``radius``, box ``[lo, hi]``)."""
+    ``x0`` (DeepFool steps, L2 ball of ``radius``, box ``[lo, hi]``). ``margin > 0``: to
+    ``log t_a - log t_b = +margin`` (even probes) or ``-margin`` (odd), just on either side
+    of the boundary, where the teacher decides and a model with its own boundary does not
+    follow it on both sides."""
 
     @jax.jit
     def run(x0):
         top2 = jnp.argsort(teacher(x0), -1)[:, -2:]
         a, b = top2[:, 1], top2[:, 0]
         rows = jnp.arange(len(x0))
+        target = margin * (1.0 - 2.0 * (rows % 2))
 
-        def margin(x):
+        def gap(x):
             z = teacher(x)
             m = z[rows, a] - z[rows, b]  # = log t_a - log t_b
             return m.sum(), m
 
         def step(x, _):
-            g, m = jax.grad(margin, has_aux=True)(x)
-            x = x - _bcast(m / (_sqnorm(g) + 1e-12), g) * g
+            g, m = jax.grad(gap, has_aux=True)(x)
+            x = x - _bcast((m - target) / (_sqnorm(g) + 1e-12), g) * g
             d = x - x0
             scale = jnp.minimum(1.0, radius / (jnp.sqrt(_sqnorm(d)) + 1e-12))
             return jnp.clip(x0 + _bcast(scale, d) * d, lo, hi), None
@@ -141,6 +156,28 @@ def conferrable(teacher: LogitFn, anchors: list[LogitFn], x0: np.ndarray, *,
     return _batched(run, x0)
 
 
+def divergence(teacher: LogitFn, anchors: list[LogitFn], x: np.ndarray) -> np.ndarray:
+    """``[N]``: mean over anchors of ``KL(t(x) || a(x))`` (nats)."""
+
+    @jax.jit
+    def run(x):
+        lt = jax.nn.log_softmax(teacher(x))
+        kl = [jnp.sum(jnp.exp(lt) * (lt - jax.nn.log_softmax(f(x))), -1) for f in anchors]
+        return jnp.mean(jnp.stack(kl), 0)
+
+    return _batched(run, x)
+
+
+def divergent(teacher: LogitFn, anchors: list[LogitFn], x: np.ndarray, keep: int) -> np.ndarray:
+    """Indices (ascending) of the ``keep`` inputs of ``x`` where the teacher departs most
+    from its anchors (`divergence`): candidates drawn like the distiller's own inputs (mixes
+    of two images), so that a student, which learned the teacher there, can follow it."""
+    if not anchors:
+        raise AuditError('divergent probes need anchors (--anchors)')
+    d = divergence(teacher, anchors, x)
+    return np.sort(np.argsort(-d, kind='stable')[:keep])
+
+
 def _batched(run, x0: np.ndarray) -> np.ndarray:
     x0 = np.asarray(x0, np.float32)
     out = []
@@ -155,17 +192,28 @@ def _batched(run, x0: np.ndarray) -> np.ndarray:
 def craft_probe(probes: str, probe, teacher: LogitFn, anchors: list[LogitFn] = (), **kw):
     """``probe`` (`models.image_probe`: test images, then mixes) with its ambiguous part
     replaced by ``probes``-crafted versions of the mixes; the box is the test images' range;
-    ``kw``: `boundary`'s or `conferrable`'s settings. ``'mixes'`` returns ``probe``."""
+    ``kw``: `boundary`'s or `conferrable`'s settings; ``divergent`` keeps the
+    ``len(mixes) / POOL`` mixes of `divergent` (draw them with `drawn`). ``'mixes'`` returns
+    ``probe``."""
     if probes == 'mixes':
         return probe
     check(probes, task=probe.task, anchors=len(anchors), ambiguous=int(probe.ambiguous.sum()))
     clean = probe.inputs[~probe.ambiguous]
     lo, hi = float(clean.min()), float(clean.max())
     start = probe.inputs[probe.ambiguous]
+    if probes == 'divergent':
+        pool = kw.get('pool', POOL)
+        keep = divergent(teacher, list(anchors), start, max(1, len(start) // int(pool)))
+        rows = np.r_[np.flatnonzero(~probe.ambiguous), np.flatnonzero(probe.ambiguous)[keep]]
+        return dataclasses.replace(
+            probe, inputs=probe.inputs[rows], labels=probe.labels[rows],
+            weights=probe.weights[rows], ambiguous=probe.ambiguous[rows], crafted=probes,
+            source=f'{probe.source} ({probes} probes)')
     if probes == 'boundary':
         crafted = boundary(teacher, start, lo=lo, hi=hi, **kw)
     else:
         crafted = conferrable(teacher, list(anchors), start, lo=lo, hi=hi, **kw)
     inputs = probe.inputs.copy()
     inputs[probe.ambiguous] = crafted
-    return dataclasses.replace(probe, inputs=inputs, source=f'{probe.source} ({probes} probes)')
+    return dataclasses.replace(probe, inputs=inputs, crafted=probes,
+                               source=f'{probe.source} ({probes} probes)')
