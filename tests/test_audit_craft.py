@@ -1,5 +1,5 @@
 """jaxdistill/audit/craft.py: probes crafted from the teacher move it to its boundary (or
-away from its anchors), deterministically, and the permutation p-value stays calibrated
+away from its anchors, or are the mixes where it departs from them), deterministically, and the permutation p-value stays calibrated
 under the null on them (crafting never sees the suspect or the references)."""
 
 import math
@@ -71,6 +71,38 @@ def test_boundary_brings_the_teacher_to_its_top2_boundary_with_a_small_step():
     assert crafted.crafted == 'boundary' and probe.crafted == ''
 
 
+def test_boundary_margin_puts_the_teacher_on_either_side():
+    task, teacher, _, _ = _zoo()
+    probe = _probe(task)
+    amb = probe.ambiguous
+    x0 = probe.inputs[amb]
+    x = craft.boundary(teacher, x0, margin=0.85, radius=3.0)
+    before, after = _logp(teacher, x0), _logp(teacher, x)
+    top2 = np.argsort(before, -1)[:, -2:]
+    rows = np.arange(len(x))
+    gap = after[rows, top2[:, 1]] - after[rows, top2[:, 0]]
+    want = np.where(rows % 2 == 0, 0.85, -0.85)
+    assert np.mean(np.abs(gap - want) < 0.05) > 0.9, np.quantile(np.abs(gap - want), [.5, .9])
+
+
+def test_divergent_keeps_the_mixes_where_the_teacher_departs_from_its_anchors():
+    task, teacher, anchors, _ = _zoo()
+    probe = _probe(task, ambiguous=craft.drawn('divergent', 50))
+    kept = craft.craft_probe('divergent', probe, teacher, anchors)
+    assert kept.ambiguous.sum() == 50 and (~kept.ambiguous).sum() == (~probe.ambiguous).sum()
+    d_all = craft.divergence(teacher, anchors, probe.inputs[probe.ambiguous])
+    d_kept = craft.divergence(teacher, anchors, kept.inputs[kept.ambiguous])
+    np.testing.assert_allclose(np.sort(d_kept), np.sort(d_all)[-50:], rtol=1e-5)
+    # against a direct loop: mean over anchors of KL(t || a)
+    x = probe.inputs[probe.ambiguous][:5]
+    lt = _logp(teacher, x)
+    loop = [np.mean([np.sum(np.exp(lt[i]) * (lt[i] - _logp(a, x)[i])) for a in anchors])
+            for i in range(5)]
+    np.testing.assert_allclose(d_all[:5], loop, rtol=1e-4)
+    np.testing.assert_array_equal(kept.inputs[~kept.ambiguous], probe.inputs[~probe.ambiguous])
+    assert np.all(kept.labels[kept.ambiguous] == -1)
+
+
 def set_equal(a, b):
     return np.all(np.sort(a, -1) == np.sort(b, -1), -1)
 
@@ -99,7 +131,7 @@ def test_conferrable_moves_the_teacher_to_its_runner_up_and_not_the_anchors():
 def test_crafting_is_deterministic_per_seed_and_mixes_are_left_alone():
     task, teacher, anchors, _ = _zoo()
     probe = _probe(task, seed=0)
-    for kind in ('boundary', 'conferrable'):
+    for kind in ('boundary', 'conferrable', 'divergent'):
         a = craft.craft_probe(kind, probe, teacher, anchors)
         b = craft.craft_probe(kind, probe, teacher, anchors)
         np.testing.assert_array_equal(a.inputs, b.inputs)
@@ -115,8 +147,9 @@ def test_p_values_stay_calibrated_under_the_null_on_crafted_probes():
     task, teacher, anchors, _ = _zoo(seed=3)
     k, draws = 5, 150
     rng = np.random.default_rng(5)
-    for kind in ('boundary', 'conferrable'):
-        probe = craft.craft_probe(kind, _probe(task, seed=3, ambiguous=150), teacher, anchors)
+    for kind in ('boundary', 'conferrable', 'divergent'):
+        probe = craft.craft_probe(kind, _probe(task, seed=3, ambiguous=craft.drawn(kind, 150)),
+                                  teacher, anchors)
         x = jnp.asarray(probe.inputs)
         t_out = np.asarray(teacher(x))
         a_outs = [np.asarray(a(x)) for a in anchors]
@@ -149,8 +182,9 @@ def test_bad_probe_kinds_are_one_line_errors():
         craft.check('boundary', task='lm', anchors=2, ambiguous=10)
     with pytest.raises(AuditError, match='--ambiguous > 0'):
         craft.check('boundary', task='classification', anchors=2, ambiguous=0)
-    with pytest.raises(AuditError, match='--probes=conferrable needs --anchors'):
-        craft.check('conferrable', task='classification', anchors=0, ambiguous=10)
+    for kind in ('conferrable', 'divergent'):
+        with pytest.raises(AuditError, match=f'--probes={kind} needs --anchors'):
+            craft.check(kind, task='classification', anchors=0, ambiguous=10)
     craft.check('boundary', task='classification', anchors=0, ambiguous=10)  # no anchors needed
     from jaxdistill.audit import audit
     with pytest.raises(AuditError, match='--probes=conferrable needs --anchors'):

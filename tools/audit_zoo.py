@@ -252,6 +252,10 @@ def _crafted(zoo: list[dict], probe, probes: str, crafting: dict) -> dict[str, o
     from jaxdistill.audit import craft
     from jaxdistill.audit import models as audit_models
 
+    if probes == 'sampled':
+        return {m['path']: craft.sampled_probe(audit_models.load(m['path'], m['path']), probe,
+                                               **crafting)
+                for m in zoo if m['role'] == 'teacher'}
     fns = {m['path']: craft.logit_fn(audit_models.load(m['path'], m['path']))
            for m in zoo if m['role'] in ('teacher', 'anchor')}
     anchors = [fns[m['path']] for m in zoo if m['role'] == 'anchor']
@@ -310,7 +314,8 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
     if probes == PROBES[0]:
         per_teacher = {t['path']: base for t in teachers}
     else:
-        per_teacher = _crafted(zoo, base, probes, crafting or {})
+        extra = {'seed': seed} if probes == 'sampled' else {}
+        per_teacher = _crafted(zoo, base, probes, {**extra, **(crafting or {})})
     sets = list(per_teacher.values())
     every_outs = dict(zip(per_teacher, _outputs_many(root, zoo, sets)))
     rows, result = [], {'domain': domain, 'root': root, 'seed': seed, 'seed_base': seed_base,
@@ -368,7 +373,7 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
             json.dump(result, f, indent=1)
         print(f'{t["teacher"]}: ' + json.dumps({a: v['all'] for a, v in
                                                  result['summary'].items()}), flush=True)
-    if domain == 'lm' and watermark:
+    if domain == 'lm' and watermark and probes == PROBES[0]:  # on the test text
         result['watermark'] = audit_watermark(root, zoo, probe, outs, seed)
         with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
             json.dump(result, f, indent=1)

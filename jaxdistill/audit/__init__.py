@@ -103,8 +103,12 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
     probe = _probe(data, s, t, seed=seed, ambiguous=craft.drawn(probes, ambiguous),
                    max_tokens=max_tokens, mix=mix)
     # crafted from the teacher and the anchors only: never the suspect or the references
-    probe = craft.craft_probe(probes, probe, craft.logit_fn(t),
-                              [craft.logit_fn(a) for a in anchor_models])
+    craft.check(probes, task=probe.task, anchors=len(anchor_models), ambiguous=ambiguous)
+    if probes == 'sampled':
+        probe = craft.sampled_probe(t, probe, seed=seed)
+    else:
+        probe = craft.craft_probe(probes, probe, craft.logit_fn(t),
+                                  [craft.logit_fn(a) for a in anchor_models])
     t_out = models.outputs(t, probe)
     s_out = models.outputs(s, probe)
     lineage.check_output_space(t_out, s_out, suspect, '--suspect')

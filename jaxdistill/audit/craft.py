@@ -21,6 +21,14 @@ its outputs does not. Two searches, both started from the ambiguous mixes of
     the start. Lukas et al. also ask that surrogate *students* of the teacher follow; the
     owner may have none, so only the anchor half of their objective is used.
 
+``divergent``
+    No search: of ``POOL`` times as many mixes, the ones where the teacher departs most from
+    its anchors (mean ``KL(t || a)``), so the probes stay the distiller's own kind of input.
+``sampled`` (language models)
+    Instead of the test text, the teacher's own continuations of its first quarter, sampled
+    at ``TEMPERATURE`` > 1: text off the corpus's manifold, which a copy of the teacher has
+    seen it write (sequence-level students literally) and an independent model has not.
+
 Crafting reads the teacher (and, for ``conferrable``, the anchors) only, never the suspect
 or the references: they stay exchangeable under the null, so the permutation p-value keeps
 its guarantee. The teacher is no longer exchangeable with its anchors on probes made from
@@ -40,12 +48,14 @@ from jaxdistill.audit.lineage import PROBES
 from jaxdistill.audit.stats import AuditError
 
 __all__ = ['PROBES', 'boundary', 'check', 'conferrable', 'craft_probe', 'divergent',
-           'drawn', 'logit_fn']
+           'drawn', 'logit_fn', 'sampled_probe']
 STEPS = {'boundary': 10, 'conferrable': 20}
 RADIUS = 1.0  # boundary: L2 bound on the perturbation (an 8x8 digit in [0, 1] has L2 ~3-4)
 MARGIN = 0.0  # boundary: target |log t_a - log t_b| (0: on the boundary)
 EPS = 0.1  # conferrable: L_inf bound on the perturbation
 POOL = 8  # divergent: candidate mixes drawn per probe kept
+TEMPERATURE = 1.5  # sampled: the teacher's sampling temperature
+IMAGE = ('boundary', 'conferrable', 'divergent')
 BATCH = 1024
 
 LogitFn = Callable[[jax.Array], jax.Array]
@@ -64,9 +74,16 @@ def check(probes: str, *, task: str, anchors: int, ambiguous: int) -> None:
         raise AuditError(f'--probes={probes!r} is not one of {list(PROBES)}')
     if probes == 'mixes':
         return
+    if probes == 'sampled':
+        if task != 'lm':
+            raise AuditError('--probes=sampled: the teacher\'s sampled text is for language '
+                             'models; for an image classifier use mixes, boundary, conferrable '
+                             'or divergent')
+        return
     if task != 'classification':
         raise AuditError(f'--probes={probes}: crafted probes are for image classifiers; a '
-                         'language model is probed on text (use --probes=mixes, the default)')
+                         'language model is probed on text (--probes=mixes: its test text, or '
+                         '--probes=sampled: the teacher\'s own samples)')
     if ambiguous <= 0:
         raise AuditError(f'--probes={probes} starts from the ambiguous mixes: give '
                          '--ambiguous > 0')
@@ -197,6 +214,9 @@ def craft_probe(probes: str, probe, teacher: LogitFn, anchors: list[LogitFn] = (
     ``probe``."""
     if probes == 'mixes':
         return probe
+    if probes == 'sampled':
+        raise AuditError('--probes=sampled: call sampled_probe (it needs the teacher\'s '
+                         'decoder, not its logits)')
     check(probes, task=probe.task, anchors=len(anchors), ambiguous=int(probe.ambiguous.sum()))
     clean = probe.inputs[~probe.ambiguous]
     lo, hi = float(clean.min()), float(clean.max())
@@ -217,3 +237,26 @@ def craft_probe(probes: str, probe, teacher: LogitFn, anchors: list[LogitFn] = (
     inputs[probe.ambiguous] = crafted
     return dataclasses.replace(probe, inputs=inputs, crafted=probes,
                                source=f'{probe.source} ({probes} probes)')
+
+
+def sampled_probe(teacher, probe, *, seed: int, temperature: float = TEMPERATURE):
+    """A language-model ``probe`` (token rows) replaced by the ``teacher``'s (a
+    `models.Loaded` decoder) continuations of each row's first quarter, sampled at
+    ``temperature`` with ``seed``; the probe tokens are the generated ones."""
+    from jaxdistill.audit.models import Probe
+    from jaxdistill.models import sampling
+
+    check('sampled', task=probe.task, anchors=0, ambiguous=0)
+    rows = np.asarray(probe.inputs)
+    prompt = rows.shape[1] // 4
+    tokens, generated = sampling.generate(
+        teacher.model.module, teacher.variables['params'], rows[:, :prompt],
+        np.full(len(rows), prompt, np.int32), rows.shape[1] - prompt, jax.random.key(seed),
+        temperature=temperature)
+    tokens, generated = np.asarray(tokens), np.asarray(generated, bool)
+    mask = np.zeros_like(generated)
+    mask[:, :-1] = generated[:, 1:]  # the positions whose next token the teacher wrote
+    labels = np.roll(tokens, -1, axis=1)[mask].astype(np.int64)
+    return Probe('lm', tokens, labels, np.ones(len(labels)), np.zeros(len(labels), bool),
+                 f'{probe.source} (the teacher\'s samples at T = {temperature:g})',
+                 token_mask=mask, crafted='sampled')

@@ -21,8 +21,9 @@ MIN_ERRORS = 20  # teacher errors needed for error_agreement
 SAMPLES = 4  # draws per probe for --access=samples
 AMBIGUOUS = 5000  # ambiguous image probes by default (docs/audit.md: chosen on the tuning zoo)
 MIXES = ('uniform', 'half')  # how an ambiguous probe weighs its two images; the first: default
-# --probes: the mixes as drawn, or crafted from the teacher (jaxdistill.audit.craft); first: default
-PROBES = ('mixes', 'boundary', 'conferrable', 'divergent')
+# --probes: the mixes (lm: test text) as drawn, or crafted from the teacher
+# (jaxdistill.audit.craft; 'sampled': language models); the first is the default
+PROBES = ('mixes', 'boundary', 'conferrable', 'divergent', 'sampled')
 DARK = ('dark_kl_gain', 'dark_residual_rank', 'dark_residual_loglik')
 # With anchors, the score is the teacher-relative fingerprints' (jaxdistill.audit.relative):
 # chosen on the tuning zoo (docs/audit.md); the consensus fingerprints are still reported.
