@@ -50,9 +50,9 @@ from jaxdistill.audit.stats import AuditError
 __all__ = ['PROBES', 'boundary', 'check', 'conferrable', 'craft_probe', 'divergent',
            'drawn', 'logit_fn', 'sampled_probe']
 STEPS = {'boundary': 10, 'conferrable': 20}
-RADIUS = 1.0  # boundary: L2 bound on the perturbation (an 8x8 digit in [0, 1] has L2 ~3-4)
+RADIUS = 0.5  # boundary: L2 bound on the step (an 8x8 digit in [0, 1] has L2 ~3-4; tuned)
 MARGIN = 0.0  # boundary: target |log t_a - log t_b| (0: on the boundary)
-EPS = 0.1  # conferrable: L_inf bound on the perturbation
+EPS = 0.05  # conferrable: L_inf bound on the perturbation (tuned)
 POOL = 8  # divergent: candidate mixes drawn per probe kept
 TEMPERATURE = 1.5  # sampled: the teacher's sampling temperature
 IMAGE = ('boundary', 'conferrable', 'divergent')
