@@ -1,6 +1,7 @@
 """jaxdistill/audit/craft.py: probes crafted from the teacher move it to its boundary (or
-away from its anchors, or are the mixes where it departs from them), deterministically, and the permutation p-value stays calibrated
-under the null on them (crafting never sees the suspect or the references)."""
+away from its anchors, or are the mixes where it departs from them, or its own sampled
+text), deterministically, and the permutation p-value stays calibrated under the null on
+them (crafting never sees the suspect or the references)."""
 
 import math
 import subprocess
@@ -199,3 +200,35 @@ def test_cli_rejects_a_bad_probes_value_in_one_line(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and '--probes' in lines[0] and 'boundary' in lines[0], out.stderr
     assert not (tmp_path / 'o').exists()
+
+
+def test_sampled_probe_is_the_teachers_own_text_deterministic_per_seed():
+    from types import SimpleNamespace
+
+    from jaxdistill.models.decoder import Decoder
+    from tests.test_decoder import CFG, random_params
+
+    model = Decoder(**CFG)
+    teacher = SimpleNamespace(model=SimpleNamespace(module=model),
+                              variables={'params': random_params(model, seed=3)})
+    rng = np.random.default_rng(0)
+    rows = rng.integers(3, CFG['vocab_size'], (6, 16)).astype(np.int32)
+    text = audit_models.Probe('lm', rows, np.zeros(90, np.int64), np.ones(90),
+                              np.zeros(90, bool), 'syn', token_mask=np.ones((6, 16), bool))
+    a = craft.sampled_probe(teacher, text, seed=0)
+    b = craft.sampled_probe(teacher, text, seed=0)
+    c = craft.sampled_probe(teacher, text, seed=1)
+    np.testing.assert_array_equal(a.inputs, b.inputs)
+    assert not np.array_equal(a.inputs, c.inputs)
+    np.testing.assert_array_equal(a.inputs[:, :4], rows[:, :4])  # the first quarter: prompts
+    assert not np.array_equal(a.inputs[:, 4:], rows[:, 4:])
+    # each probe token is a position whose next token the teacher wrote: positions 3..14
+    want = np.zeros((6, 16), bool)
+    want[:, 3:15] = True
+    np.testing.assert_array_equal(a.token_mask, want)
+    np.testing.assert_array_equal(a.labels, a.inputs[:, 4:].ravel())
+    assert a.size == 6 * 12 and a.crafted == 'sampled' and not a.ambiguous.any()
+    with pytest.raises(AuditError, match='--probes=sampled: the teacher'):
+        craft.sampled_probe(teacher, _probe(_zoo()[0]), seed=0)
+    with pytest.raises(AuditError, match='--probes=boundary: crafted probes are for image'):
+        craft.check('boundary', task='lm', anchors=1, ambiguous=0)
