@@ -22,7 +22,10 @@
    against the same loop fed one constant batch already on the device, in one process,
    interleaved round by round; ``idle share = 1 - pipeline / constant`` (the time per step
    the real input adds, as a share of the step). Two pipelines: the batch made inline by
-   the loop and on the prefetch thread (the default; `train._Loop.inline`).
+   the loop and on the prefetch thread (the default; `train._Loop.inline`). A fourth feed,
+   ``placed``, makes and places every real batch of the stage before its clock starts, so
+   ``placed`` vs ``constant`` is what different batches cost the step by themselves, and
+   ``thread`` vs ``placed`` what making them while it runs costs.
    Each also reports ``train/input_wait_share``, the constant batch's being the floor of
    that figure (time in ``next()`` with no input work at all).
 
@@ -214,7 +217,7 @@ def input_wait(name: str, root: str) -> dict[str, Any]:
             'load': load_average(), 'args': JOBS[name]}
 
 
-DEVICE_IDLE_FEEDS = ('inline', 'thread', 'constant')
+DEVICE_IDLE_FEEDS = ('inline', 'thread', 'constant', 'placed')
 
 
 def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
@@ -239,14 +242,22 @@ def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
             constant['batch'] = jax.block_until_ready(real_fetch(loop, step))
         return constant['batch']
 
+    def placed_fetch(loop, step):
+        if step == 0:  # the stage's first (compiling) step: its clock starts after it
+            loop.placed = jax.block_until_ready(
+                [real_fetch(loop, s) for s in range(loop.stage.steps)])
+        return loop.placed[step]
+
+    fetches = {'constant': constant_fetch, 'placed': placed_fetch}
     out: dict[str, dict[str, list[float]]] = {
         f: {'steps_per_second': [], 'input_wait_share': [], 'input_work_share': []}
         for f in DEVICE_IDLE_FEEDS}
     try:
         for r in range(rounds):
-            for feed in DEVICE_IDLE_FEEDS[r % 3:] + DEVICE_IDLE_FEEDS[:r % 3]:
+            n = len(DEVICE_IDLE_FEEDS)
+            for feed in DEVICE_IDLE_FEEDS[r % n:] + DEVICE_IDLE_FEEDS[:r % n]:
                 train._Loop.inline = feed != 'thread'
-                train._Loop._fetch = constant_fetch if feed == 'constant' else real_fetch
+                train._Loop._fetch = fetches.get(feed, real_fetch)
                 stage = train.Stage(
                     'student', f'{root}/{feed}{r}', p.student, p.objective, steps, config.seed,
                     p.task.train_batches(config.seed, 'transfer'), teacher=p.teacher,
@@ -267,7 +278,7 @@ def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
     # paired per round: the load drifts between rounds, less within one
     idle = {f: statistics.median(1 - a / b for a, b in zip(
         out[f]['steps_per_second'], out['constant']['steps_per_second'], strict=True))
-        for f in ('inline', 'thread')}
+        for f in ('inline', 'thread', 'placed')}
     return {'steps_per_second': rate, 'device_idle_share': idle,
             'input_wait_share': {f: statistics.median(v['input_wait_share'])
                                  for f, v in out.items()},
