@@ -1,7 +1,7 @@
 """Markdown tables of a measured audit zoo (tools/audit_zoo.py ... audit).
 
     python tools/audit_summary.py workdir/zoo_digits workdir/zoo_lm workdir/zoo_protect
-    python tools/audit_summary.py --probes workdir/zoo_digits   # every audit_zoo*.json
+    python tools/audit_summary.py --probes workdir/zoo_digits   # every audit_zoo_*.json
 
 ``--probes``: one table per zoo comparing the probe kinds (``audit_zoo.py audit --probes``),
 each kind's AUC per access mode as mean ± sd over the probe seeds audited (with the seeds).
@@ -130,13 +130,15 @@ def protections(result: dict) -> list[str]:
 
 
 def compare(root: str) -> list[str]:
-    """Every ``ROOT/audit_zoo*.json``, grouped by probe kind and crafting settings: ROC AUC
-    (mean ± sd over probe seeds), TPR at 1 % FPR, median p of the positives and share of
-    negatives at p <= 0.05, per access mode."""
+    """``ROOT/audit_zoo.json`` and every ``ROOT/audit_zoo_*.json``, grouped by probe kind
+    and crafting settings: ROC AUC (mean ± sd over probe seeds), TPR at 1 % FPR, median p
+    of the positives and share of negatives at p <= 0.05, per access mode."""
     import glob
 
     groups: dict[tuple, list[dict]] = {}
-    for path in sorted(glob.glob(os.path.join(root, 'audit_zoo*.json'))):
+    paths = [os.path.join(root, 'audit_zoo.json'), *sorted(glob.glob(os.path.join(
+        root, 'audit_zoo_*.json')))]  # not other copies (audit_zoo.old.json)
+    for path in filter(os.path.exists, paths):
         with open(path) as f:
             r = json.load(f)
         if 'summary' not in r or len({x['teacher'] for x in r['rows']}) < 2:
