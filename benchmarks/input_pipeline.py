@@ -22,7 +22,13 @@
    against the same loop fed one constant batch already on the device, in one process,
    interleaved round by round; ``idle share = 1 - pipeline / constant`` (the time per step
    the real input adds, as a share of the step). Two pipelines: the batch made inline by
-   the loop and on the prefetch thread (the default; `train._Loop.inline`).
+   the loop and on the prefetch thread (the default; `train._Loop.inline`). A fourth feed,
+   ``placed``, makes and places every real batch of the stage before its clock starts, so
+   ``placed`` vs ``constant`` is what different batches cost the step by themselves; a fifth,
+   ``placed_thread``, hands those ready batches over through the prefetch thread: what the
+   hand-off costs with no input work, and ``thread`` vs ``placed_thread`` what making the
+   batches while the step runs costs. Each feed's process CPU time per step is reported
+   too (every thread's, from the end of the first step to the last checkpoint).
    Each also reports ``train/input_wait_share``, the constant batch's being the floor of
    that figure (time in ``next()`` with no input work at all).
 
@@ -214,7 +220,7 @@ def input_wait(name: str, root: str) -> dict[str, Any]:
             'load': load_average(), 'args': JOBS[name]}
 
 
-DEVICE_IDLE_FEEDS = ('inline', 'thread', 'constant')
+DEVICE_IDLE_FEEDS = ('inline', 'thread', 'constant', 'placed', 'placed_thread')
 
 
 def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
@@ -239,14 +245,37 @@ def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
             constant['batch'] = jax.block_until_ready(real_fetch(loop, step))
         return constant['batch']
 
+    def placed_fetch(loop, step):
+        if step == 0:  # the stage's first (compiling) step: its clock starts after it
+            loop.placed = jax.block_until_ready(
+                [real_fetch(loop, s) for s in range(loop.stage.steps)])
+        return loop.placed[step]
+
+    fetches = {'constant': constant_fetch, 'placed': placed_fetch,
+               'placed_thread': placed_fetch}
+    # the process's CPU time (every thread's) from the end of the first step to the final
+    # checkpoint: what a step costs the CPU whatever else runs on the machine
+    real_first, real_save, cpu = train._Loop._first_step, train._Loop._save, {}
+
+    def first_step(loop, done, *args):
+        cpu['t0'] = time.process_time()
+        return real_first(loop, done, *args)
+
+    def save(loop, done, *args):
+        if done == loop.stage.steps:
+            cpu['per_step'] = (time.process_time() - cpu['t0']) / (done - 1)
+        return real_save(loop, done, *args)
+
+    train._Loop._first_step, train._Loop._save = first_step, save
     out: dict[str, dict[str, list[float]]] = {
-        f: {'steps_per_second': [], 'input_wait_share': [], 'input_work_share': []}
-        for f in DEVICE_IDLE_FEEDS}
+        f: {'steps_per_second': [], 'input_wait_share': [], 'input_work_share': [],
+            'cpu_ms_per_step': []} for f in DEVICE_IDLE_FEEDS}
     try:
         for r in range(rounds):
-            for feed in DEVICE_IDLE_FEEDS[r % 3:] + DEVICE_IDLE_FEEDS[:r % 3]:
-                train._Loop.inline = feed != 'thread'
-                train._Loop._fetch = constant_fetch if feed == 'constant' else real_fetch
+            n = len(DEVICE_IDLE_FEEDS)
+            for feed in DEVICE_IDLE_FEEDS[r % n:] + DEVICE_IDLE_FEEDS[:r % n]:
+                train._Loop.inline = feed not in ('thread', 'placed_thread')
+                train._Loop._fetch = fetches.get(feed, real_fetch)
                 stage = train.Stage(
                     'student', f'{root}/{feed}{r}', p.student, p.objective, steps, config.seed,
                     p.task.train_batches(config.seed, 'transfer'), teacher=p.teacher,
@@ -256,19 +285,25 @@ def device_idle(rounds: int, steps: int = 600) -> dict[str, Any]:
                 meta = train.run_stage(stage, config, p.mesh, p.sample, is_main=False).meta
                 rows = [h for h in meta['history'] if 'train/input_wait_share' in h]
                 out[feed]['steps_per_second'].append(meta['steps_per_second'])
+                out[feed]['cpu_ms_per_step'].append(1000 * cpu.pop('per_step'))
                 for key in ('input_wait_share', 'input_work_share'):
                     out[feed][key].append(statistics.mean(h[f'train/{key}'] for h in rows))
                 print(f'round {r} {feed:8s} {meta["steps_per_second"]:7.1f} steps/s, input '
                       f'wait {100 * out[feed]["input_wait_share"][-1]:.2f} %, made inline '
-                      f'{100 * out[feed]["input_work_share"][-1]:.2f} %', flush=True)
+                      f'{100 * out[feed]["input_work_share"][-1]:.2f} %, CPU '
+                      f'{out[feed]["cpu_ms_per_step"][-1]:.2f} ms/step', flush=True)
     finally:
         train._Loop.inline, train._Loop._fetch = inline, real_fetch
+        train._Loop._first_step, train._Loop._save = real_first, real_save
     rate = {f: statistics.median(v['steps_per_second']) for f, v in out.items()}
     # paired per round: the load drifts between rounds, less within one
     idle = {f: statistics.median(1 - a / b for a, b in zip(
         out[f]['steps_per_second'], out['constant']['steps_per_second'], strict=True))
-        for f in ('inline', 'thread')}
-    return {'steps_per_second': rate, 'device_idle_share': idle,
+        for f in DEVICE_IDLE_FEEDS if f != 'constant'}
+    cpu_ms = {f: statistics.median(v['cpu_ms_per_step']) for f, v in out.items()}
+    return {'steps_per_second': rate, 'device_idle_share': idle, 'cpu_ms_per_step': cpu_ms,
+            'input_cpu_share': {f: 1 - cpu_ms['constant'] / cpu_ms[f]
+                                for f in DEVICE_IDLE_FEEDS if f != 'constant'},
             'input_wait_share': {f: statistics.median(v['input_wait_share'])
                                  for f, v in out.items()},
             'input_work_share': {f: statistics.median(v['input_work_share'])
@@ -320,7 +355,9 @@ def main(argv: list[str] | None = None) -> None:
         print('digits student, device idle share (1 - steps/s / constant batch\'s): ' +
               ', '.join(f'{f} {100 * v:.2f} %' for f, v in r['device_idle_share'].items()) +
               '; input wait share: ' + ', '.join(
-                  f'{f} {100 * v:.2f} %' for f, v in r['input_wait_share'].items()), flush=True)
+                  f'{f} {100 * v:.2f} %' for f, v in r['input_wait_share'].items()) +
+              '; CPU ms/step: ' + ', '.join(
+                  f'{f} {v:.2f}' for f, v in r['cpu_ms_per_step'].items()), flush=True)
     finish_record(record, a.out)
 
 

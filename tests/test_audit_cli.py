@@ -54,3 +54,24 @@ def test_audit_outputs_and_determinism(runs):
     assert set(ja['tests']) == {'logits', 'top1', 'samples'}
     for name in ('audit.md', 'audit.png'):
         assert os.path.getsize(os.path.join(root, 'a', name)) > 0
+
+
+def test_audit_with_crafted_probes(runs):
+    root, first, others = runs
+    args = [f'--teacher={first}/teacher', f'--suspect={first}/student',
+            '--references=' + ','.join(f'{w}/baseline' for w in others) + f',{first}/baseline',
+            f'--anchors={others[0]}/student', '--ambiguous=300']  # (a stand-in anchor)
+    a = audit(*args, '--probes=boundary', f'--out={root}/boundary')
+    assert a.returncode == 0, a.stderr[-2000:]
+    j = json.load(open(os.path.join(root, 'boundary', 'audit.json')))
+    assert j['probe']['probes'] == 'boundary' and j['probe']['ambiguous'] == 300
+    assert all('p_value_teachers' not in t for t in j['tests'].values())
+    assert 'not on crafted probes' in open(os.path.join(root, 'boundary', 'audit.md')).read()
+    d = audit(*args, '--probes=divergent', f'--out={root}/divergent')
+    assert d.returncode == 0, d.stderr[-2000:]
+    kept = json.load(open(os.path.join(root, 'divergent', 'audit.json')))['probe']['ambiguous']
+    assert kept == 300
+    bad = audit(*args[:3], '--probes=conferrable', f'--out={root}/bad')
+    assert bad.returncode == 2 and bad.stderr.strip().count('\n') == 0
+    assert '--probes=conferrable needs --anchors' in bad.stderr
+    assert not os.path.exists(f'{root}/bad')

@@ -4,6 +4,8 @@ The modules live in ``tests/user_models``, outside jaxdistill, and are named by 
 path on the command line, as a user's would be. Both directions (NNX teacher -> linen
 student, linen teacher -> NNX student) run the real CLI with a logit loss and a feature
 loss whose widths differ (so a projector is learned); then the checkpoints are read back.
+The commands that stop before training (list_features, bad modules) run the same CLI in
+this process (`jaxdistill.main.run_cli`), which saves a Python and JAX start per case.
 """
 
 import json
@@ -20,10 +22,12 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxdistill import objective, provenance, train
+from jaxdistill import main as cli_main
+from jaxdistill import objective, provenance, tasks, train
 from jaxdistill.models import modules
 from jaxdistill.runtime import mesh as mesh_lib
 from jaxdistill.tasks import StepInputs
+from tests import helpers
 from tests.helpers import ROOT
 
 NNX = 'tests.user_models.nnx_models'
@@ -54,11 +58,34 @@ JOBS = {
 PROJECTOR = {'nnx_teacher': (16, 32), 'linen_teacher': (4, 8)}
 
 
+def _args(workdir, overrides, data_dir):
+    return ['--config=configs/digits.py:smoke', f'--workdir={workdir}',
+            f'--config.data.data_dir={data_dir}', '--config.train.baseline=False', *overrides]
+
+
 def cli(workdir, *overrides, data_dir):
-    cmd = [sys.executable, '-m', 'jaxdistill.main', '--config=configs/digits.py:smoke',
-           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-           '--config.train.baseline=False', *overrides]
+    """The job as a user runs it: ``python -m jaxdistill.main`` in a fresh process."""
+    cmd = [sys.executable, '-m', 'jaxdistill.main', *_args(workdir, overrides, data_dir)]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope='module')
+def prepared(data_dir):
+    """digits prepared before the in-process commands, so none prints TFDS's one-time
+    message (as the first subprocess job would have)."""
+    config = helpers.load_config('digits.py', 'smoke')
+    config.data.data_dir = data_dir
+    tasks.build(config)
+    return data_dir
+
+
+def cli_here(workdir, *overrides, data_dir, capfd, monkeypatch):
+    """The same command line through `run_cli` in this process: (status, stdout, stderr)."""
+    monkeypatch.chdir(ROOT)  # the relative --config path, as for the subprocess
+    capfd.readouterr()  # drop anything printed before
+    status = cli_main.run_cli(['jaxdistill.main', *_args(workdir, overrides, data_dir)])
+    out, err = capfd.readouterr()
+    return status, out, err
 
 
 @pytest.fixture(scope='module', params=sorted(JOBS))
@@ -108,11 +135,12 @@ def test_student_learns_and_teacher_stays_as_trained(job):
     assert len(feature) == 4 and all(math.isfinite(v) and v > 0 for v in feature)
 
 
-def test_list_features_names_nnx_layers(tmp_path, data_dir):
-    proc = cli(str(tmp_path / 'w'), *JOBS['linen_teacher'], '--config.mode=list_features',
-               data_dir=data_dir)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = {line.split()[0]: line.split(None, 1)[1] for line in proc.stdout.splitlines()
+def test_list_features_names_nnx_layers(tmp_path, prepared, capfd, monkeypatch):
+    status, out, err = cli_here(str(tmp_path / 'w'), *JOBS['linen_teacher'],
+                                '--config.mode=list_features', data_dir=prepared, capfd=capfd,
+                                monkeypatch=monkeypatch)
+    assert status == 0, err[-2000:]
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()
             if line.startswith('  ')}
     assert rows['blocks/0/conv'] == '[8, 8, 4]' and rows['conv0'] == '[8, 8, 8]'
     assert rows['dense'] == '[16]' and rows['head'] == '[10]'
@@ -129,14 +157,17 @@ def test_list_features_names_nnx_layers(tmp_path, data_dir):
      "teacher.logits_key='': the module returns a dict with keys ['hidden', 'scores']; set "
      'teacher.logits_key to the one with logits'),
 ])
-def test_bad_modules_fail_at_config_time_in_one_line(tmp_path, data_dir, overrides, message):
+def test_bad_modules_fail_at_config_time_in_one_line(tmp_path, prepared, capfd, monkeypatch,
+                                                     overrides, message):
     workdir = tmp_path / 'never'
     keys = {o.split('=', 1)[0] for o in overrides}  # these replace the job's own values
     base = [o for o in JOBS['linen_teacher'] if o.split('=', 1)[0] not in keys]
-    proc = cli(str(workdir), *base, *overrides, data_dir=data_dir)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr[-2000:]
+    status, out, err = cli_here(str(workdir), *base, *overrides, data_dir=prepared,
+                                capfd=capfd, monkeypatch=monkeypatch)
+    assert status == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), err[-2000:]
+    assert 'Traceback' not in out + err
     assert message in lines[0]
     assert not workdir.exists(), 'nothing may be written for bad input'
 

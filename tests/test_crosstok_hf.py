@@ -49,6 +49,9 @@ def test_hf_teacher_tokenizer_aligns_byte_rows(tmp_path, data_dir, capsys):
     assert t_tok.vocab_size == 160 and p.task.cross_vocab.teacher_vocab == 192
     surf = align.vocab_surfaces(t_tok)
     al = cross.aligners['train']
+    # data.files: both tokenizations memory-mapped from beside the packed rows (reused)
+    assert isinstance(al.s.ids, np.memmap) and isinstance(al.t.end, np.memmap)
+    assert isinstance(al.match, np.memmap)
     rows = np.arange(min(al.num_rows, 8))
     r = al.rows(rows)
     # every supervised student position: the teacher token after xt_byte_pos holds the

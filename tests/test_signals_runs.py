@@ -3,13 +3,12 @@ and on-policy students; alignment, no teacher in the cached step, resume, bad in
 
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from jaxdistill import main as cli_main
 from jaxdistill import provenance, run, signals, train
 from jaxdistill.errors import ConfigError, DataError
 from jaxdistill.models.decoder import Decoder
@@ -34,22 +33,24 @@ def _config(data_dir, preset, teacher_dir=None, **train_keys):
 
 @pytest.fixture(scope='module')
 def teacher_dir(data_dir, tmp_path_factory):
-    """A smoke teacher (20 steps), trained once for every signal below."""
+    """A smoke teacher (20 steps), trained once for every signal below, by the cached
+    signal's cache-only mode: the teacher and its top-8 cache, no student (a student stage
+    here would be trained for nothing)."""
     workdir = str(tmp_path_factory.mktemp('signals_teacher'))
-    c = _config(data_dir, 'smoke,online')
-    run.train_and_evaluate(c, workdir, devices=DEVICES)
-    return workdir
-
-
-@pytest.fixture(scope='module')
-def cached_run(data_dir, teacher_dir, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp('cached'))
-    c = _config(data_dir, 'smoke,cached', teacher_dir)
+    c = _config(data_dir, 'smoke,cached')
     c.mode = 'cache_teacher'
     out = run.train_and_evaluate(c, workdir, devices=DEVICES)
     assert not os.path.exists(os.path.join(workdir, 'student'))  # cache only
+    assert os.path.isdir(os.path.join(workdir, 'teacher'))
+    return workdir, out
+
+
+@pytest.fixture(scope='module')
+def cached_run(data_dir, teacher_dir):
+    """The cached student, trained in the workdir whose cache the cache-only mode wrote."""
+    workdir, out = teacher_dir
+    c = _config(data_dir, 'smoke,cached')
     built = os.path.getmtime(os.path.join(workdir, 'teacher_cache', 'spec.json'))
-    c.mode = 'train'
     steps = []
     real = train.make_train_step
 
@@ -98,7 +99,7 @@ def test_cached_batches_carry_the_teachers_topk_of_their_own_rows(cached_run):
 
 def test_a_cache_for_another_k_is_refused_in_one_line(cached_run, data_dir, tmp_path):
     workdir, c, _, _, _ = cached_run
-    other = _config(data_dir, 'smoke,cached', c.teacher.checkpoint)
+    other = _config(data_dir, 'smoke,cached', workdir)  # the teacher trained there
     other.distill.cache.k = 4
     other.distill.cache.path = os.path.join(workdir, 'teacher_cache')
     with pytest.raises(DataError, match='built for k=8, but this run has k=4') as e:
@@ -107,7 +108,7 @@ def test_a_cache_for_another_k_is_refused_in_one_line(cached_run, data_dir, tmp_
 
 
 def test_sequence_student_learns_teacher_completions(data_dir, teacher_dir, tmp_path):
-    c = _config(data_dir, 'smoke,sequence', teacher_dir)
+    c = _config(data_dir, 'smoke,sequence', teacher_dir[0])
     r = run.train_and_evaluate(c, str(tmp_path), devices=DEVICES)
     p = run.plan(c, str(tmp_path), devices=DEVICES)
     rows = signals.sequence.load(r['provenance']['teacher_sequences'],
@@ -126,7 +127,7 @@ def test_sequence_student_learns_teacher_completions(data_dir, teacher_dir, tmp_
 @pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 def test_on_policy_resumes_bitwise_and_counts_its_sampled_steps(data_dir, teacher_dir,
                                                                  tmp_path):
-    c = _config(data_dir, 'smoke,on_policy', teacher_dir, checkpoint_every=10,
+    c = _config(data_dir, 'smoke,on_policy', teacher_dir[0], checkpoint_every=10,
                 keep_checkpoints=3)
     whole = run.train_and_evaluate(c, str(tmp_path / 'a'), devices=DEVICES)
     assert whole['provenance']['on_policy_steps'] == on_policy.count(c.seed, 20, 0.5) > 0
@@ -140,7 +141,7 @@ def test_on_policy_resumes_bitwise_and_counts_its_sampled_steps(data_dir, teache
 
 
 def test_on_policy_batch_is_the_students_own_completion(data_dir, teacher_dir, tmp_path):
-    c = _config(data_dir, 'smoke,on_policy', teacher_dir)
+    c = _config(data_dir, 'smoke,on_policy', teacher_dir[0])
     p = run.plan(c, str(tmp_path), devices=DEVICES)
     hook = on_policy.OnPolicy(c, p.student, p.mesh)
     state, _ = train.create_train_state(p.student, train.make_optimizer(c.optimizer, 20),
@@ -171,13 +172,16 @@ def test_prompt_plus_completion_longer_than_the_context_is_refused(data_dir):
         signals.check_models(c, Model(), Model(), None)
 
 
-def test_cli_cache_mode_error_is_one_line(data_dir, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, '-m', 'jaxdistill.main', '--config=configs/lm_text.py:smoke',
-         f'--workdir={tmp_path}/w', '--config.mode=cache_teacher',
-         f'--config.data.data_dir={data_dir}'], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
-    assert "distill.teacher_signal='cached'" in proc.stderr
+def test_cli_cache_mode_error_is_one_line(data_dir, tmp_path, capfd, monkeypatch):
+    """The CLI in this process (`main.run_cli`; test_cli_errors shows a subprocess reports
+    the same line)."""
+    monkeypatch.chdir(ROOT)
+    status = cli_main.run_cli(
+        ['jaxdistill.main', '--config=configs/lm_text.py:smoke', f'--workdir={tmp_path}/w',
+         '--config.mode=cache_teacher', f'--config.data.data_dir={data_dir}'])
+    out, err = capfd.readouterr()
+    assert status == 2 and err.count('\n') == 1 and out == '', out + err
+    assert err.startswith('error: ') and "distill.teacher_signal='cached'" in err
     assert not os.path.exists(tmp_path / 'w')
 
 
@@ -185,7 +189,7 @@ def test_cli_cache_mode_error_is_one_line(data_dir, tmp_path):
 def test_cached_on_eight_devices_matches_one_and_reuses_the_cache(cached_run, data_dir,
                                                                    tmp_path):
     workdir, c, _, r, _ = cached_run
-    c8 = _config(data_dir, 'smoke,cached', c.teacher.checkpoint)
+    c8 = _config(data_dir, 'smoke,cached', workdir)  # the teacher trained there
     c8.distill.cache.path = os.path.join(workdir, 'teacher_cache')
     c8.mesh.data, c8.mesh.fsdp = 4, 2
     r8 = run.train_and_evaluate(c8, str(tmp_path), devices=jax.devices()[:8])
@@ -198,7 +202,7 @@ def test_cached_on_eight_devices_matches_one_and_reuses_the_cache(cached_run, da
 
 @pytest.mark.slow  # heavy end to end: CI runs it in the slow step
 def test_on_policy_samples_on_a_sharded_batch(data_dir, teacher_dir, tmp_path):
-    c = _config(data_dir, 'smoke,on_policy', teacher_dir)
+    c = _config(data_dir, 'smoke,on_policy', teacher_dir[0])
     c.train.steps, c.optimizer.warmup_steps = 6, 1
     c.distill.on_policy.lmbda = 1.0  # every step samples
     r = run.train_and_evaluate(c, str(tmp_path), devices=jax.devices()[:8])

@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
+from jaxdistill.audit.craft import PROBES
 from jaxdistill.audit.lineage import AMBIGUOUS, MIXES
 
 PY = sys.executable
@@ -225,17 +226,41 @@ def _name(root: str, path: str) -> str:
 def _outputs(root: str, zoo: list[dict], probe) -> dict[str, np.ndarray]:
     """Every model's logits on the probe set, computed once (cached in ROOT/outputs/, per
     probe set)."""
+    return _outputs_many(root, zoo, [probe])[0]
+
+
+def _outputs_many(root: str, zoo: list[dict], probes: list) -> list[dict[str, np.ndarray]]:
+    """`_outputs` for several probe sets, each model loaded once."""
     from jaxdistill.audit import models as audit_models
 
-    cache = _cache(root, probe)
-    out = {}
+    caches = [_cache(root, p) for p in probes]
+    outs = [{} for _ in probes]
     for m in zoo:
-        name = _name(root, m['path'])
-        f = os.path.join(cache, f'{name}.npy')
-        if not os.path.exists(f):
-            np.save(f, audit_models.outputs(audit_models.load(m['path'], m['path']), probe))
-        out[m['path']] = np.load(f)
-    return out
+        files = [os.path.join(c, f'{_name(root, m["path"])}.npy') for c in caches]
+        loaded = None
+        for probe, f, out in zip(probes, files, outs):
+            if not os.path.exists(f):
+                loaded = loaded or audit_models.load(m['path'], m['path'])
+                np.save(f, audit_models.outputs(loaded, probe))
+            out[m['path']] = np.load(f)
+    return outs
+
+
+def _crafted(zoo: list[dict], probe, probes: str, crafting: dict) -> dict[str, object]:
+    """Each teacher's own probe set: ``probe``'s mixes crafted from that teacher (and, for
+    conferrable probes, the zoo's anchor teachers; never a suspect), keyed by its path."""
+    from jaxdistill.audit import craft
+    from jaxdistill.audit import models as audit_models
+
+    if probes == 'sampled':
+        return {m['path']: craft.sampled_probe(audit_models.load(m['path'], m['path']), probe,
+                                               **crafting)
+                for m in zoo if m['role'] == 'teacher'}
+    fns = {m['path']: craft.logit_fn(audit_models.load(m['path'], m['path']))
+           for m in zoo if m['role'] in ('teacher', 'anchor')}
+    anchors = [fns[m['path']] for m in zoo if m['role'] == 'anchor']
+    return {m['path']: craft.craft_probe(probes, probe, fns[m['path']], anchors, **crafting)
+            for m in zoo if m['role'] == 'teacher'}
 
 
 def _summary(rows: list[dict], access: str, signal: str | None = None) -> dict:
@@ -259,12 +284,20 @@ def _summary(rows: list[dict], access: str, signal: str | None = None) -> dict:
                                                     if not r['positive']]))}
 
 
+def out_file(root: str, probes: str = PROBES[0], tag: str = '') -> str:
+    """ROOT/audit_zoo.json for the default probes, else ROOT/audit_zoo_PROBES[_TAG].json."""
+    name = 'audit_zoo' if probes == PROBES[0] and not tag else f'audit_zoo_{probes}'
+    return os.path.join(root, f'{name}{"_" + tag if tag else ""}.json')
+
+
 def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
-          ambiguous: int = AMBIGUOUS, watermark: bool = True, mix: str = 'uniform') -> dict:
+          ambiguous: int = AMBIGUOUS, watermark: bool = True, mix: str = 'uniform',
+          probes: str = PROBES[0], crafting: dict | None = None, tag: str = '') -> dict:
     """The lineage test with every teacher of the zoo as the audited one (see the module
-    docstring); writes ROOT/audit_zoo.json after each teacher."""
+    docstring); writes `out_file` after each teacher. ``probes`` other than mixes are
+    crafted per teacher (`jaxdistill.audit.craft`; ``crafting``: its keyword arguments)."""
+    from jaxdistill.audit import craft, lineage, stats
     from jaxdistill.audit import fingerprints as fp
-    from jaxdistill.audit import lineage, stats
     from jaxdistill.audit import models as audit_models
 
     zoo = models(domain, root, seed_base)
@@ -272,18 +305,29 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
     anchor_models = [m for m in zoo if m['role'] == 'anchor']
     suspects = [m for m in zoo if m['role'] in ('student', 'baseline')]
     first = os.path.dirname(teachers[0]['path'])
-    probe = audit_models.probe_from_run(audit_models.read_config(first), seed=seed,
-                                        ambiguous=ambiguous, max_tokens=10000, source=first,
-                                        mix=mix)
-    outs = _outputs(root, zoo, probe)
+    base = audit_models.probe_from_run(audit_models.read_config(first), seed=seed,
+                                       ambiguous=craft.drawn(probes, ambiguous, (
+                                           crafting or {}).get('pool', craft.POOL)),
+                                       max_tokens=10000, source=first,
+                                       mix=mix)
+    craft.check(probes, task=base.task, anchors=len(anchor_models), ambiguous=ambiguous)
+    if probes == PROBES[0]:
+        per_teacher = {t['path']: base for t in teachers}
+    else:
+        extra = {'seed': seed} if probes == 'sampled' else {}
+        per_teacher = _crafted(zoo, base, probes, {**extra, **(crafting or {})})
+    sets = list(per_teacher.values())
+    every_outs = dict(zip(per_teacher, _outputs_many(root, zoo, sets)))
     rows, result = [], {'domain': domain, 'root': root, 'seed': seed, 'seed_base': seed_base,
-                        'mix': mix, 'ambiguous': ambiguous,
-                        'probe_size': probe.size, 'load_average': os.getloadavg()[0],
+                        'mix': mix, 'ambiguous': ambiguous, 'probes': probes,
+                        'crafting': crafting or {},
+                        'probe_size': base.size, 'load_average': os.getloadavg()[0],
                         'anchors': [a['path'] for a in anchor_models],
                         'scored': {a: list(lineage.SCORED[a]) for a in fp.ACCESS},
                         'method': 'leave-one-out: each suspect against every other negative '
                                   'of the zoo as references'}
     for t in teachers:
+        outs, probe = every_outs[t['path']], per_teacher[t['path']]
         t_out = outs[t['path']]
         negatives = [i for i, m in enumerate(suspects) if m['teacher'] != t['teacher']]
         # anchors: the zoo's anchor teachers (no student of theirs is a suspect); a zoo
@@ -303,7 +347,8 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
             cols = [every.index(n) for n in score_names]
             full = np.array([[v[n] for n in every] for v in vectors])
             p_teachers = [_teachers_p(access, t_out, a_outs, outs[m['path']], probe, seed, j)
-                          for j, m in enumerate(suspects)] if a_outs else None
+                          for j, m in enumerate(suspects)] if a_outs and not probe.crafted \
+                else None  # crafted from the teacher: it is not exchangeable with its anchors
             for i, m in enumerate(suspects):
                 pool = [i] + [j for j in negatives if j != i]
                 if len(pool) - 1 < stats.MIN_REFERENCES:
@@ -324,11 +369,11 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
                      **{s: _summary(rows, access, s) for s in DOMAINS[domain]['signals']}}
             for access in fp.ACCESS}
         result['per_fingerprint'] = _per_fingerprint(rows)
-        with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
+        with open(out_file(root, probes, tag), 'w') as f:
             json.dump(result, f, indent=1)
         print(f'{t["teacher"]}: ' + json.dumps({a: v['all'] for a, v in
                                                  result['summary'].items()}), flush=True)
-    if domain == 'lm' and watermark:
+    if domain == 'lm' and watermark and probes == PROBES[0]:  # on the test text
         result['watermark'] = audit_watermark(root, zoo, probe, outs, seed)
         with open(os.path.join(root, 'audit_zoo.json'), 'w') as f:
             json.dump(result, f, indent=1)
@@ -488,6 +533,12 @@ def main() -> None:
     ap.add_argument('--ambiguous', type=int, default=AMBIGUOUS, help='audit: mixed image probes')
     ap.add_argument('--mix', choices=MIXES, default=MIXES[0],
                     help='audit: weight of the first image of a mixed probe')
+    ap.add_argument('--probes', choices=PROBES, default=PROBES[0],
+                    help='audit: the mixes as drawn, or crafted per teacher from them '
+                         '(jaxdistill.audit.craft); crafted: writes ROOT/audit_zoo_PROBES.json')
+    ap.add_argument('--craft', default='', help='audit: crafting settings, e.g. radius=0.5,steps=5 '
+                    '(boundary) or eps=0.05 (conferrable); default: the module\'s')
+    ap.add_argument('--tag', default='', help='audit: suffix of the output file')
     ap.add_argument('--skip_watermark', action='store_true',
                     help='audit, lm: the lineage test only (no generations for the watermark)')
     ap.add_argument('--root', required=True)
@@ -503,7 +554,17 @@ def main() -> None:
         audit_protect(args.root, seed=args.seed)
     else:
         audit(args.domain, args.root, seed=args.seed, seed_base=args.seed_base,
-              ambiguous=args.ambiguous, watermark=not args.skip_watermark, mix=args.mix)
+              ambiguous=args.ambiguous, watermark=not args.skip_watermark, mix=args.mix,
+              probes=args.probes, crafting=_settings(args.craft), tag=args.tag)
+
+
+def _settings(text: str) -> dict:
+    """``radius=0.5,steps=5`` -> ``{'radius': 0.5, 'steps': 5}``."""
+    out = {}
+    for item in filter(None, text.split(',')):
+        k, v = item.split('=')
+        out[k] = int(v) if k in ('steps', 'pool') else float(v)
+    return out
 
 
 if __name__ == '__main__':

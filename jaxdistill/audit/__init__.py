@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxdistill.audit.lineage import AMBIGUOUS, MIXES
+from jaxdistill.audit.lineage import AMBIGUOUS, MIXES, PROBES
 from jaxdistill.audit.stats import AuditError
 
 __all__ = ['AuditError', 'audit', 'watermark_test', 'METHOD']
@@ -38,6 +38,7 @@ METHOD = ('exact permutation (rank) test: each of the suspect and the k referenc
 
 def _probe(data: str, suspect, teacher, *, seed: int, ambiguous: int, max_tokens: int,
            mix: str = 'uniform'):
+    """The probe set as drawn (test split + mixes); `audit` crafts from it (``--probes``)."""
     from jaxdistill.audit import models
 
     kw = dict(seed=seed, ambiguous=ambiguous, max_tokens=max_tokens, mix=mix)
@@ -63,21 +64,30 @@ def _probe(data: str, suspect, teacher, *, seed: int, ambiguous: int, max_tokens
 def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: str = '',
           access: tuple[str, ...] = ('logits', 'top1', 'samples'), alpha: float | None = None,
           seed: int = 0, ambiguous: int = AMBIGUOUS, max_tokens: int = 20000,
-          anchors: tuple[str, ...] = (), mix: str = 'uniform') -> dict[str, Any]:
+          anchors: tuple[str, ...] = (), mix: str = 'uniform',
+          probes: str = PROBES[0]) -> dict[str, Any]:
     """Runs the lineage test and writes ``out/audit.json``, ``audit.md``, ``audit.png``.
 
     ``anchors``: independent models of the teacher's own recipe (other seeds); the
     fingerprints then measure how the suspect follows what is particular to this teacher
-    among them (recommended); without, against the consensus of the other models.
+    among them (recommended); without, against the consensus of the other models. ``probes``:
+    the ambiguous mixes as drawn, or crafted from the teacher (and anchors) by
+    `jaxdistill.audit.craft` (``boundary``, ``conferrable``).
 
     Every check (references, access, models, output spaces, probe size) runs before
     anything is written.
     """
-    from jaxdistill.audit import fingerprints, lineage, models, report
+    from jaxdistill.audit import craft, fingerprints, lineage, models, report
 
     references = [r for r in references if r]
     if mix not in MIXES:
         raise AuditError(f'--mix={mix!r} is not one of {list(MIXES)}')
+    if probes not in PROBES:
+        raise AuditError(f'--probes={probes!r} is not one of {list(PROBES)}')
+    if probes in ('conferrable', 'divergent') and not [a for a in anchors if a]:
+        raise AuditError(f'--probes={probes} needs --anchors (the owner\'s independent models '
+                         'of the teacher\'s recipe, which the crafted probes must not fool): '
+                         'give --anchors=M,... or use --probes=boundary')
     stats_check(len(references), alpha)
     bad = [a for a in access if a not in fingerprints.ACCESS]
     if bad or not access:
@@ -90,7 +100,15 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
     refs = [models.load(r, f'--references[{i}]') for i, r in enumerate(references)]
     anchor_models = [models.load(a, f'--anchors[{i}]') for i, a in enumerate(anchors) if a]
     _distinct([t, s, *refs, *anchor_models])
-    probe = _probe(data, s, t, seed=seed, ambiguous=ambiguous, max_tokens=max_tokens, mix=mix)
+    probe = _probe(data, s, t, seed=seed, ambiguous=craft.drawn(probes, ambiguous),
+                   max_tokens=max_tokens, mix=mix)
+    # crafted from the teacher and the anchors only: never the suspect or the references
+    craft.check(probes, task=probe.task, anchors=len(anchor_models), ambiguous=ambiguous)
+    if probes == 'sampled':
+        probe = craft.sampled_probe(t, probe, seed=seed)
+    else:
+        probe = craft.craft_probe(probes, probe, craft.logit_fn(t),
+                                  [craft.logit_fn(a) for a in anchor_models])
     t_out = models.outputs(t, probe)
     s_out = models.outputs(s, probe)
     lineage.check_output_space(t_out, s_out, suspect, '--suspect')
@@ -117,7 +135,8 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
         'probe': {'source': probe.source, 'size': probe.size,
                   'unit': 'tokens' if probe.task == 'lm' else 'examples',
                   'ambiguous': int(probe.ambiguous.sum()), 'task': probe.task,
-                  'mix': mix if probe.ambiguous.any() else None},
+                  'mix': mix if probe.ambiguous.any() else None,
+                  'probes': probe.crafted or PROBES[0]},
         'out': os.path.abspath(out),
     }
     report.write(out, result)

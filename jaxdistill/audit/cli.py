@@ -19,7 +19,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from jaxdistill.audit.lineage import AMBIGUOUS, MIXES
+from jaxdistill.audit.lineage import AMBIGUOUS, MIXES, PROBES
 from jaxdistill.errors import JaxdistillError
 
 _TEACHER = flags.DEFINE_string('teacher', None, 'The model whose lineage is tested.')
@@ -46,6 +46,11 @@ _AMBIGUOUS = flags.DEFINE_integer('ambiguous', AMBIGUOUS, 'Ambiguous probes adde
                                   'on them.')
 _MIX = flags.DEFINE_enum('mix', MIXES[0], list(MIXES), 'Weight of the first image '
                          'in an ambiguous probe: uniform on [0, 1], or 1/2.')
+_PROBES = flags.DEFINE_enum('probes', PROBES[0], list(PROBES), 'Ambiguous image probes: '
+                            'the mixes as drawn, or crafted from them with the teacher '
+                            '(boundary: moved to its top-2 decision boundary; conferrable: '
+                            'targeted examples of the teacher its --anchors do not follow). '
+                            'See docs/audit.md.')
 _MAX_TOKENS = flags.DEFINE_integer('max_tokens', 20000, 'Most probe tokens for language '
                                    'models (whole test rows; 0: all).')
 _WATERMARK_KEY = flags.DEFINE_integer(
@@ -81,7 +86,8 @@ def main(argv: list[str]) -> None:
         result = audit(_TEACHER.value, _SUSPECT.value, _REFERENCES.value, _OUT.value,
                        data=_DATA.value, access=tuple(_ACCESS.value), alpha=_ALPHA.value or None,
                        seed=_SEED.value, ambiguous=_AMBIGUOUS.value, max_tokens=_MAX_TOKENS.value,
-                       anchors=tuple(_ANCHORS.value), mix=_MIX.value)
+                       anchors=tuple(_ANCHORS.value), mix=_MIX.value,
+                       probes=_PROBES.value)
     except JaxdistillError as e:
         _fail(str(e))
     print(summary(result))

@@ -21,6 +21,9 @@ MIN_ERRORS = 20  # teacher errors needed for error_agreement
 SAMPLES = 4  # draws per probe for --access=samples
 AMBIGUOUS = 5000  # ambiguous image probes by default (docs/audit.md: chosen on the tuning zoo)
 MIXES = ('uniform', 'half')  # how an ambiguous probe weighs its two images; the first: default
+# --probes: the mixes (lm: test text) as drawn, or crafted from the teacher
+# (jaxdistill.audit.craft; 'sampled': language models); the first is the default
+PROBES = ('mixes', 'boundary', 'conferrable', 'divergent', 'sampled')
 DARK = ('dark_kl_gain', 'dark_residual_rank', 'dark_residual_loglik')
 # With anchors, the score is the teacher-relative fingerprints' (jaxdistill.audit.relative):
 # chosen on the tuning zoo (docs/audit.md); the consensus fingerprints are still reported.
@@ -147,7 +150,9 @@ def test(access: str, teacher_out: np.ndarray, suspect_out: np.ndarray,
                          'use a larger probe set (--data) or more access (--access=logits)')
     cols = [every.index(n) for n in score_names]
     result = stats.permutation_test(table[0, cols], table[1:, cols])
-    if anchor_outs:  # the second test: the teacher's rank among its anchors for the suspect
+    if anchor_outs and not probe.crafted:
+        # the second test: the teacher's rank among its anchors for the suspect (not on
+        # probes crafted from the teacher: there it is not exchangeable with its anchors)
         samples = (fp.sample(suspect_out, SAMPLES, np.random.default_rng([seed, 0]))
                    if access == 'samples' else None)  # the draws fingerprint_vector made
         scores = relative.teacher_scores(np.stack([teacher_out, *anchor_outs]),

@@ -193,6 +193,7 @@ class Probe:
     ambiguous: np.ndarray
     source: str
     token_mask: np.ndarray | None = None  # lm: [R, T] real targets
+    crafted: str = ''  # the ambiguous probes were crafted from the teacher (craft.PROBES)
 
     @property
     def size(self) -> int:

@@ -25,7 +25,8 @@ def markdown(result: dict[str, Any]) -> str:
              'anchors) | scored fingerprints |', '|---|---|---|---|---|---|']
     for access, t in result['tests'].items():
         teachers = (f'{t["p_value_teachers"]:.3g}' if 'p_value_teachers' in t
-                    else 'no anchors')
+                    else 'no anchors' if not result.get('anchors')
+                    else 'not on crafted probes')
         scored = t['fingerprints'].get('scored', t['fingerprints']['used'])
         lines.append(f'| {access} | {t["score"]:.2f} | {t["p_value"]:.4g} | '
                      f'{t["p_value_parametric"]:.3g} | {teachers} | {", ".join(scored)} |')

@@ -209,58 +209,82 @@ def _from_offsets(text: str, data: bytes, ids: np.ndarray, offsets: Sequence[tup
     return start, end, changed, chars
 
 
+class Encoder:
+    """`encode_stream` a batch of documents at a time: ``encode(docs)`` gives the batch's
+    ``(ids, start, end, changed, doc_starts)``, continuing the virtual coordinates and token
+    count of the batches before it (so the batches' arrays, concatenated, are the stream of
+    all the documents); ``warn()`` once at the end."""
+
+    def __init__(self, tokenizer: Any, key: str = 'teacher.tokenizer',
+                 surfaces: list[bytes | None] | None = None):
+        self.tokenizer, self.key, self.tok = tokenizer, key, backend(tokenizer, key)
+        self.surfaces = vocab_surfaces(tokenizer, key) if surfaces is None else surfaces
+        self.lengths = np.array([len(x) if x is not None else 0 for x in self.surfaces],
+                                np.int64)
+        self.base = self.count = self.docs = self.changed_chars = self.changed_docs = 0
+
+    def encode(self, docs: Sequence[str]) -> tuple[np.ndarray, ...]:
+        tok, tokenizer, surfaces = self.tok, self.tokenizer, self.surfaces
+        encodings = (tok.encode_batch(list(docs), add_special_tokens=False) if tok is not None
+                     else None)
+        bos, eos = int(tokenizer.bos_id), int(tokenizer.eos_id)
+        ids_parts, start_parts, end_parts, changed_parts, doc_starts = [], [], [], [], []
+        for d, text in enumerate(docs):
+            data = text.encode('utf-8')
+            if tok is None:
+                ids = np.frombuffer(data, np.uint8).astype(np.int64) + (
+                    tokenizer.vocab_size - 256)
+            else:
+                ids = np.asarray(encodings[d].ids, np.int64)
+            width = self.lengths[ids] if len(ids) else np.zeros(0, np.int64)
+            changed = np.zeros(len(ids), bool)
+            exact = tok is None or _joined(surfaces, ids) == data
+            if not exact and len(ids) and _joined(surfaces, ids) == b' ' + data:
+                width = width.copy()  # a prefix space the tokenizer added (sentencepiece)
+                width[0] -= 1
+                exact = True
+            if exact:
+                end = np.cumsum(width)
+                start = end - width
+            else:
+                start, end, changed, chars = _from_offsets(text, data, ids,
+                                                           encodings[d].offsets, surfaces)
+                self.changed_chars += chars
+                self.changed_docs += bool(chars)
+            base = self.base
+            doc_starts.append(self.count)
+            self.count += len(ids) + 2
+            ids_parts += [[bos], ids, [eos]]
+            start_parts += [[base], base + 1 + start, [base + 1 + len(data)]]
+            end_parts += [[base + 1], base + 1 + end, [base + 2 + len(data)]]
+            changed_parts += [[False], changed, [False]]
+            self.base += len(data) + 2
+        self.docs += len(docs)
+        cat = (lambda parts, dt: np.concatenate([np.asarray(p, dt) for p in parts])
+               if parts else np.zeros(0, dt))
+        return (cat(ids_parts, np.int32), cat(start_parts, np.int64), cat(end_parts, np.int64),
+                cat(changed_parts, bool), np.asarray(doc_starts, np.int64))
+
+    def warn(self) -> None:
+        if self.changed_chars:
+            warnings.warn(f'{self.key}: normalisation changes {self.changed_chars} characters '
+                          f'in {self.changed_docs} of {self.docs} documents; the spans holding '
+                          'them are skipped by the cross-tokenizer losses', NormalisationWarning,
+                          stacklevel=3)
+
+
 def encode_stream(tokenizer: Any, docs: Sequence[str], key: str = 'teacher.tokenizer',
                   surfaces: list[bytes | None] | None = None) -> Stream:
     """Tokenizes ``docs`` as packing does (``BOS doc EOS`` each) with exact byte spans.
 
     Warns once (`NormalisationWarning`) with the count of characters whose tokens the
-    tokenizer's normalisation changed; those tokens are marked in ``changed``.
+    tokenizer's normalisation changed; those tokens are marked in ``changed``. (A corpus
+    larger than memory goes `Encoder` a batch at a time into `crosstok.streams`.)
     """
-    tok = backend(tokenizer, key)
-    surfaces = vocab_surfaces(tokenizer, key) if surfaces is None else surfaces
-    lengths = np.array([len(s) if s is not None else 0 for s in surfaces], np.int64)
-    encodings = (tok.encode_batch(list(docs), add_special_tokens=False) if tok is not None
-                 else None)
-    bos, eos = int(tokenizer.bos_id), int(tokenizer.eos_id)
-    ids_parts, start_parts, end_parts, changed_parts = [], [], [], []
-    base, changed_chars, changed_docs, count, doc_starts = 0, 0, 0, 0, []
-    for d, text in enumerate(docs):
-        data = text.encode('utf-8')
-        if tok is None:
-            ids = np.frombuffer(data, np.uint8).astype(np.int64) + (tokenizer.vocab_size - 256)
-        else:
-            ids = np.asarray(encodings[d].ids, np.int64)
-        width = lengths[ids] if len(ids) else np.zeros(0, np.int64)
-        changed = np.zeros(len(ids), bool)
-        exact = tok is None or _joined(surfaces, ids) == data
-        if not exact and len(ids) and _joined(surfaces, ids) == b' ' + data:
-            width = width.copy()  # a prefix space the tokenizer added (sentencepiece)
-            width[0] -= 1
-            exact = True
-        if exact:
-            end = np.cumsum(width)
-            start = end - width
-        else:
-            start, end, changed, chars = _from_offsets(text, data, ids, encodings[d].offsets,
-                                                       surfaces)
-            changed_chars += chars
-            changed_docs += bool(chars)
-        doc_starts.append(count)
-        count += len(ids) + 2
-        ids_parts += [[bos], ids, [eos]]
-        start_parts += [[base], base + 1 + start, [base + 1 + len(data)]]
-        end_parts += [[base + 1], base + 1 + end, [base + 2 + len(data)]]
-        changed_parts += [[False], changed, [False]]
-        base += len(data) + 2
-    if changed_chars:
-        warnings.warn(f'{key}: normalisation changes {changed_chars} characters in '
-                      f'{changed_docs} of {len(docs)} documents; the spans holding them are '
-                      'skipped by the cross-tokenizer losses', NormalisationWarning, stacklevel=2)
-    cat = (lambda parts, dt: np.concatenate([np.asarray(p, dt) for p in parts])
-           if parts else np.zeros(0, dt))
-    return Stream(cat(ids_parts, np.int32), cat(start_parts, np.int64),
-                  cat(end_parts, np.int64), cat(changed_parts, bool), changed_chars, changed_docs,
-                  np.asarray(doc_starts, np.int64))
+    enc = Encoder(tokenizer, key, surfaces)
+    ids, start, end, changed, doc_starts = enc.encode(list(docs))
+    enc.warn()
+    return Stream(ids, start, end, changed, enc.changed_chars, enc.changed_docs, doc_starts)
 
 
 def _joined(surfaces: list[bytes | None], ids: np.ndarray) -> bytes:
@@ -294,7 +318,8 @@ class Aligner:
     """
 
     def __init__(self, student: Stream, teacher: Stream, seq_len: int, teacher_len: int,
-                 vocab: VocabMap, pad_id: int = 0, trie: Any = None):
+                 vocab: VocabMap, pad_id: int = 0, trie: Any = None,
+                 matched: tuple[np.ndarray, np.ndarray] | None = None):
         if seq_len < 1 or teacher_len < 1:
             raise ConfigError(f'row lengths must be >= 1, got seq_len={seq_len}, '
                               f'teacher_len={teacher_len}')
@@ -302,12 +327,9 @@ class Aligner:
         self.s2t, self.pad_id, self.trie = vocab.student_to_teacher, int(pad_id), trie
         n_s = len(student.ids)
         self.num_rows = max(1, -(-(n_s - 1) // self.T))
-        # Each student token's clean end matched with a teacher token's clean end.
-        q = np.searchsorted(teacher.end, student.end, side='right') - 1
-        qc = np.clip(q, 0, max(len(teacher.ids) - 1, 0))
-        self.match = ((q >= 0) & (teacher.end[qc] == student.end) & teacher.clean[qc]
-                      & student.clean) if len(teacher.ids) else np.zeros(n_s, bool)
-        self.qmatch = qc
+        # Each student token's clean end matched with a teacher token's clean end (given:
+        # `match_streams` stored on disk beside the streams, `crosstok.streams`).
+        self.match, self.qmatch = match_streams(student, teacher) if matched is None else matched
         # The teacher tokens lying wholly inside each row's text.
         first = np.arange(self.num_rows) * self.T
         last = np.minimum(first + self.T, n_s - 1)
@@ -400,6 +422,30 @@ class Aligner:
         real = g < len(self.s.ids)
         ids = np.where(real, self.s.ids[np.minimum(g, len(self.s.ids) - 1)], 0).astype(np.int32)
         return {'inputs': ids[:, :-1], 'targets': ids[:, 1:], 'mask': real[:, 1:]}
+
+
+def _clean(stream: Stream, i: np.ndarray) -> np.ndarray:
+    """`Stream.clean` at indices ``i`` only."""
+    nxt = np.minimum(i + 1, len(stream.ids) - 1)
+    return (stream.end[i] <= stream.start[nxt]) | (i == len(stream.ids) - 1)
+
+
+def match_streams(student: Stream, teacher: Stream, out: tuple[np.ndarray, np.ndarray] | None
+                  = None, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """``(match, qmatch)``, ``[N_s]`` each: whether student token ``i``'s end is a cut (a
+    teacher token ``qmatch[i]`` ends there too, both cleanly), ``chunk`` student tokens at a
+    time (the streams may be memory-mapped; ``out``: arrays to fill, e.g. memory-mapped)."""
+    n_s, n_t = len(student.ids), len(teacher.ids)
+    match, qmatch = out if out is not None else (np.zeros(n_s, bool), np.zeros(n_s, np.int64))
+    for a in range(0, n_s, chunk):
+        i = np.arange(a, min(a + chunk, n_s))
+        end = np.asarray(student.end[a:a + chunk])
+        q = np.searchsorted(teacher.end, end, side='right') - 1
+        qc = np.clip(q, 0, max(n_t - 1, 0))
+        qmatch[a:a + chunk] = qc
+        match[a:a + chunk] = ((q >= 0) & (np.asarray(teacher.end[qc]) == end)
+                              & _clean(teacher, qc) & _clean(student, i)) if n_t else False
+    return match, qmatch
 
 
 def _spans(cut: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

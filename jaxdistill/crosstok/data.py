@@ -6,17 +6,19 @@ merges), ``'bpe:N'``, ``'hf:DIR'``); ``data.tokenizer`` stays the student's.
 ``distill.cross_tokenizer`` switches the alignment on; it is switched on by itself, with a
 one-line note, when the two tokenizers differ or a loss needs it (``uld``, ``aligned_kl``).
 
-Both tokenizations of every document are held on the host (`align.Stream`, ~20 bytes per
-token each); each batch's teacher tokens and alignment arrays are cut from them in the data
-pipeline (`AlignedSource.take`, on the prefetch thread), so the step only gathers. Those
-streams are the one part of the text path that grows with the corpus (~40 bytes per token
-for the two): a cached teacher's top-k is built and read a batch at a time like the
-same-tokenizer cache's (`teacher_train_take`, `check_cache`), but the corpus must fit in host
-memory as two token streams.
+Both tokenizations of every document are aligned by byte offsets (`align.Stream`, ~20 bytes
+per token each); each batch's teacher tokens and alignment arrays are cut from them in the
+data pipeline (`AlignedSource.take`, on the prefetch thread), so the step only gathers. For a
+corpus packed on disk (``data.files``, a TFDS text dataset) the streams are written once
+beside its packed rows and memory-mapped (`crosstok.streams`): host memory does not grow with
+the corpus, and later runs do not tokenize the text again. The bundled corpus's are held in
+memory. A cached teacher's top-k is built and read a batch at a time like the
+same-tokenizer cache's (`teacher_train_take`, `check_cache`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -112,6 +114,32 @@ def _documents(config, split: str, data_dir: str) -> list[str]:
     return list(corpus_lib.from_config(d).documents(split))
 
 
+def _on_disk(config, task, teacher_tok, s_surf, t_surf) -> dict[str, tuple] | None:
+    """Both tokenizations of a corpus packed on disk (``data.files``, a TFDS text dataset),
+    memory-mapped from beside its packed rows (`crosstok.streams`; process 0 writes them
+    once); None for the bundled corpus, which is held in memory."""
+    from jaxdistill.crosstok import streams
+    from jaxdistill.data import corpus as corpus_lib
+    from jaxdistill.data.packed import PackedRows, tokenizer_sha256
+
+    if not isinstance(task.train_rows, PackedRows):
+        return None
+    corpus = corpus_lib.from_config(config.data)
+    args = (os.path.dirname(task.train_rows.path), corpus.records,
+            {'student': (task.tokenizer, 'data.tokenizer', s_surf),
+             'teacher': (teacher_tok, 'teacher.tokenizer', t_surf)},
+            tokenizer_sha256(teacher_tok))
+    say = print if jax.process_index() == 0 else (lambda _: None)
+    if jax.process_index() == 0:
+        out = streams.open_or_build(*args, say=say)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices('jaxdistill: cross-tokenizer streams')
+        if jax.process_index() != 0:
+            out = streams.open_or_build(*args, is_writer=False, say=say)
+    return out
+
+
 class CrossTokenizer:
     """Both tokenizations of the train and test text, aligned (built once per run)."""
 
@@ -127,12 +155,17 @@ class CrossTokenizer:
         self.trie = xbytes.prefix_trie(t_surf, teacher_tok.eos_id)
         self.student_surfaces = s_surf
         self.aligners, self.teacher_rows = {}, {}
+        on_disk = _on_disk(config, task, teacher_tok, s_surf, t_surf)
         for split, rows in (('train', task.train_rows), ('test', task.test_rows)):
-            docs = _documents(config, split, data_dir)
-            s = align.encode_stream(task.tokenizer, docs, 'data.tokenizer', s_surf)
-            t = align.encode_stream(teacher_tok, docs, 'teacher.tokenizer', t_surf)
+            if on_disk:
+                s, t, matched = on_disk[split]
+            else:
+                docs = _documents(config, split, data_dir)
+                s = align.encode_stream(task.tokenizer, docs, 'data.tokenizer', s_surf)
+                t = align.encode_stream(teacher_tok, docs, 'teacher.tokenizer', t_surf)
+                matched = None
             al = align.Aligner(s, t, self.seq_len, self.teacher_len, self.map,
-                               pad_id=teacher_tok.pad_id, trie=self.trie)
+                               pad_id=teacher_tok.pad_id, trie=self.trie, matched=matched)
             _check_rows(al, rows, split)
             self.aligners[split] = al
             if split == 'test':  # the teacher's own rows: its scores as in its own run

@@ -285,6 +285,10 @@ class ArraySource:
 
 
 def _records(source: Sequence[Any], ids: Sequence[int]) -> list[Any]:
+    # Batched reads (a TFDS / Grain ArrayRecord source reads them on a thread pool, which
+    # matters on gs://). Their host memory was measured bounded, unlike the packed text
+    # rows' (`packed.RecordFile`): 64 records of 30 KB at a time, RSS +28 MB after one pass
+    # over 86 MB and +31 MB after twelve (1 GB), against +4 MB read one by one.
     ids = [int(i) for i in ids]
     if hasattr(source, '__getitems__'):
         try:

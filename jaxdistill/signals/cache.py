@@ -143,11 +143,12 @@ def _chunks(take, n: int, topk, teacher_vars, mesh, batch: int, dtype: str,
         both = mesh_lib.to_global(mesh, {'inputs': part['inputs'], 'targets': part['targets']})
         values, top, target = mesh_lib.to_host(topk(teacher_vars, both['inputs'],
                                                     both['targets']))
-        kept = take(start + np.arange(keep))  # the whole batch's teacher tokens, for the store
+        # the whole batch's teacher tokens, for the store: one process already read them
+        kept = part if jax.process_count() == 1 else take(start + np.arange(keep))
         yield {**encode(values[:keep], top[:keep], dtype, vocab_size),
                'xt_target_lp': target[:keep].astype(np.float32),
-               'xt_teacher_ids': kept['inputs'].astype(np.int32),
-               'xt_teacher_end': kept['ends']}
+               'xt_teacher_ids': kept['inputs'][:keep].astype(np.int32),
+               'xt_teacher_end': kept['ends'][:keep]}
 
 
 def build(config, task, teacher, teacher_vars, mesh, path: str, expected: dict[str, Any],
