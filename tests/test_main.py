@@ -1,4 +1,5 @@
-"""The CLI end to end, in real subprocesses: outputs, resume, a changed config refused.
+"""The CLI end to end, in real subprocesses: outputs, resume; a changed config refused
+(through `main.run_cli` in this process: the check runs before anything starts).
 
 Every other bad input is one row of the table in `tests/test_cli_errors.py`.
 """
@@ -11,6 +12,7 @@ import sys
 
 import pytest
 
+from jaxdistill import main as cli_main
 from tests.helpers import ROOT
 
 REQUIRED = {
@@ -91,12 +93,17 @@ def test_resume_from_a_middle_checkpoint_is_exact(smoke_run, data_dir, tmp_path)
             results(workdir)['student']['params_sha256'])
 
 
-def test_other_config_on_same_workdir_is_refused(smoke_run, data_dir):
+def test_other_config_on_same_workdir_is_refused(smoke_run, data_dir, capfd, monkeypatch):
     workdir, _ = smoke_run
     before = sorted(os.listdir(workdir))
-    proc = cli(workdir, '--config.seed=5', data_dir=data_dir)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == (f'error: --workdir={workdir} holds a run with a different '
-                                   'config (seed: 0 -> 5); use a new --workdir, or rerun with '
-                                   'the same config to resume')
+    monkeypatch.chdir(ROOT)
+    capfd.readouterr()
+    status = cli_main.run_cli(['jaxdistill.main', '--config=configs/digits.py:smoke',
+                               f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+                               '--config.seed=5'])
+    out, err = capfd.readouterr()
+    assert status == 2 and out == '', out
+    assert err.strip() == (f'error: --workdir={workdir} holds a run with a different '
+                           'config (seed: 0 -> 5); use a new --workdir, or rerun with '
+                           'the same config to resume')
     assert sorted(os.listdir(workdir)) == before

@@ -3,13 +3,12 @@ and on-policy students; alignment, no teacher in the cached step, resume, bad in
 
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from jaxdistill import main as cli_main
 from jaxdistill import provenance, run, signals, train
 from jaxdistill.errors import ConfigError, DataError
 from jaxdistill.models.decoder import Decoder
@@ -173,13 +172,16 @@ def test_prompt_plus_completion_longer_than_the_context_is_refused(data_dir):
         signals.check_models(c, Model(), Model(), None)
 
 
-def test_cli_cache_mode_error_is_one_line(data_dir, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, '-m', 'jaxdistill.main', '--config=configs/lm_text.py:smoke',
-         f'--workdir={tmp_path}/w', '--config.mode=cache_teacher',
-         f'--config.data.data_dir={data_dir}'], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
-    assert "distill.teacher_signal='cached'" in proc.stderr
+def test_cli_cache_mode_error_is_one_line(data_dir, tmp_path, capfd, monkeypatch):
+    """The CLI in this process (`main.run_cli`; test_cli_errors shows a subprocess reports
+    the same line)."""
+    monkeypatch.chdir(ROOT)
+    status = cli_main.run_cli(
+        ['jaxdistill.main', '--config=configs/lm_text.py:smoke', f'--workdir={tmp_path}/w',
+         '--config.mode=cache_teacher', f'--config.data.data_dir={data_dir}'])
+    out, err = capfd.readouterr()
+    assert status == 2 and err.count('\n') == 1 and out == '', out + err
+    assert err.startswith('error: ') and "distill.teacher_signal='cached'" in err
     assert not os.path.exists(tmp_path / 'w')
 
 
