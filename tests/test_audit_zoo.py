@@ -87,3 +87,31 @@ def test_probe_draws_scores_the_zoo_like_the_audit():
         r = audit_probe_draws.draw_summary(zoo, outs, mask, 'logits', statistic)
         assert (r['positives'], r['negatives']) == (6, 18)
         assert r['auc'] == 1.0 and r['median_p_positive'] <= 0.2
+
+
+def test_out_file_keeps_the_default_audit_and_compare_groups_seeds(tmp_path):
+    import json
+
+    import audit_summary
+
+    assert audit_zoo.out_file('/z') == '/z/audit_zoo.json'
+    assert audit_zoo.out_file('/z', 'divergent', 'held') == '/z/audit_zoo_divergent_held.json'
+    assert audit_zoo.out_file('/z', 'mixes', 's1') == '/z/audit_zoo_mixes_s1.json'
+    assert audit_zoo._settings('radius=0.5,steps=5') == {'radius': 0.5, 'steps': 5}
+
+    def result(probes, seed, auc):
+        s = {'auc': auc, 'tpr_at_1pct_fpr': 0.5, 'median_p_positive': 0.1,
+             'p_negative_below_0.05': 0.05}
+        return {'probes': probes, 'crafting': {'pool': 8} if probes != 'mixes' else {},
+                'seed': seed, 'rows': [{'teacher': 'A0'}, {'teacher': 'A1'}],
+                'summary': {'logits': {'all': s}}}
+    for name, r in {'audit_zoo': result('mixes', 0, 0.7),
+                    'audit_zoo_mixes_s1': result('mixes', 1, 0.8),
+                    'audit_zoo_divergent_s0': result('divergent', 0, 0.9),
+                    'audit_zoo_divergent_s1': result('divergent', 1, 0.8)}.items():
+        (tmp_path / f'{name}.json').write_text(json.dumps(r))
+    lines = audit_summary.compare(str(tmp_path))
+    mixes = [line for line in lines if line.startswith('| mixes')]
+    divergent = [line for line in lines if line.startswith('| divergent')]
+    assert len(mixes) == len(divergent) == 1
+    assert '| 0,1 | 0.750 ± 0.071 |' in mixes[0] and '| 0.850 ± 0.071 |' in divergent[0]

@@ -1,6 +1,10 @@
 """Markdown tables of a measured audit zoo (tools/audit_zoo.py ... audit).
 
     python tools/audit_summary.py workdir/zoo_digits workdir/zoo_lm workdir/zoo_protect
+    python tools/audit_summary.py --probes workdir/zoo_digits   # every audit_zoo_*.json
+
+``--probes``: one table per zoo comparing the probe kinds (``audit_zoo.py audit --probes``),
+each kind's AUC per access mode as mean ± sd over the probe seeds audited (with the seeds).
 
 Lineage: ROC AUC and true-positive rate at 1 % false positives per access mode, for the
 students of every signal against every negative (labels-only baselines and students of
@@ -125,7 +129,52 @@ def protections(result: dict) -> list[str]:
     return lines
 
 
+def compare(root: str) -> list[str]:
+    """``ROOT/audit_zoo.json`` and every ``ROOT/audit_zoo_*.json``, grouped by probe kind
+    and crafting settings: ROC AUC (mean ± sd over probe seeds), TPR at 1 % FPR, median p
+    of the positives and share of negatives at p <= 0.05, per access mode."""
+    import glob
+
+    groups: dict[tuple, list[dict]] = {}
+    paths = [os.path.join(root, 'audit_zoo.json'), *sorted(glob.glob(os.path.join(
+        root, 'audit_zoo_*.json')))]  # not other copies (audit_zoo.old.json)
+    for path in filter(os.path.exists, paths):
+        with open(path) as f:
+            r = json.load(f)
+        if 'summary' not in r or len({x['teacher'] for x in r['rows']}) < 2:
+            continue
+        key = (r.get('probes', 'mixes'), json.dumps(r.get('crafting', {}), sort_keys=True))
+        groups.setdefault(key, []).append(r)
+    lines = [f'### {root}: probe kinds', '', '| probes (settings) | access | seeds | ROC AUC | '
+             'TPR at 1 % FPR | median p (positives) | negatives with p <= 0.05 |',
+             '|---|---|---|---|---|---|---|']
+    for (probes, crafting), results in groups.items():
+        seen = {}
+        for r in results:  # one result per seed (the first file of a seed)
+            seen.setdefault(r['seed'], r)
+        results = list(seen.values())
+        for access in results[0]['summary']:
+            alls = [r['summary'][access]['all'] for r in results if r['summary'][access]['all']]
+            if not alls:
+                continue
+
+            def ms(key, digits=3, alls=alls):
+                v = np.array([a[key] for a in alls])
+                return (f'{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}' if len(v) > 1
+                        else f'{v[0]:.{digits}f}')
+
+            lines.append(f'| {probes} {crafting if crafting != "{}" else ""} | {access} | '
+                         f'{",".join(str(r["seed"]) for r in results)} | {ms("auc")} | '
+                         f'{ms("tpr_at_1pct_fpr", 2)} | {ms("median_p_positive")} | '
+                         f'{ms("p_negative_below_0.05", 2)} |')
+    return lines + ['']
+
+
 def main(roots: list[str]) -> None:
+    if roots[:1] == ['--probes']:
+        for root in roots[1:]:
+            print('\n'.join(compare(root)))
+        return
     for root in roots:
         path = os.path.join(root, 'audit_zoo.json')
         if not os.path.exists(path):

@@ -320,7 +320,7 @@ def audit(domain: str, root: str, seed: int = 0, seed_base: int = 0,
     every_outs = dict(zip(per_teacher, _outputs_many(root, zoo, sets)))
     rows, result = [], {'domain': domain, 'root': root, 'seed': seed, 'seed_base': seed_base,
                         'mix': mix, 'ambiguous': ambiguous, 'probes': probes,
-                        'crafting': crafting or {},
+                        'crafting': {**craft.defaults(probes), **(crafting or {})},
                         'probe_size': base.size, 'load_average': os.getloadavg()[0],
                         'anchors': [a['path'] for a in anchor_models],
                         'scored': {a: list(lineage.SCORED[a]) for a in fp.ACCESS},

@@ -47,7 +47,7 @@ import numpy as np
 from jaxdistill.audit.lineage import PROBES
 from jaxdistill.audit.stats import AuditError
 
-__all__ = ['PROBES', 'boundary', 'check', 'conferrable', 'craft_probe', 'divergent',
+__all__ = ['PROBES', 'boundary', 'check', 'conferrable', 'craft_probe', 'defaults', 'divergent',
            'drawn', 'logit_fn', 'sampled_probe']
 STEPS = {'boundary': 10, 'conferrable': 20}
 RADIUS = 0.5  # boundary: L2 bound on the step (an 8x8 digit in [0, 1] has L2 ~3-4; tuned)
@@ -91,6 +91,13 @@ def check(probes: str, *, task: str, anchors: int, ambiguous: int) -> None:
         raise AuditError(f'--probes={probes} needs --anchors (the owner\'s independent '
                          'models of the teacher\'s recipe, which the crafted probes must not '
                          'fool): give --anchors=M,... or use --probes=boundary')
+
+
+def defaults(probes: str) -> dict:
+    """The settings a probe kind is crafted with unless told otherwise (for the record)."""
+    return {'boundary': {'steps': STEPS['boundary'], 'radius': RADIUS, 'margin': MARGIN},
+            'conferrable': {'steps': STEPS['conferrable'], 'eps': EPS},
+            'divergent': {'pool': POOL}, 'sampled': {'temperature': TEMPERATURE}}.get(probes, {})
 
 
 def drawn(probes: str, ambiguous: int, pool: int = POOL) -> int:

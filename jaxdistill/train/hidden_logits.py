@@ -197,11 +197,13 @@ def _fused(objective, order):
             sums = sums_of(h, k, chunk, shared)
             return jnp.dot(shared['weights'], sums), sums
 
+        closed = softmax_terms.plan(objective, order, shared['step'])  # static: trace time
+        if chunks['targets'].ndim != 2 or isinstance(chunks.get('teacher'), SparseTeacher):
+            closed = None  # per-token integer labels and dense (or no) teacher logits only
+
         def body(grad_kernel, xs):
             h, chunk = xs
-            closed = softmax_terms.plan(objective, order, shared['step'])
-            if (closed is not None and chunk['targets'].ndim == 1
-                    and not isinstance(chunk.get('teacher'), SparseTeacher)):
+            if closed is not None:
                 sums, (d_hidden, d_kernel) = _closed_form(closed, h, kernel, chunk, shared)
             else:
                 (_, sums), (d_hidden, d_kernel) = jax.value_and_grad(
