@@ -130,6 +130,8 @@ def timing(directory: str, quick: bool, repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    from jaxdistill.runtime import hostmem
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--variant', choices=('memory-dense', 'memory-chunked', 'time'),
                         required=True)
@@ -145,6 +147,9 @@ def main() -> None:
     else:
         out = memory(directory, args.variant.split('-')[1], args.quick)
     out['load_average'] = list(os.getloadavg())
+    # the allocator policy this process ran under: the CLI's default is 'reuse'
+    # (`runtime/hostmem.py`); a bare `python -m benchmarks.hf_lm` runs under 'system'
+    out['host_memory'] = hostmem.in_force()
     print(json.dumps(out, default=float))
 
 

@@ -20,3 +20,21 @@ import pytest  # noqa: E402
 def data_dir(tmp_path_factory):
     """One TFDS data dir for the session, so `digits` is prepared once."""
     return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='session')
+def lm_cache_teacher(data_dir, tmp_path_factory):
+    """configs/lm_text.py:smoke,cached (top-8, no baseline) in ``mode=cache_teacher`` on one
+    device, once for the session: a workdir with the smoke teacher (20 steps) and its cache,
+    and what the call returned. Read by several files (test_signals_runs, test_multihost);
+    a test may add stages to the workdir, never change the teacher or the cache."""
+    import jax
+
+    from jaxdistill import run
+    from tests.helpers import load_config
+
+    workdir = str(tmp_path_factory.mktemp('lm_cache_teacher'))
+    c = load_config('lm_text.py', 'smoke,cached')
+    c.data.data_dir, c.distill.cache.k, c.train.baseline = data_dir, 8, False
+    c.mode = 'cache_teacher'
+    return workdir, run.train_and_evaluate(c, workdir, devices=jax.devices()[:1])

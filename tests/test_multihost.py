@@ -210,19 +210,18 @@ def test_two_processes_match_one_device(reference, data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_teacher_cache_from_two_processes_equals_one_device(data_dir, tmp_path):
+def test_teacher_cache_from_two_processes_equals_one_device(data_dir, lm_cache_teacher,
+                                                           tmp_path):
     """mode=cache_teacher on 2 processes x 4 devices (teacher FSDP over both): process 0
-    writes the same rows, fingerprint and (up to float noise) top-k as one device."""
+    writes the same rows, fingerprint and (up to float noise) top-k as one device (the
+    session's one-device cache, tests/conftest.py: the same config on one device)."""
+    import pathlib
+
     import numpy as np
 
     from jaxdistill.signals import store
-    from tests.helpers import load_config
 
-    ref = tmp_path / 'one'
-    config = load_config('lm_text.py', 'smoke,cached')
-    config.data.data_dir, config.distill.cache.k, config.train.baseline = data_dir, 8, False
-    config.mode = 'cache_teacher'
-    run.train_and_evaluate(config, str(ref), devices=jax.devices()[:1])
+    ref = pathlib.Path(lm_cache_teacher[0])
     workdir = tmp_path / 'two'
     overrides = {'data.data_dir': data_dir, 'teacher.checkpoint': str(ref), 'mode': 'cache_teacher',
                  'distill.cache.k': 8, 'train.baseline': False, 'mesh.data': 1, 'mesh.fsdp': -1}

@@ -41,6 +41,25 @@ def test_feeds_yield_each_step_once_in_order_and_raise_at_the_step(kind):
     assert (threads == {threading.current_thread()}) == (kind == 'inline')
 
 
+@pytest.mark.parametrize('block', [1, 3, 4])
+def test_prefetch_in_blocks_yields_each_step_once_and_raises_at_the_step(block):
+    """``block`` steps made per hand-off (the thread at most ``depth`` blocks ahead of
+    the one being read); the batches and the error's step are as with one at a time."""
+    log = []
+    with prefetch.prefetch(made_on(log), 2, 5, block=block) as feed:  # no step 5: no error
+        assert list(feed) == [20, 30, 40]
+    log.clear()
+    feed = prefetch.prefetch(made_on(log), 1, 9, depth=1, block=block)
+    with feed:
+        assert [next(feed) for _ in range(4)] == [10, 20, 30, 40]
+        feed.advance()
+        with pytest.raises(ValueError, match='step 5'):
+            next(feed)
+    made = sorted(s for s, _ in log)
+    assert made == list(range(1, 1 + len(made))) and 5 in made  # each once, none after 5
+    assert max(made) <= 5 and all(t is not threading.current_thread() for _, t in log)
+
+
 def test_inline_without_advance_and_at_the_end():
     feed = prefetch.Inline(lambda s: s, 0, 2)
     assert list(feed) == [0, 1]  # next() makes the batch when advance() was not called

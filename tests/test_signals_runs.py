@@ -32,14 +32,11 @@ def _config(data_dir, preset, teacher_dir=None, **train_keys):
 
 
 @pytest.fixture(scope='module')
-def teacher_dir(data_dir, tmp_path_factory):
+def teacher_dir(lm_cache_teacher):
     """A smoke teacher (20 steps), trained once for every signal below, by the cached
-    signal's cache-only mode: the teacher and its top-8 cache, no student (a student stage
-    here would be trained for nothing)."""
-    workdir = str(tmp_path_factory.mktemp('signals_teacher'))
-    c = _config(data_dir, 'smoke,cached')
-    c.mode = 'cache_teacher'
-    out = run.train_and_evaluate(c, workdir, devices=DEVICES)
+    signal's cache-only mode (tests/conftest.py): the teacher and its top-8 cache, no
+    student (a student stage there would be trained for nothing)."""
+    workdir, out = lm_cache_teacher
     assert not os.path.exists(os.path.join(workdir, 'student'))  # cache only
     assert os.path.isdir(os.path.join(workdir, 'teacher'))
     return workdir, out
@@ -47,9 +44,11 @@ def teacher_dir(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def cached_run(data_dir, teacher_dir):
-    """The cached student, trained in the workdir whose cache the cache-only mode wrote."""
+    """The cached student, trained in the workdir whose cache the cache-only mode wrote
+    (the config that wrote it, tests/conftest.py, but ``mode=train``)."""
     workdir, out = teacher_dir
-    c = _config(data_dir, 'smoke,cached')
+    c = load_config('lm_text.py', 'smoke,cached')
+    c.data.data_dir, c.distill.cache.k, c.train.baseline = data_dir, 8, False
     built = os.path.getmtime(os.path.join(workdir, 'teacher_cache', 'spec.json'))
     steps = []
     real = train.make_train_step

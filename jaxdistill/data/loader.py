@@ -83,6 +83,40 @@ class WholeBatches:
         return self.make(int(step))
 
 
+class BlockCache:
+    """``make(step)`` for `WholeBatches` from ``many(first, count)``, which makes ``count``
+    consecutive batches at once: a step outside the block made last starts a new block
+    there. A block holds ``steps`` batches: about ``BLOCK_BYTES`` of batches of
+    ``batch_bytes`` (at most ``BLOCK_STEPS``; one for a batch larger than that). A small
+    batch's numpy calls cost more than its bytes (benchmarks/NOTES.md 15): made a block at
+    a time, each costs a fraction of them. Called by one thread at a time (the loop's feed,
+    which hands blocks of the same size to its thread: `feed_block`)."""
+
+    def __init__(self, many: Callable[[int, int], list[Any]], batch_bytes: int):
+        self.many = many
+        self.steps = int(max(1, min(BLOCK_STEPS, BLOCK_BYTES // max(int(batch_bytes), 1))))
+        self._first, self._block = 0, []
+
+    def __call__(self, step: int) -> Any:
+        i = step - self._first
+        if not 0 <= i < len(self._block):
+            self._first, self._block, i = step, self.many(step, self.steps), 0
+        return self._block[i]
+
+
+BLOCK_STEPS = 16  # batches made at once, at most
+BLOCK_BYTES = 1 << 20
+
+
+def feed_block(batches: Any, kind: str) -> int:
+    """How many consecutive batches the loop's prefetch thread makes per hand-off: a
+    `BlockCache`'s block, else one."""
+    if isinstance(batches, WholeBatches) and kind == 'threads' and isinstance(
+            batches.make, BlockCache):
+        return batches.make.steps
+    return 1
+
+
 def runs_inline(batches: Any, kind: str) -> bool:
     """Whether the training loop can make ``batches`` on its own thread, between
     dispatching a step and waiting for the one before (`prefetch.Inline`, when

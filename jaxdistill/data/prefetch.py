@@ -23,40 +23,59 @@ from typing import Any
 
 
 class prefetch:  # noqa: N801 - used as a function: ``for batch in prefetch(...)``
-    """Yields ``make(step)`` for ``step`` in ``[start, stop)``, ``depth`` steps ahead, made
-    on one background thread. Exceptions raised by ``make`` surface at the step that
-    needed the batch. Use as ``with prefetch(...) as feed`` (stops the thread).
+    """Yields ``make(step)`` for ``step`` in ``[start, stop)``, ``depth`` blocks of
+    ``block`` steps ahead, made on one background thread. Exceptions raised by ``make``
+    surface at the step that needed the batch. Use as ``with prefetch(...) as feed``
+    (stops the thread).
 
-    The batch that replaces one taken is handed to the thread by `advance` (or by the
+    The block that replaces one used up is handed to the thread by `advance` (or by the
     next ``next``, if `advance` was not called): the loop calls it after dispatching its
     step, just before it blocks on the device, so the thread wakes up when the GIL is
-    about to be free rather than while the loop needs it to dispatch."""
+    about to be free rather than while the loop needs it to dispatch. Each hand-off wakes
+    the thread (~0.2 ms of CPU a step measured for the digits job: benchmarks/NOTES.md
+    15), so small batches go ``block`` at a time."""
 
-    def __init__(self, make: Callable[[int], Any], start: int, stop: int, depth: int = 2):
+    def __init__(self, make: Callable[[int], Any], start: int, stop: int, depth: int = 2,
+                 block: int = 1):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='jaxdistill-prefetch')
-        self.make, self.stop = make, stop
-        first = range(start, min(stop, start + depth))
-        self._pending = collections.deque(self._pool.submit(make, s) for s in first)
-        self._step, self._owed = start + len(self._pending), 0
+        self.make, self.stop, self.block = make, stop, max(1, int(block))
+        self._pending: collections.deque = collections.deque()
+        self._ready: collections.deque = collections.deque()
+        self._step, self._owed = start, depth
+        self.advance()
+
+    def _make_block(self, first: int) -> list[tuple[Any, BaseException | None]]:
+        out = []
+        for step in range(first, min(first + self.block, self.stop)):
+            try:
+                out.append((self.make(step), None))
+            except Exception as e:  # noqa: BLE001 - raised by __next__, at its own step
+                out.append((None, e))
+                break
+        return out
 
     def __iter__(self) -> prefetch:
         return self
 
     def __next__(self) -> Any:
         self.advance()
-        if not self._pending:
-            self.close()
-            raise StopIteration
-        batch = self._pending.popleft().result()
-        self._owed += 1
+        if not self._ready:
+            if not self._pending:
+                self.close()
+                raise StopIteration
+            self._ready.extend(self._pending.popleft().result())
+            self._owed += 1
+        batch, error = self._ready.popleft()
+        if error is not None:
+            raise error
         return batch
 
     def advance(self) -> None:
-        """Hands the thread the batches that replace the ones taken."""
+        """Hands the thread the blocks that replace the ones taken."""
         for _ in range(self._owed):
             if self._step < self.stop:
-                self._pending.append(self._pool.submit(self.make, self._step))
-                self._step += 1
+                self._pending.append(self._pool.submit(self._make_block, self._step))
+                self._step += self.block
         self._owed = 0
 
     def close(self) -> None:

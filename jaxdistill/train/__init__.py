@@ -433,7 +433,9 @@ class _Loop:
                                     self.workers_kind)
         if self.inline and loader.runs_inline(self.stage.batches, self.workers_kind):
             return prefetch_lib.Inline(self._fetch, start, self.stage.steps)
-        return prefetch_lib.prefetch(self._fetch, start, self.stage.steps)
+        return prefetch_lib.prefetch(self._fetch, start, self.stage.steps,
+                                     block=loader.feed_block(self.stage.batches,
+                                                             self.workers_kind))
 
     def _advance(self, feed, outputs) -> None:
         """Lets ``feed`` make the next batch while the device runs the step just

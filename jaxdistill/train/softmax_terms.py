@@ -10,13 +10,12 @@ the cross-entropy, once for the KL). Here (benchmarks/NOTES.md 16):
 
 * each softmax is ``e = exp(z - max z)`` formed once and its row sum ``s`` (``p = e / s``,
   ``logsumexp = max + log s``), the student's shared by every term at the same temperature;
-* ``KL(p_t || p_s) = sum(e_t (z_t - z_s)) / s_t - lse_t + lse_s`` (as ``sum p_t = 1``): one
-  reduction, no log-probabilities formed, once per temperature (``kd`` and ``forward_kl``
-  at the same temperature share it);
-* every row sum over the vocabulary (``s`` and the KL's) is a matrix-vector product with a
-  vector of ones, over a written array: XLA:CPU runs a dot as one vectorised pass, while its
-  reduction of a fused ``e_t (z_t - z_s)`` cost twice a write and a read of the product
-  (benchmarks/NOTES.md 16);
+* ``KL(p_t || p_s) = sum p_t (z_t - z_s) - lse_t + lse_s`` (as ``sum p_t = 1``), with
+  ``p_t = exp(z_t - lse_t)`` formed again from ``z_t`` inside the product: no
+  log-probabilities formed, once per temperature (``kd`` and ``forward_kl`` at the same
+  temperature share it); its row sum is a matrix-vector product with ones over the written
+  product (`_rowsum`): XLA:CPU's reduction of the fused three-array product cost more than
+  writing it and summing it by a dot (benchmarks/NOTES.md 16);
 * the gradient of ``sum_i w_i sum_n m_in value_in`` with respect to the student's logits is
   ``sum_T c_T e_sT - sum_T c'_T e_tT - onehot(y) * c_ce``, per-token coefficients times the
   exponentials above, written once: ``ce`` gives ``p_s - onehot(y)``, ``kd`` at temperature
@@ -56,28 +55,40 @@ def plan(objective, order, step) -> tuple[tuple[str, float], ...] | None:
     return tuple(out)
 
 
+def _shift(z: jax.Array) -> jax.Array:
+    """``[N, 1]`` row maxima of ``z``; a row of ``-inf`` shifts by 0 (as `jax.nn.logsumexp`)."""
+    shift = jnp.max(z, axis=-1, keepdims=True)
+    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0.0))
+
+
 def _softmax(z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(e, s, lse)``: ``e = exp(z - max z)`` (the one ``[N, V]`` array kept), its row sum
-    ``s`` and the logsumexp, ``[N, 1]`` each. A row of ``-inf`` shifts by 0 (as
-    `jax.nn.logsumexp` does)."""
-    shift = jnp.max(z, axis=-1, keepdims=True)
-    shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0.0))
+    ``s`` and the logsumexp, ``[N, 1]`` each."""
+    shift = _shift(z)
     e = jnp.exp(z - shift)
-    s = _rowsum(e)
+    s = jnp.sum(e, axis=-1, keepdims=True)
     return e, s, shift + jnp.log(s)
+
+
+def _kl(zt: jax.Array, zs: jax.Array, lse_t: jax.Array, lse_s: jax.Array) -> jax.Array:
+    """``[N]`` ``KL(softmax(zt) || softmax(zs)) = sum p_t (zt - zs) - lse_t + lse_s``, with
+    ``p_t = exp(zt - lse_t)`` formed again inside the product from ``zt`` (read anyway)
+    rather than read from the teacher's ``e``: one ``[N, V]`` read less (bytes accessed
+    8.05 -> 7.92 GB at the benchmark's shapes; benchmarks/NOTES.md 16)."""
+    return (_rowsum(jnp.exp(zt - lse_t) * (zt - zs)) - lse_t + lse_s)[:, 0]
 
 
 def _rowsum(x: jax.Array) -> jax.Array:
     """``[N, 1]`` sums of the rows of ``x`` ``[N, V]`` as matrix-vector products with ones, in
     blocks of at most `BLOCK` entries (then a sum over the blocks).
 
-    A dot over a written array is one vectorised pass on XLA:CPU, cheaper than its reduction
-    (7.0 against 9.7 ms CPU on ``[256, 128256]``; 38 against 50 ms for ``e_t (z_t - z_s)``,
-    whose fused reduction is slower than writing the product; benchmarks/NOTES.md 16). One dot
-    over the whole row accumulates 128k terms in sequence (relative error 1.8e-5 against
-    float64, the reduction's 1e-7); blocks of 4,008 keep it at 4e-7 for the same time. A
-    vocabulary with no divisor of at least `MIN_BLOCK` up to `BLOCK` (a large prime) takes
-    the reduction.
+    For the KL's ``p_t (z_t - z_s)``, writing the product and summing it by a dot costs less
+    than XLA:CPU's fused reduction of it (KD + CE chunk at ``[256, 128256]``: 131 -> 121 ms
+    CPU; benchmarks/NOTES.md 16). The softmaxes' own sums stay reductions (there the dot was
+    3 ms slower in place). One dot over a whole row accumulates 128k terms in sequence
+    (relative error 1.8e-5 against float64; the reduction's 1e-7); blocks of 4,008 keep it at
+    4e-7 for the same time. A vocabulary with no divisor from `MIN_BLOCK` up to `BLOCK` (a
+    large prime) takes the reduction.
     """
     n, vocab = x.shape
     block = next(b for b in range(min(vocab, BLOCK), 0, -1) if vocab % b == 0)
@@ -125,8 +136,7 @@ def chunk(terms: tuple[tuple[str, float], ...], zs: jax.Array, zt: Any, targets:
             if temperature not in teacher:
                 zt_t = _tempered(zt, temperature)
                 et, st, lse_t = _softmax(zt_t)
-                kl = _rowsum(et * (zt_t - zs_t)) / st - lse_t + lse_s
-                teacher[temperature] = et, st, kl[:, 0]
+                teacher[temperature] = et, st, _kl(zt_t, zs_t, lse_t, lse_s)
             _, st, kl = teacher[temperature]
             scale = temperature ** 2 if name == 'kd' else 1.0
             value = scale * kl
