@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -94,15 +92,11 @@ def _open_split(path: str, split: str, counts: dict[str, Any]) -> tuple:
 
 
 def _build(path: str, records, tokenizers, teacher_sha256: str, splits, say) -> None:
-    parent = os.path.dirname(path)
-    try:
-        tmp = tempfile.mkdtemp(prefix='.xtok-', dir=parent)
-    except OSError as e:
-        raise DataError(f'data.cache_dir: cannot write the token streams in {parent} '
-                        f'({e.strerror}); set data.cache_dir to a writable directory') from None
-    t0 = time.perf_counter()
-    say(f'cross-tokenizer: tokenizing the text with both tokenizers once into {path} ...')
-    try:
+    from jaxdistill.data.packed import staged
+
+    with staged(path, '.xtok-', 'the token streams') as tmp:
+        t0 = time.perf_counter()
+        say(f'cross-tokenizer: tokenizing the text with both tokenizers once into {path} ...')
         writers = {(s, side): _Writer(tmp, s, side, *tokenizers[side])
                    for s in splits for side in SIDES}
         pending = {s: [] for s in splits}
@@ -131,10 +125,6 @@ def _build(path: str, records, tokenizers, teacher_sha256: str, splits, say) -> 
         meta['seconds'] = round(time.perf_counter() - t0, 3)
         with open(os.path.join(tmp, 'meta.json'), 'w') as f:
             json.dump(meta, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     tokens = {side: sum(meta['splits'][s][side]['tokens'] for s in splits) for side in SIDES}
     say(f'cross-tokenizer: {tokens["student"]} student and {tokens["teacher"]} teacher tokens '
         f'in {meta["seconds"]:.1f} s')

@@ -19,6 +19,7 @@ crash, or bad input found mid-corpus, leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -316,19 +317,33 @@ def open_or_pack(corpus, tokenizer, seq_len: int, root: str, *, is_writer: bool 
     return rows, meta
 
 
-def _pack(corpus, tokenizer, seq_len: int, directory: str, fingerprint: dict,
-          say: Callable[[str], None]) -> None:
+@contextlib.contextmanager
+def staged(directory: str, prefix: str, what: str) -> Iterator[str]:
+    """A temporary directory beside ``directory`` to write into: renamed to ``directory``
+    when the block completes, removed if it raises (a crash, or bad input found midway,
+    leaves nothing behind). A parent that cannot be written is a one-line `DataError`
+    naming ``what`` and ``data.cache_dir``."""
     parent = os.path.dirname(directory)
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix='.packing-', dir=parent)
+        tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
     except OSError as e:
-        raise DataError(f'data.cache_dir: cannot write the packed rows in {parent} '
+        raise DataError(f'data.cache_dir: cannot write {what} in {parent} '
                         f'({e.strerror}); set data.cache_dir to a writable directory') from None
-    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32)
-    t0 = time.perf_counter()
-    say(f'packing {corpus.name} once into {directory} (seq_len {seq_len}) ...')
     try:
+        yield tmp
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _pack(corpus, tokenizer, seq_len: int, directory: str, fingerprint: dict,
+          say: Callable[[str], None]) -> None:
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32)
+    with staged(directory, '.packing-', 'the packed rows') as tmp:
+        t0 = time.perf_counter()
+        say(f'packing {corpus.name} once into {directory} (seq_len {seq_len}) ...')
         packers = {s: SplitPacker(tokenizer, seq_len, os.path.join(tmp, f'{s}.array_record'),
                                   dtype) for s in SPLITS}
         bad_before = corpus.bad_bytes  # (a BPE may have read some of the text already)
@@ -345,10 +360,6 @@ def _pack(corpus, tokenizer, seq_len: int, directory: str, fingerprint: dict,
                 'seconds': round(time.perf_counter() - t0, 3)}
         with open(os.path.join(tmp, 'meta.json'), 'w') as f:
             json.dump(meta, f, indent=1)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     mb = sum(s['bytes'] for s in splits.values()) / 2**20
     say(f'packed {mb:.1f} MB in {meta["seconds"]:.1f} s: '
         + ', '.join(f'{s} {v["rows"]} rows / {v["tokens"]} tokens' for s, v in splits.items()))
