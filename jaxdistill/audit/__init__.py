@@ -82,12 +82,7 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
     references = [r for r in references if r]
     if mix not in MIXES:
         raise AuditError(f'--mix={mix!r} is not one of {list(MIXES)}')
-    if probes not in PROBES:
-        raise AuditError(f'--probes={probes!r} is not one of {list(PROBES)}')
-    if probes in ('conferrable', 'divergent') and not [a for a in anchors if a]:
-        raise AuditError(f'--probes={probes} needs --anchors (the owner\'s independent models '
-                         'of the teacher\'s recipe, which the crafted probes must not fool): '
-                         'give --anchors=M,... or use --probes=boundary')
+    craft.check_request(probes, len([a for a in anchors if a]))
     stats_check(len(references), alpha)
     bad = [a for a in access if a not in fingerprints.ACCESS]
     if bad or not access:
@@ -103,7 +98,7 @@ def audit(teacher: str, suspect: str, references: list[str], out: str, *, data: 
     probe = _probe(data, s, t, seed=seed, ambiguous=craft.drawn(probes, ambiguous),
                    max_tokens=max_tokens, mix=mix)
     # crafted from the teacher and the anchors only: never the suspect or the references
-    craft.check(probes, task=probe.task, anchors=len(anchor_models), ambiguous=ambiguous)
+    # (each of sampled_probe and craft_probe checks that its kind fits the task first)
     if probes == 'sampled':
         probe = craft.sampled_probe(t, probe, seed=seed)
     else:

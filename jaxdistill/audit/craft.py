@@ -47,8 +47,8 @@ import numpy as np
 from jaxdistill.audit.lineage import PROBES
 from jaxdistill.audit.stats import AuditError
 
-__all__ = ['PROBES', 'boundary', 'check', 'conferrable', 'craft_probe', 'defaults', 'divergent',
-           'drawn', 'logit_fn', 'sampled_probe']
+__all__ = ['PROBES', 'boundary', 'check', 'check_request', 'conferrable', 'craft_probe',
+           'defaults', 'divergent', 'drawn', 'logit_fn', 'sampled_probe']
 STEPS = {'boundary': 10, 'conferrable': 20}
 RADIUS = 0.5  # boundary: L2 bound on the step (an 8x8 digit in [0, 1] has L2 ~3-4; tuned)
 MARGIN = 0.0  # boundary: target |log t_a - log t_b| (0: on the boundary)
@@ -66,6 +66,16 @@ def logit_fn(loaded) -> LogitFn:
     v = loaded.variables
     return lambda x: loaded.model.apply(v['params'], v['state'], x,
                                         train=False)[0].astype(jnp.float32)
+
+
+def check_request(probes: str, anchors: int) -> None:
+    """The checks that need no model: a known kind, and the anchors it crafts against."""
+    if probes not in PROBES:
+        raise AuditError(f'--probes={probes!r} is not one of {list(PROBES)}')
+    if probes in ('conferrable', 'divergent') and anchors == 0:
+        raise AuditError(f'--probes={probes} needs --anchors (the owner\'s independent '
+                         'models of the teacher\'s recipe, which the crafted probes must not '
+                         'fool): give --anchors=M,... or use --probes=boundary')
 
 
 def check(probes: str, *, task: str, anchors: int, ambiguous: int) -> None:
@@ -87,10 +97,7 @@ def check(probes: str, *, task: str, anchors: int, ambiguous: int) -> None:
     if ambiguous <= 0:
         raise AuditError(f'--probes={probes} starts from the ambiguous mixes: give '
                          '--ambiguous > 0')
-    if probes in ('conferrable', 'divergent') and anchors == 0:
-        raise AuditError(f'--probes={probes} needs --anchors (the owner\'s independent '
-                         'models of the teacher\'s recipe, which the crafted probes must not '
-                         'fool): give --anchors=M,... or use --probes=boundary')
+    check_request(probes, anchors)
 
 
 def defaults(probes: str) -> dict:
