@@ -444,11 +444,8 @@ def train_dataset(source: Sequence[Any], *, global_batch: int, seed: int, augmen
         is_labelled[labelled] = True
 
     def fetch(step: int, batch_ids: np.ndarray) -> dict[str, np.ndarray]:
-        return _fetch(step, np.asarray(batch_ids)[own:own + local])
-
-    def _fetch(step: int, batch_ids: np.ndarray) -> dict[str, np.ndarray]:
-        rows = step * global_batch + own + np.arange(len(batch_ids))  # global rows
-        return _made(batch_ids, rows)
+        rows = step * global_batch + own + np.arange(local)  # global rows
+        return _made(np.asarray(batch_ids)[own:own + local], rows)
 
     def _made(batch_ids: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         batch = _stacked(source, batch_ids)
